@@ -1,0 +1,334 @@
+//! The BERT encoder and its masked-language-model head, written on candle's tensor ops.
+//!
+//! Why our own module rather than `candle_transformers::models::bert`: that model returns
+//! only the last hidden state, expects an explicit (untied) MLM decoder, and uses candle's
+//! fused LayerNorm, which has no backward pass (fine-tuning must reach every layer). Weight
+//! names are the normalised ones of [`super::weights`]. The stock model is still used as a
+//! reference in tests and benchmarks.
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+
+use super::config::{Activation, BertConfig};
+use super::weights::Weights;
+use crate::error::Result;
+
+/// A dense layer `x W^T + b` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        dt: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: w.get(&format!("{prefix}.weight"), &[out_dim, in_dim], dt, dev)?,
+            bias: Some(w.get(&format!("{prefix}.bias"), &[out_dim], dt, dev)?),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Flatten leading dims so that one large GEMM runs instead of a batched one.
+        let dims = x.dims().to_vec();
+        let (lead, last) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, last[0]))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.weight.dim(0)?);
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        dt: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: w.get(&format!("{prefix}.weight"), &[dim], dt, dev)?,
+            bias: w.get(&format!("{prefix}.bias"), &[dim], dt, dev)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+    }
+}
+
+pub fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+        Activation::Silu => x.silu(),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// The BERT encoder stack (embeddings + transformer layers), without pooler.
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub config: BertConfig,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl BertModel {
+    pub fn load(w: &Weights, config: &BertConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let c = config;
+        let (h, eps) = (c.hidden_size, c.layer_norm_eps);
+        let embeddings = Embeddings {
+            word: w.get(
+                "embeddings.word_embeddings.weight",
+                &[c.vocab_size, h],
+                dtype,
+                device,
+            )?,
+            position: w.get(
+                "embeddings.position_embeddings.weight",
+                &[c.max_position_embeddings, h],
+                dtype,
+                device,
+            )?,
+            token_type: w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[c.type_vocab_size, h],
+                dtype,
+                device,
+            )?,
+            norm: LayerNorm::load(w, "embeddings.LayerNorm", h, eps, dtype, device)?,
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: Linear::load(w, &format!("{p}.attention.self.query"), h, h, dtype, device)?,
+                key: Linear::load(w, &format!("{p}.attention.self.key"), h, h, dtype, device)?,
+                value: Linear::load(w, &format!("{p}.attention.self.value"), h, h, dtype, device)?,
+                attn_out: Linear::load(
+                    w,
+                    &format!("{p}.attention.output.dense"),
+                    h,
+                    h,
+                    dtype,
+                    device,
+                )?,
+                attn_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    h,
+                    eps,
+                    dtype,
+                    device,
+                )?,
+                intermediate: Linear::load(
+                    w,
+                    &format!("{p}.intermediate.dense"),
+                    c.intermediate_size,
+                    h,
+                    dtype,
+                    device,
+                )?,
+                output: Linear::load(
+                    w,
+                    &format!("{p}.output.dense"),
+                    h,
+                    c.intermediate_size,
+                    dtype,
+                    device,
+                )?,
+                out_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.output.LayerNorm"),
+                    h,
+                    eps,
+                    dtype,
+                    device,
+                )?,
+            });
+        }
+        Ok(BertModel {
+            embeddings,
+            layers,
+            config: c.clone(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The word embedding matrix (the MLM decoder is tied to it).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.embeddings.word
+    }
+
+    /// Last hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` (u32) with
+    /// `attention_mask` `[batch, seq]` (1 for tokens, 0 for padding). One text segment.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let c = &self.config;
+        let e = &self.embeddings;
+        let words = e
+            .word
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
+        let positions = e.position.i(0..t)?;
+        let token_type = e.token_type.i(0)?;
+        let x = words
+            .broadcast_add(&positions)?
+            .broadcast_add(&token_type)?;
+        let mut x = e.norm.forward(&x)?;
+
+        // Additive mask: 0 where attended, a very large negative where padded.
+        let neg = match self.dtype {
+            DType::F16 => -65504.0,
+            _ => -3.0e38,
+        };
+        let mask = attention_mask
+            .to_dtype(DType::F32)?
+            .affine(-neg, neg)? // mask 1 -> 0, mask 0 -> neg
+            .to_dtype(self.dtype)?
+            .reshape((b, 1, 1, t))?;
+        let heads = c.num_attention_heads;
+        let hd = c.head_dim();
+        let scale = 1.0 / (hd as f64).sqrt();
+        for layer in &self.layers {
+            let split = |y: Tensor| -> candle_core::Result<Tensor> {
+                y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, c.hidden_size))?;
+            let attn = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let inter = activate(c.hidden_act, &layer.intermediate.forward(&attn)?)?;
+            x = layer
+                .out_norm
+                .forward(&(layer.output.forward(&inter)? + &attn)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// The BertForMaskedLM head: dense + activation + LayerNorm, then the decoder tied to the
+/// word embeddings (unless the checkpoint stores its own) plus a bias.
+#[derive(Debug, Clone)]
+pub struct MlmHead {
+    dense: Linear,
+    norm: LayerNorm,
+    decoder: Tensor,
+    bias: Tensor,
+    act: Activation,
+}
+
+/// The tensors that reveal an MLM head in a checkpoint.
+pub const MLM_HEAD_KEY: &str = "cls.predictions.transform.dense.weight";
+
+impl MlmHead {
+    /// Loads the head; `Ok(None)` when the checkpoint has none (sentence-transformers models).
+    pub fn load(w: &Weights, model: &BertModel) -> Result<Option<Self>> {
+        if !w.contains(MLM_HEAD_KEY) {
+            return Ok(None);
+        }
+        let c = &model.config;
+        let (h, dt, dev) = (c.hidden_size, model.dtype, &model.device);
+        let decoder = if w.contains("cls.predictions.decoder.weight") {
+            w.get(
+                "cls.predictions.decoder.weight",
+                &[c.vocab_size, h],
+                dt,
+                dev,
+            )?
+        } else {
+            model.word_embeddings().clone()
+        };
+        let bias_key = if w.contains("cls.predictions.bias") {
+            "cls.predictions.bias"
+        } else {
+            "cls.predictions.decoder.bias"
+        };
+        Ok(Some(MlmHead {
+            dense: Linear::load(w, "cls.predictions.transform.dense", h, h, dt, dev)?,
+            norm: LayerNorm::load(
+                w,
+                "cls.predictions.transform.LayerNorm",
+                h,
+                c.layer_norm_eps,
+                dt,
+                dev,
+            )?,
+            decoder,
+            bias: w.get(bias_key, &[c.vocab_size], dt, dev)?,
+            act: c.hidden_act,
+        }))
+    }
+
+    /// Vocabulary logits `[n, vocab]` for hidden states `[n, hidden]`.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = activate(self.act, &self.dense.forward(hidden)?)?;
+        let x = self.norm.forward(&x)?;
+        Ok(x.matmul(&self.decoder.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Row-wise L2 normalisation of `[n, d]`.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}

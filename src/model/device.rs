@@ -1,0 +1,80 @@
+//! Device and dtype selection, and CPU start-up tuning.
+
+use candle_core::{DType, Device};
+
+use crate::error::{Error, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `metal`. A GPU device in a build without its cargo
+/// feature is a clear error naming the feature.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => (
+            k.to_string(),
+            n.parse::<usize>().map_err(|_| {
+                Error::InvalidInput(format!("device ordinal {n:?} is not a number"))
+            })?,
+        ),
+        None => (spec.clone(), 0),
+    };
+    match kind.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::InvalidInput(
+                    "device cuda: this clinsearch was built without the `cuda` feature (cargo build --features cuda)".into(),
+                ));
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        "metal" => {
+            if !cfg!(feature = "metal") {
+                return Err(Error::InvalidInput(
+                    "device metal: this clinsearch was built without the `metal` feature (cargo build --features metal)".into(),
+                ));
+            }
+            Ok(Device::new_metal(ordinal)?)
+        }
+        other => Err(Error::InvalidInput(format!(
+            "device {other:?} (expected cpu, cuda, cuda:N or metal)"
+        ))),
+    }
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::InvalidInput(format!(
+            "dtype {other:?} (expected f32, f16 or bf16)"
+        ))),
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+/// Keeps glibc from returning every large tensor buffer to the kernel.
+///
+/// By default glibc serves allocations above a dynamic threshold with fresh `mmap`s and
+/// trims the heap eagerly, so each forward pass page-faults its activations in again:
+/// measured here at ~20% of candle's CPU time (../shared/STACK-NOTES.md), and raising the
+/// thresholds gave +40-50% embeddings/s with no growth in peak memory. Call once at start-up,
+/// before threads allocate. No-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        // M_MMAP_THRESHOLD = -3 (32 MiB is glibc's maximum), M_TRIM_THRESHOLD = -1,
+        // M_TOP_PAD = -2.
+        libc::mallopt(-3, 32 * 1024 * 1024);
+        libc::mallopt(-1, 512 * 1024 * 1024);
+        libc::mallopt(-2, 64 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,501 @@
+//! The encoder: text in, vectors (or masked-token predictions) out.
+//!
+//! Long notes are split into overlapping token windows, each embedded on its own, so that
+//! nothing past the model's position limit is silently dropped and the index can point a hit
+//! back to the passage that matched.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use super::bert::{l2_normalize, BertModel, MlmHead};
+use super::config::{self, BertConfig, Pooling};
+use super::hub::{resolve_model, ResolvedModel};
+use super::tokenizer::TextTokenizer;
+use super::weights::Weights;
+use crate::error::{Error, Result};
+
+/// How long texts are cut into windows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WindowConfig {
+    /// Tokens per window including `[CLS]` and `[SEP]`; `None` takes the model's own limit
+    /// (sentence-transformers' `max_seq_length`, else `max_position_embeddings`).
+    pub size: Option<usize>,
+    /// Tokens shared by consecutive windows (the `stride` of HF tokenizers' overflow).
+    /// `None`: 32, or a quarter of the window for very small windows.
+    pub stride: Option<usize>,
+    /// At most this many windows per text; the rest of an enormous note is not embedded
+    /// (a warning is logged). `None`: no cap.
+    pub max_windows: Option<usize>,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: None,
+            stride: None,
+            max_windows: None,
+        }
+    }
+}
+
+/// Everything that can be chosen when loading an encoder.
+#[derive(Debug, Clone)]
+pub struct EncoderOptions {
+    /// `None`: the sentence-transformers pooling config if present, else mean.
+    pub pooling: Option<Pooling>,
+    /// L2-normalise vectors. `None`: true (cosine = dot product for the vector index).
+    pub normalize: Option<bool>,
+    pub window: WindowConfig,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            pooling: None,
+            normalize: None,
+            window: WindowConfig::default(),
+            batch_size: 32,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What `clinsearch model info` prints, and what a data directory records of its model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The model as the user named it (folder or Hub id).
+    pub id: String,
+    pub dir: PathBuf,
+    /// Hub revision asked for and the commit it resolved to.
+    pub revision: Option<String>,
+    pub commit: Option<String>,
+    pub model_type: String,
+    pub architectures: Vec<String>,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub window_size: usize,
+    pub stride: usize,
+    /// Heads present in the checkpoint besides the encoder (`mlm`).
+    pub heads: Vec<String>,
+    pub weight_format: super::weights::WeightFormat,
+    pub tokenizer: String,
+    pub lowercase: bool,
+    pub files: Vec<String>,
+    pub dtype: String,
+    pub device: String,
+}
+
+/// One embedded window of a text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    /// Position of the window in its text (0, 1, ...).
+    pub index: usize,
+    /// Byte span `[start, end)` of the window in the text.
+    pub start: usize,
+    pub end: usize,
+    /// The same span in Unicode scalar values (characters).
+    pub char_start: usize,
+    pub char_end: usize,
+    /// Tokens in the window, without `[CLS]`/`[SEP]`.
+    pub tokens: usize,
+    pub vector: Vec<f32>,
+}
+
+/// A candidate token for one `[MASK]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenScore {
+    pub id: u32,
+    pub token: String,
+    pub score: f32,
+}
+
+/// The predictions for one `[MASK]` of a text.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaskPrediction {
+    /// Which mask (0 for the first in the text).
+    pub mask_index: usize,
+    /// Token position in the model input (`[CLS]` is 0).
+    pub position: usize,
+    pub candidates: Vec<TokenScore>,
+}
+
+/// A loaded BERT encoder with its tokenizer and optional MLM head.
+pub struct Encoder {
+    model: BertModel,
+    mlm: Option<MlmHead>,
+    tokenizer: TextTokenizer,
+    info: ModelInfo,
+    window_size: usize,
+    stride: usize,
+    max_windows: Option<usize>,
+    batch_size: usize,
+}
+
+impl Encoder {
+    /// Resolves `spec` (a folder, or a Hub id `org/name[@revision]`) and loads it.
+    pub fn load(spec: &str, opts: &EncoderOptions) -> Result<Self> {
+        let resolved = resolve_model(spec)?;
+        Self::from_resolved(&resolved, opts)
+    }
+
+    /// Loads a model folder that is already on disk.
+    pub fn from_resolved(resolved: &ResolvedModel, opts: &EncoderOptions) -> Result<Self> {
+        let dir = &resolved.dir;
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingWeights {
+                model: dir.display().to_string(),
+                what: "config.json".into(),
+            });
+        }
+        let config = BertConfig::from_file(&config_path)?;
+        let weights = Weights::load(dir)?;
+        let tokenizer = TextTokenizer::load(dir)?;
+        let model = BertModel::load(&weights, &config, opts.dtype, &opts.device)?;
+        let mlm = MlmHead::load(&weights, &model)?;
+
+        let pooling = match opts.pooling {
+            Some(p) => p,
+            None => config::sentence_transformers_pooling(dir)?.unwrap_or(Pooling::Mean),
+        };
+        let normalize = opts.normalize.unwrap_or(true);
+        let default_size = config::sentence_transformers_max_len(dir)
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        let window_size = opts.window.size.unwrap_or(default_size);
+        if window_size < 3 || window_size > config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "window size {window_size} must be between 3 and the model's {} positions",
+                config.max_position_embeddings
+            )));
+        }
+        let stride = opts.window.stride.unwrap_or(32.min((window_size - 2) / 4));
+        if stride >= window_size - 2 {
+            return Err(Error::InvalidInput(format!(
+                "window stride (overlap) {stride} must be smaller than the window's {} text tokens",
+                window_size - 2
+            )));
+        }
+        if opts.batch_size == 0 {
+            return Err(Error::InvalidInput("batch size must be at least 1".into()));
+        }
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        files.sort();
+        let info = ModelInfo {
+            id: resolved.spec.clone(),
+            dir: dir.clone(),
+            revision: resolved.revision.clone(),
+            commit: resolved.commit.clone(),
+            model_type: config.model_type.clone(),
+            architectures: config.architectures.clone(),
+            hidden_size: config.hidden_size,
+            num_layers: config.num_hidden_layers,
+            num_heads: config.num_attention_heads,
+            vocab_size: config.vocab_size,
+            max_position_embeddings: config.max_position_embeddings,
+            hidden_act: config.hidden_act.name().into(),
+            pooling,
+            normalize,
+            window_size,
+            stride,
+            heads: mlm.iter().map(|_| "mlm".to_string()).collect(),
+            weight_format: weights.format,
+            tokenizer: tokenizer.source.into(),
+            lowercase: tokenizer.lowercase,
+            files,
+            dtype: format!("{:?}", opts.dtype).to_lowercase(),
+            device: super::device::device_name(&opts.device),
+        };
+        Ok(Encoder {
+            model,
+            mlm,
+            tokenizer,
+            info,
+            window_size,
+            stride,
+            max_windows: opts.window.max_windows,
+            batch_size: opts.batch_size,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn has_mlm_head(&self) -> bool {
+        self.mlm.is_some()
+    }
+
+    fn tokens_of(&self, text: &str, what: &str) -> Result<super::tokenizer::Tokens> {
+        if text.trim().is_empty() {
+            return Err(Error::InvalidInput(format!("{what} is empty")));
+        }
+        let tokens = self.tokenizer.encode(text)?;
+        if tokens.ids.is_empty() {
+            return Err(Error::InvalidInput(format!("{what} has no tokens")));
+        }
+        Ok(tokens)
+    }
+
+    fn wrap(&self, ids: &[u32]) -> Vec<u32> {
+        let mut seq = Vec::with_capacity(ids.len() + 2);
+        seq.push(self.tokenizer.cls_id);
+        seq.extend_from_slice(ids);
+        seq.push(self.tokenizer.sep_id);
+        seq
+    }
+
+    /// One vector per text, truncated to one window as sentence-transformers does: for
+    /// queries and short texts. An empty text is an error.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut seqs = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            let tokens = self.tokens_of(t, &format!("text {}", i + 1))?;
+            let n = tokens.ids.len().min(self.window_size - 2);
+            seqs.push(self.wrap(&tokens.ids[..n]));
+        }
+        self.run_batches(&seqs)
+    }
+
+    /// Token windows `[start, end)` covering `n` tokens with the configured overlap.
+    fn window_ranges(&self, n: usize) -> Vec<(usize, usize)> {
+        let cap = self.window_size - 2;
+        let step = cap - self.stride;
+        let mut out = vec![];
+        let mut start = 0;
+        loop {
+            let end = (start + cap).min(n);
+            out.push((start, end));
+            if end >= n {
+                break;
+            }
+            start += step;
+        }
+        out
+    }
+
+    /// Splits each text into overlapping windows and embeds every window: one vector per
+    /// window with its span in the text. An empty text is an error.
+    pub fn embed_windows(&self, texts: &[&str]) -> Result<Vec<Vec<Window>>> {
+        let mut seqs = vec![];
+        let mut layout: Vec<Vec<Window>> = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let tokens = self.tokens_of(text, &format!("text {}", i + 1))?;
+            let mut ranges = self.window_ranges(tokens.ids.len());
+            if let Some(cap) = self.max_windows {
+                if ranges.len() > cap {
+                    tracing::warn!(
+                        text = i + 1,
+                        windows = ranges.len(),
+                        cap,
+                        "text is longer than the window cap; only its first windows are embedded"
+                    );
+                    ranges.truncate(cap);
+                }
+            }
+            let chars = CharIndex::new(text);
+            let mut windows = Vec::with_capacity(ranges.len());
+            for (index, (a, b)) in ranges.into_iter().enumerate() {
+                let start = tokens.offsets[a].0;
+                let end = tokens.offsets[b - 1].1;
+                seqs.push(self.wrap(&tokens.ids[a..b]));
+                windows.push(Window {
+                    index,
+                    start,
+                    end,
+                    char_start: chars.char_at(start),
+                    char_end: chars.char_at(end),
+                    tokens: b - a,
+                    vector: vec![],
+                });
+            }
+            layout.push(windows);
+        }
+        let mut vectors = self.run_batches(&seqs)?.into_iter();
+        for windows in layout.iter_mut() {
+            for w in windows.iter_mut() {
+                w.vector = vectors.next().expect("one vector per window");
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Token ids (with specials) and last hidden states `[seq, hidden]` of one text,
+    /// truncated to one window. For tests and diagnostics.
+    pub fn hidden_states(&self, text: &str) -> Result<(Vec<u32>, Tensor)> {
+        let tokens = self.tokenizer.encode(text)?;
+        let n = tokens.ids.len().min(self.window_size - 2);
+        let seq = self.wrap(&tokens.ids[..n]);
+        let ids = Tensor::new(seq.as_slice(), &self.model.device)?.unsqueeze(0)?;
+        let mask = Tensor::ones((1, seq.len()), DType::U32, &self.model.device)?;
+        let h = self
+            .model
+            .forward(&ids, &mask)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
+        Ok((seq, h))
+    }
+
+    /// Sorts sequences by length (less padding), runs them in batches, pools and normalises.
+    /// Returns vectors in the input order.
+    fn run_batches(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![vec![]; seqs.len()];
+        for chunk in order.chunks(self.batch_size) {
+            let vecs = self.forward_pooled(chunk.iter().map(|&i| seqs[i].as_slice()))?;
+            for (&i, v) in chunk.iter().zip(vecs) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One padded batch through the model, pooled (and normalised) to `[batch, hidden]`.
+    fn forward_pooled<'a>(&self, batch: impl Iterator<Item = &'a [u32]>) -> Result<Vec<Vec<f32>>> {
+        let batch: Vec<&[u32]> = batch.collect();
+        let b = batch.len();
+        let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = vec![self.tokenizer.pad_id; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (r, seq) in batch.iter().enumerate() {
+            ids[r * t..r * t + seq.len()].copy_from_slice(seq);
+            mask[r * t..r * t + seq.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1);
+        }
+        let dev = &self.model.device;
+        let ids = Tensor::from_vec(ids, (b, t), dev)?;
+        let mask = Tensor::from_vec(mask, (b, t), dev)?;
+        let hidden = self.model.forward(&ids, &mask)?.to_dtype(DType::F32)?;
+        let pooled = match self.info.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+                sum.broadcast_div(&m.sum(1)?)?
+            }
+        };
+        let pooled = if self.info.normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+    }
+
+    /// Predicts every `[MASK]` of `text`: the `top_k` most likely tokens with probabilities.
+    pub fn fill_mask(&self, text: &str, top_k: usize) -> Result<Vec<MaskPrediction>> {
+        let mlm = self.mlm.as_ref().ok_or_else(|| Error::MissingWeights {
+            model: self.info.id.clone(),
+            what: "a masked-language-model head (cls.predictions.* tensors): it is an encoder-only \
+                   checkpoint such as a sentence-transformers model; use a BertForMaskedLM checkpoint \
+                   such as emilyalsentzer/Bio_ClinicalBERT for fill-mask"
+                .into(),
+        })?;
+        let mask_id = self
+            .tokenizer
+            .mask_id
+            .ok_or_else(|| Error::MissingWeights {
+                model: self.info.id.clone(),
+                what: "a [MASK] token in its vocabulary".into(),
+            })?;
+        if top_k == 0 {
+            return Err(Error::InvalidInput("top-k must be at least 1".into()));
+        }
+        let tokens = self.tokens_of(text, "the text")?;
+        let seq = self.wrap(&tokens.ids);
+        if seq.len() > self.model.config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "the text has {} tokens; fill-mask reads at most {}",
+                seq.len(),
+                self.model.config.max_position_embeddings
+            )));
+        }
+        let positions: Vec<u32> = seq
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == mask_id)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if positions.is_empty() {
+            return Err(Error::InvalidInput("the text has no [MASK] token".into()));
+        }
+        let dev = &self.model.device;
+        let ids = Tensor::new(seq.as_slice(), dev)?.unsqueeze(0)?;
+        let mask = Tensor::ones((1, seq.len()), DType::U32, dev)?;
+        let hidden = self.model.forward(&ids, &mask)?.squeeze(0)?;
+        let at_masks = hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?;
+        let logits = mlm.forward(&at_masks)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        let k = top_k.min(self.model.config.vocab_size);
+        Ok(positions
+            .iter()
+            .zip(probs)
+            .enumerate()
+            .map(|(mask_index, (&pos, row))| {
+                let mut idx: Vec<usize> = (0..row.len()).collect();
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+                idx.truncate(k);
+                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                MaskPrediction {
+                    mask_index,
+                    position: pos as usize,
+                    candidates: idx
+                        .into_iter()
+                        .map(|i| TokenScore {
+                            id: i as u32,
+                            token: self.tokenizer.id_to_token(i as u32).unwrap_or_default(),
+                            score: row[i],
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Maps byte offsets of a text to character offsets.
+struct CharIndex {
+    starts: Vec<usize>,
+}
+
+impl CharIndex {
+    fn new(text: &str) -> Self {
+        CharIndex {
+            starts: text.char_indices().map(|(b, _)| b).collect(),
+        }
+    }
+    fn char_at(&self, byte: usize) -> usize {
+        self.starts.partition_point(|&b| b < byte)
+    }
+}

@@ -1,0 +1,19 @@
+//! The encoder layer: resolve a BERT checkpoint (local folder or Hub id), load its weights in
+//! any of the formats BERT checkpoints ship in, tokenize, embed (windows, pooling,
+//! normalisation) and predict masked tokens.
+
+pub mod bert;
+pub mod config;
+pub mod device;
+pub mod encoder;
+pub mod hub;
+pub mod pickle;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{BertConfig, Pooling};
+pub use device::{parse_device, parse_dtype, tune_allocator};
+pub use encoder::{
+    Encoder, EncoderOptions, MaskPrediction, ModelInfo, TokenScore, Window, WindowConfig,
+};
+pub use hub::{resolve_model, ModelSource, ResolvedModel};
