@@ -1,0 +1,5 @@
+//! Integration tests, compiled into one binary to keep link time down.
+
+mod common;
+mod encoder;
+mod hub;
