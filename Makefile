@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make run   fetch the default model if missing, build, and run clinsearch on sample_corpus/
+#   make test  fetch the default model if missing and run the whole test suite
+# .ci/run calls `make test`.
+
+MODEL_DIR ?= models/all-MiniLM-L6-v2
+CARGO ?= cargo
+
+.PHONY: run test model build bench fixtures
+
+model:
+	./scripts/fetch_model.sh $(MODEL_DIR)
+
+build:
+	$(CARGO) build --release
+
+run: model build
+	./target/release/clinsearch model info --model $(MODEL_DIR)
+	./target/release/clinsearch embed --model $(MODEL_DIR) "Patient denies chest pain or shortness of breath." | head -c 400; echo
+
+test: model
+	$(CARGO) test --all-targets
+
+# Benchmarks, run on demand (not part of `make test`): each prints ratios against a named peer
+# measured in the same run.
+bench: model
+	$(CARGO) bench --bench embed
+
+# Regenerates the tiny test models and golden outputs (needs torch, transformers and
+# sentence-transformers from PyPI). The results are committed.
+fixtures: model
+	python3 tests/fixtures/make_fixtures.py --default-model $(MODEL_DIR)
