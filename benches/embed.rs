@@ -30,7 +30,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn load_texts(n: usize) -> (Vec<String>, &'static str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mtsamples/mtsamples.csv");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/mtsamples/mtsamples.csv");
     if let Ok(mut rdr) = csv::Reader::from_path(&path) {
         let texts: Vec<String> = rdr
             .records()
@@ -48,7 +49,12 @@ fn load_texts(n: usize) -> (Vec<String>, &'static str) {
                 and lisinopril 10 mg daily, who presents with worsening shortness of breath and bilateral \
                 lower extremity edema. Denies chest pain. BNP 1450, creatinine 1.4. Chest x-ray shows \
                 pulmonary vascular congestion without focal consolidation. ";
-    ((0..n).map(|i| format!("Note {i}. {}", base.repeat(6))).collect(), "synthetic clinical text")
+    (
+        (0..n)
+            .map(|i| format!("Note {i}. {}", base.repeat(6)))
+            .collect(),
+        "synthetic clinical text",
+    )
 }
 
 /// Multiply-adds x2 of one BERT forward over `seq` tokens.
@@ -59,14 +65,25 @@ fn flops_per_seq(seq: f64, h: f64, inter: f64, layers: f64) -> f64 {
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     tune_allocator();
-    let model = std::env::var("BENCH_MODEL").unwrap_or_else(|_| {
-        format!("{}/models/all-MiniLM-L6-v2", env!("CARGO_MANIFEST_DIR"))
-    });
-    let seqs: Vec<usize> = env_list("BENCH_SEQS", "128,256").iter().map(|s| s.parse().unwrap()).collect();
-    let batches: Vec<usize> = env_list("BENCH_BATCHES", "1,8,32").iter().map(|s| s.parse().unwrap()).collect();
+    let model = std::env::var("BENCH_MODEL")
+        .unwrap_or_else(|_| format!("{}/models/all-MiniLM-L6-v2", env!("CARGO_MANIFEST_DIR")));
+    let seqs: Vec<usize> = env_list("BENCH_SEQS", "128,256")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let batches: Vec<usize> = env_list("BENCH_BATCHES", "1,8,32")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     let dtypes = env_list("BENCH_DTYPES", "f32");
-    let repeats: usize = std::env::var("BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let n_texts: usize = std::env::var("BENCH_TEXTS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let repeats: usize = std::env::var("BENCH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let n_texts: usize = std::env::var("BENCH_TEXTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     let (texts, source) = load_texts(n_texts);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
@@ -77,15 +94,27 @@ fn main() {
         for &seq in &seqs {
             for &batch in &batches {
                 let opts = EncoderOptions {
-                    window: WindowConfig { size: Some(seq), stride: None, max_windows: None },
+                    window: WindowConfig {
+                        size: Some(seq),
+                        stride: None,
+                        max_windows: None,
+                    },
                     batch_size: batch,
                     dtype: parse_dtype(dtype).unwrap(),
                     ..Default::default()
                 };
                 let enc = Encoder::load(&model, &opts).expect("load the model (make model)");
                 let info = enc.info();
-                dims = (info.hidden_size as f64, (info.hidden_size * 4) as f64, info.num_layers as f64);
-                let n = if batch > 1 { refs.len() } else { (refs.len() / 4).max(8) };
+                dims = (
+                    info.hidden_size as f64,
+                    (info.hidden_size * 4) as f64,
+                    info.num_layers as f64,
+                );
+                let n = if batch > 1 {
+                    refs.len()
+                } else {
+                    (refs.len() / 4).max(8)
+                };
                 let sample = &refs[..n];
                 enc.embed(&sample[..batch.max(2)]).unwrap(); // warm-up
                 let times: Vec<f64> = (0..repeats)
@@ -95,20 +124,41 @@ fn main() {
                         t.elapsed().as_secs_f64()
                     })
                     .collect();
-                rows.push((format!("clinsearch {dtype}"), seq, batch, n as f64 / median(times)));
+                rows.push((
+                    format!("clinsearch {dtype}"),
+                    seq,
+                    batch,
+                    n as f64 / median(times),
+                ));
             }
         }
     }
 
     // The peer, on the same texts.
     let mut peer: Vec<(usize, usize, f64)> = vec![];
-    if std::env::var("BENCH_PEER").map(|v| v != "0").unwrap_or(true) {
-        let tmp = std::env::temp_dir().join(format!("clinsearch-bench-{}.json", std::process::id()));
+    if std::env::var("BENCH_PEER")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+    {
+        let tmp =
+            std::env::temp_dir().join(format!("clinsearch-bench-{}.json", std::process::id()));
         std::fs::write(&tmp, serde_json::to_string(&texts).unwrap()).unwrap();
         let script = format!("{}/benches/embed_peer.py", env!("CARGO_MANIFEST_DIR"));
-        let join = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let out = Command::new("python3")
-            .args([&script, &model, tmp.to_str().unwrap(), &join(&seqs), &join(&batches), &repeats.to_string()])
+            .args([
+                &script,
+                &model,
+                tmp.to_str().unwrap(),
+                &join(&seqs),
+                &join(&batches),
+                &repeats.to_string(),
+            ])
             .output();
         let _ = std::fs::remove_file(&tmp);
         match out {
@@ -125,7 +175,10 @@ fn main() {
             }
             Ok(o) => eprintln!(
                 "PyTorch peer failed (pip install torch sentence-transformers): {}",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             ),
             Err(e) => eprintln!("PyTorch peer not run: {e}"),
         }

@@ -45,6 +45,65 @@ pub enum Command {
         /// A text with one or more [MASK] tokens.
         text: String,
     },
+    /// Ingest notes from JSONL, CSV, BEIR corpus.jsonl or folders of .txt files.
+    Ingest {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Files or folders to ingest.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::ingest::Format,
+        /// CSV column holding the note text.
+        #[arg(long, default_value = "text")]
+        text_col: String,
+        /// CSV column holding the note id (default: a column named "id", else derived).
+        #[arg(long)]
+        id_col: Option<String>,
+        /// CSV column holding the title.
+        #[arg(long)]
+        title_col: Option<String>,
+        /// CSV metadata column, COLUMN=FIELD (patient_id, note_type, specialty, date, or any name).
+        #[arg(long = "meta-col")]
+        meta_cols: Vec<String>,
+        /// skip: report bad records and go on; abort: stop before storing the batch holding one.
+        #[arg(long, value_enum, default_value = "abort")]
+        on_error: crate::ingest::OnError,
+        /// Notes per batch (one durable commit each).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// At most this many windows per note; the rest of an enormous note is not embedded.
+        #[arg(long, default_value_t = 256)]
+        max_windows: usize,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Append the ids of each durably stored batch to this file.
+        #[arg(long)]
+        acks: Option<std::path::PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete notes everywhere (store, BM25, vectors).
+    Delete {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Rebuild the BM25 and vector indexes from the stored notes and vectors (no re-embedding).
+    Reindex {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Counts and sizes of a data directory.
+    Stats {
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Inspect or download models.
     Model {
         #[command(subcommand)]
@@ -67,6 +126,24 @@ pub enum ModelCommand {
         /// Folder or Hub id (org/name[@revision]).
         model: String,
     },
+}
+
+/// Where the data directory is.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data directory (sled store, BM25 and vector indexes).
+    #[arg(long = "data", env = "CLINSEARCH_DATA", default_value = "data")]
+    pub dir: std::path::PathBuf,
+}
+
+impl DataArgs {
+    fn open(
+        &self,
+        identity: Option<&crate::store::ModelIdentity>,
+    ) -> Result<crate::engine::Engine> {
+        crate::engine::Engine::open(&self.dir, identity, &crate::engine::OpenOptions::default())
+            .with_context(|| format!("opening data directory {}", self.dir.display()))
+    }
 }
 
 /// Options shared by every command that loads an encoder. Each can also come from the
@@ -202,6 +279,123 @@ pub fn run(cli: Cli) -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&json!({ "model": enc.info().id, "masks": preds }))?
             );
+        }
+        Command::Ingest {
+            data,
+            mut model,
+            paths,
+            format,
+            text_col,
+            id_col,
+            title_col,
+            meta_cols,
+            on_error,
+            batch,
+            max_windows,
+            quiet,
+            acks,
+            json,
+        } => {
+            use crate::ingest::{self, source};
+            if model.batch_size == 32 {
+                model.batch_size = batch.min(64);
+            }
+            let mut opts = model.options()?;
+            opts.window.max_windows = Some(max_windows);
+            let encoder = Encoder::load(&model.model, &opts)
+                .with_context(|| format!("loading model {}", model.model))?;
+            let identity = crate::store::ModelIdentity::from_info(encoder.info());
+            let engine = data.open(Some(&identity))?;
+            let mapping = source::CsvMapping {
+                text_col,
+                id_col,
+                title_col,
+                meta_cols: source::parse_meta_cols(&meta_cols).map_err(anyhow::Error::msg)?,
+            };
+            for p in &paths {
+                anyhow::ensure!(p.exists(), "{}: no such file or folder", p.display());
+            }
+            let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let total = if progress {
+                paths
+                    .iter()
+                    .map(|p| source::count(p, format))
+                    .sum::<Option<u64>>()
+            } else {
+                None
+            };
+            let sources = paths
+                .iter()
+                .map(|p| source::read(p, format, &mapping))
+                .collect();
+            let report = ingest::run(
+                &engine,
+                &encoder,
+                sources,
+                total,
+                &ingest::IngestOptions {
+                    batch_size: batch,
+                    on_error,
+                    progress,
+                    acks,
+                },
+            )?;
+            engine.checkpoint()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if !quiet {
+                for e in &report.errors {
+                    eprintln!("skipped {e}");
+                }
+                let s = &report.stages;
+                eprintln!(
+                    "ingested {} notes ({} chunks) in {:.1}s: {:.1} notes/s, {:.1} chunks/s; stages (s): parse {:.2}, embed {:.2}, sled {:.2}, tantivy {:.2}, hnsw {:.2}{}",
+                    report.notes,
+                    report.chunks,
+                    report.seconds,
+                    report.notes as f64 / report.seconds.max(1e-9),
+                    report.chunks as f64 / report.seconds.max(1e-9),
+                    s.parse,
+                    s.embed,
+                    s.sled,
+                    s.tantivy,
+                    s.hnsw,
+                    if report.capped > 0 { format!("; {} notes capped at {max_windows} windows", report.capped) } else { String::new() }
+                );
+            }
+            if let Some(reason) = report.aborted {
+                anyhow::bail!("{reason} (stopped; the {} notes before this batch are stored; --on-error skip goes on past bad records)", report.notes);
+            }
+        }
+        Command::Delete { data, ids } => {
+            let engine = data.open(None)?;
+            let n = engine.delete(&ids)?;
+            engine.checkpoint()?;
+            println!("deleted {n} of {} notes", ids.len());
+        }
+        Command::Reindex { data } => {
+            let engine = data.open(None)?;
+            engine.reindex()?;
+            println!(
+                "reindexed {} notes, {} chunks",
+                engine.store.note_count(),
+                engine.store.chunk_count()
+            );
+        }
+        Command::Stats { data } => {
+            let engine = data.open(None)?;
+            let stats = json!({
+                "notes": engine.store.note_count(),
+                "chunks": engine.store.chunk_count(),
+                "model": engine.identity()?,
+                "bm25_docs": engine.bm25.num_docs(),
+                "bm25_stemming": engine.bm25.stems(),
+                "vector_points": engine.vectors.points(),
+                "live_vectors": engine.vectors.len(),
+                "last_seq": engine.store.last_seq()?,
+                "store_bytes": engine.store.size_on_disk(),
+            });
+            println!("{}", serde_json::to_string_pretty(&stats)?);
         }
         Command::Model { command } => match command {
             ModelCommand::Info { model, json } => {

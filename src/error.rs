@@ -45,6 +45,18 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// The sled store failed (disk full, corruption...).
+    #[error("store: {0}")]
+    Store(String),
+
+    /// A derived index (tantivy, hnsw) failed; it can be rebuilt with `clinsearch reindex`.
+    #[error("index: {0}")]
+    Index(String),
+
+    /// The data directory was built with another model.
+    #[error("{0}")]
+    ModelMismatch(String),
 }
 
 impl Error {
@@ -60,5 +72,17 @@ impl Error {
             path: path.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<tantivy::TantivyError> for Error {
+    fn from(e: tantivy::TantivyError) -> Self {
+        Error::Index(e.to_string())
     }
 }

@@ -2,9 +2,19 @@
 //!
 //! The library is split by concern; `main.rs` only parses arguments and calls [`cli`].
 //! * [`model`]: BERT encoders on candle: loading, embedding, fill-mask.
+//! * [`note`]: the note and its metadata.
+//! * [`store`]: sled, the source of truth.
+//! * [`index`]: BM25 (tantivy) and vectors (hnsw_rs), derived from the store.
+//! * [`engine`]: keeps store and indexes consistent (catch-up, rebuild, checkpoints).
+//! * [`ingest`]: files -> notes -> embedded windows -> engine, pipelined.
 
 pub mod cli;
+pub mod engine;
 pub mod error;
+pub mod index;
+pub mod ingest;
 pub mod model;
+pub mod note;
+pub mod store;
 
 pub use error::{Error, Result};

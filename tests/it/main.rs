@@ -1,5 +1,7 @@
 //! Integration tests, compiled into one binary to keep link time down.
 
 mod common;
+mod crash;
 mod encoder;
 mod hub;
+mod ingest;

@@ -1,0 +1,188 @@
+//! The engine ties the store and the derived indexes together and keeps them consistent.
+//!
+//! Write path: `apply` stores a batch durably in sled (the acknowledgement point), then
+//! replays the new log entries into BM25 and the vector index. Open path: each index catches
+//! up from the log; an index that is missing, corrupt or too far behind (log pruned) is rebuilt
+//! from the store without re-embedding.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::index::bm25::Bm25Index;
+use crate::index::vectors::VectorIndex;
+use crate::store::{EmbeddedNote, ModelIdentity, Op, Store};
+
+/// Time spent in each write stage of one `apply`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyTimes {
+    pub store: Duration,
+    pub bm25: Duration,
+    pub vectors: Duration,
+}
+
+pub struct Engine {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub bm25: Bm25Index,
+    pub vectors: VectorIndex,
+    write: Mutex<()>,
+}
+
+/// Options for opening a data directory.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// BM25 with English stemming when the index is created (an existing index keeps its own).
+    pub stem: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { stem: true }
+    }
+}
+
+impl Engine {
+    /// Opens `dir` for the model `identity` (None: read-only use that embeds nothing, such
+    /// as `delete`, `stats` or `reindex`). A data directory built by another model is an error.
+    pub fn open(dir: &Path, identity: Option<&ModelIdentity>, opts: &OpenOptions) -> Result<Self> {
+        let store = Store::open(dir)?;
+        match (store.model_identity()?, identity) {
+            (Some(stored), Some(now)) => {
+                let diff = stored.differences(now);
+                if !diff.is_empty() {
+                    return Err(Error::ModelMismatch(format!(
+                        "{} was built with another model ({}); use --data with a new folder, or the model it was built with",
+                        dir.display(),
+                        diff.join("; ")
+                    )));
+                }
+            }
+            (None, Some(now)) => store.set_model_identity(now)?,
+            _ => {}
+        }
+        let bm25_dir = dir.join("bm25");
+        let bm25 = match Bm25Index::open(&bm25_dir, opts.stem) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("BM25 index unreadable ({e}); rebuilding it from the store");
+                let _ = std::fs::remove_dir_all(&bm25_dir);
+                Bm25Index::open(&bm25_dir, opts.stem)?
+            }
+        };
+        let vectors = VectorIndex::open(&dir.join("vectors"), &store)?;
+        let engine = Engine {
+            dir: dir.to_path_buf(),
+            store,
+            bm25,
+            vectors,
+            write: Mutex::new(()),
+        };
+        engine.catch_up_bm25()?;
+        Ok(engine)
+    }
+
+    /// The model identity recorded in the data directory.
+    pub fn identity(&self) -> Result<Option<ModelIdentity>> {
+        self.store.model_identity()
+    }
+
+    fn catch_up_bm25(&self) -> Result<()> {
+        let applied = self.bm25.applied_seq()?;
+        let last = self.store.last_seq()?;
+        if applied >= last {
+            return Ok(());
+        }
+        let ops: Vec<(u64, Op)> = self.store.ops_after(applied).collect::<Result<_>>()?;
+        let contiguous = ops.first().is_some_and(|(s, _)| *s == applied + 1);
+        if contiguous {
+            self.bm25.apply(&self.store, &ops)
+        } else {
+            self.rebuild_bm25()
+        }
+    }
+
+    fn rebuild_bm25(&self) -> Result<()> {
+        self.bm25.clear()?;
+        let last = self.store.last_seq()?;
+        let mut batch: Vec<(u64, Op)> = vec![];
+        for n in self.store.notes() {
+            batch.push((0, Op::Upsert(n?.note.id)));
+            if batch.len() == 5000 {
+                self.bm25.apply(&self.store, &batch)?;
+                batch.clear();
+            }
+        }
+        // The final commit records the store's last sequence.
+        batch.push((last, Op::Delete(String::new())));
+        self.bm25.apply(&self.store, &batch)
+    }
+
+    /// Stores a batch (durable on return) and applies it to both indexes.
+    pub fn apply(&self, upserts: &[EmbeddedNote], deletes: &[String]) -> Result<(u64, ApplyTimes)> {
+        let _guard = self
+            .write
+            .lock()
+            .map_err(|_| Error::Store("writer poisoned".into()))?;
+        let mut times = ApplyTimes::default();
+        let before = self.bm25.applied_seq()?;
+        let t = Instant::now();
+        let seq = self.store.apply(upserts, deletes)?;
+        times.store = t.elapsed();
+        let ops: Vec<(u64, Op)> = self.store.ops_after(before).collect::<Result<_>>()?;
+        let t = Instant::now();
+        self.bm25.apply(&self.store, &ops)?;
+        times.bm25 = t.elapsed();
+        let t = Instant::now();
+        self.vectors.apply(&self.store, &ops)?;
+        times.vectors = t.elapsed();
+        Ok((seq, times))
+    }
+
+    /// Deletes notes everywhere; returns how many existed.
+    pub fn delete(&self, ids: &[String]) -> Result<usize> {
+        let existing: Vec<String> = ids
+            .iter()
+            .filter(|id| matches!(self.store.get(id), Ok(Some(_))))
+            .cloned()
+            .collect();
+        self.apply(&[], &existing)?;
+        Ok(existing.len())
+    }
+
+    /// Rebuilds both indexes from the store (no re-embedding).
+    pub fn reindex(&self) -> Result<()> {
+        let _guard = self
+            .write
+            .lock()
+            .map_err(|_| Error::Store("writer poisoned".into()))?;
+        self.rebuild_bm25()?;
+        self.vectors.rebuild(&self.store)?;
+        self.checkpoint_locked()
+    }
+
+    /// Persists the vector graph and prunes the log entries every index has applied.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _guard = self
+            .write
+            .lock()
+            .map_err(|_| Error::Store("writer poisoned".into()))?;
+        self.checkpoint_locked()
+    }
+
+    fn checkpoint_locked(&self) -> Result<()> {
+        self.vectors.save()?;
+        // The vector index catches up from chunk ids, not the log: BM25 alone bounds pruning.
+        self.store.prune_log(self.bm25.applied_seq()?)
+    }
+
+    /// Whether a note is present in the store, BM25 and the vector index, in that order.
+    pub fn presence(&self, id: &str) -> Result<(bool, bool, bool)> {
+        Ok((
+            self.store.get(id)?.is_some(),
+            self.bm25.contains(id)?,
+            self.vectors.contains_note(id),
+        ))
+    }
+}

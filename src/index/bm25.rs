@@ -1,0 +1,299 @@
+//! BM25 over notes with tantivy.
+//!
+//! Title and text are separate fields searched together (as Anserini's multifield baseline
+//! does). The analyzer for clinical text: split on non-alphanumerics, drop tokens over 40
+//! bytes, lowercase, fold accents to ASCII (so "Sjögren" finds "Sjogren"), and optionally
+//! stem (English): which one is the default is decided by measurement on SciFact (README).
+//! Metadata are raw, lowercased fast fields so filters run inside the index.
+//!
+//! The last operation sequence applied is stored as the commit payload, so it is durable
+//! exactly when the documents are.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
+    STORED, STRING,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer,
+    TextAnalyzer,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use super::Filter;
+use crate::error::{Error, Result};
+use crate::store::{Op, Store};
+
+/// Analyzer names as registered with tantivy (the schema records which one a field uses).
+pub const ANALYZER_PLAIN: &str = "clinical";
+pub const ANALYZER_STEM: &str = "clinical_stem";
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    title: Field,
+    text: Field,
+    patient_id: Field,
+    note_type: Field,
+    specialty: Field,
+    date: Field,
+}
+
+pub struct Bm25Index {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter<TantivyDocument>>,
+    f: Fields,
+}
+
+fn analyzer(stem: bool) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter);
+    if stem {
+        base.filter(Stemmer::new(Language::English)).build()
+    } else {
+        base.build()
+    }
+}
+
+fn schema(stem: bool) -> Schema {
+    let mut b = Schema::builder();
+    let text_opts = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(if stem { ANALYZER_STEM } else { ANALYZER_PLAIN })
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    b.add_text_field("id", STRING | STORED);
+    b.add_text_field("title", text_opts.clone());
+    b.add_text_field("text", text_opts);
+    b.add_text_field("patient_id", STRING);
+    b.add_text_field("note_type", STRING);
+    b.add_text_field("specialty", STRING);
+    b.add_i64_field("date", NumericOptions::default().set_indexed().set_fast());
+    b.build()
+}
+
+impl Bm25Index {
+    /// Opens the index in `dir`, creating it (with or without stemming) when absent.
+    /// A corrupt index is an error; the caller rebuilds it from the store.
+    pub fn open(dir: &Path, stem: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let index = if dir.join("meta.json").exists() {
+            Index::open_in_dir(dir)?
+        } else {
+            Index::create_in_dir(dir, schema(stem))?
+        };
+        index.tokenizers().register(ANALYZER_PLAIN, analyzer(false));
+        index.tokenizers().register(ANALYZER_STEM, analyzer(true));
+        let s = index.schema();
+        let field = |n: &str| {
+            s.get_field(n)
+                .map_err(|e| Error::Index(format!("BM25 schema: {e}")))
+        };
+        let f = Fields {
+            id: field("id")?,
+            title: field("title")?,
+            text: field("text")?,
+            patient_id: field("patient_id")?,
+            note_type: field("note_type")?,
+            specialty: field("specialty")?,
+            date: field("date")?,
+        };
+        let writer = index.writer_with_num_threads(1, 64_000_000)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Bm25Index {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            f,
+        })
+    }
+
+    /// Whether this index stems (read from its schema).
+    pub fn stems(&self) -> bool {
+        match self
+            .index
+            .schema()
+            .get_field_entry(self.f.text)
+            .field_type()
+        {
+            tantivy::schema::FieldType::Str(o) => o
+                .get_indexing_options()
+                .map(|i| i.tokenizer() == ANALYZER_STEM)
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// The last operation sequence this index applied (0 for a new index).
+    pub fn applied_seq(&self) -> Result<u64> {
+        let metas = self.index.load_metas()?;
+        Ok(metas.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
+    }
+
+    /// Applies operations read from the log, using each note's current state in the store,
+    /// and commits with the last sequence as payload. Idempotent.
+    pub fn apply(&self, store: &Store, ops: &[(u64, Op)]) -> Result<()> {
+        let Some(&(last, _)) = ops.last() else {
+            return Ok(());
+        };
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Index("BM25 writer poisoned".into()))?;
+        for (_, op) in ops {
+            let id = op.id();
+            w.delete_term(Term::from_field_text(self.f.id, id));
+            if let Op::Upsert(_) = op {
+                if let Some(stored) = store.get(id)? {
+                    let n = &stored.note;
+                    let mut d = doc!(self.f.id => n.id.clone(), self.f.text => n.text.clone());
+                    if let Some(t) = &n.title {
+                        d.add_text(self.f.title, t);
+                    }
+                    let lower = |v: &Option<String>| v.as_ref().map(|s| s.to_lowercase());
+                    if let Some(v) = lower(&n.patient_id) {
+                        d.add_text(self.f.patient_id, v);
+                    }
+                    if let Some(v) = lower(&n.note_type) {
+                        d.add_text(self.f.note_type, v);
+                    }
+                    if let Some(v) = lower(&n.specialty) {
+                        d.add_text(self.f.specialty, v);
+                    }
+                    if let Some(k) = n.date_key() {
+                        d.add_i64(self.f.date, k);
+                    }
+                    w.add_document(d)?;
+                }
+            }
+        }
+        let mut prepared = w.prepare_commit()?;
+        prepared.set_payload(&last.to_string());
+        prepared.commit()?;
+        drop(w);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Removes every document (before a rebuild).
+    pub fn clear(&self) -> Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Index("BM25 writer poisoned".into()))?;
+        w.delete_all_documents()?;
+        let mut prepared = w.prepare_commit()?;
+        prepared.set_payload("0");
+        prepared.commit()?;
+        drop(w);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// The user's query over title and text. Never fails on syntax: tantivy's lenient parser
+    /// keeps what it can read.
+    pub fn parse(&self, query: &str) -> Box<dyn Query> {
+        let parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.text]);
+        parser.parse_query_lenient(query).0
+    }
+
+    fn filtered(&self, query: Box<dyn Query>, filter: &Filter) -> Box<dyn Query> {
+        if filter.is_empty() {
+            return query;
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, query)];
+        let term = |field: Field, v: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, &v.trim().to_lowercase()),
+                IndexRecordOption::Basic,
+            ))
+        };
+        if let Some(v) = &filter.note_type {
+            clauses.push((Occur::Must, term(self.f.note_type, v)));
+        }
+        if let Some(v) = &filter.specialty {
+            clauses.push((Occur::Must, term(self.f.specialty, v)));
+        }
+        if let Some(v) = &filter.patient_id {
+            clauses.push((Occur::Must, term(self.f.patient_id, v)));
+        }
+        let from = filter
+            .date_from
+            .as_deref()
+            .and_then(|d| crate::note::date_key(d).ok());
+        let to = filter
+            .date_to
+            .as_deref()
+            .and_then(|d| crate::note::date_key(d).ok());
+        if from.is_some() || to.is_some() {
+            use std::ops::Bound;
+            let lo = from.map_or(Bound::Unbounded, |v| {
+                Bound::Included(Term::from_field_i64(self.f.date, v))
+            });
+            let hi = to.map_or(Bound::Unbounded, |v| {
+                Bound::Included(Term::from_field_i64(self.f.date, v))
+            });
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    /// Top `k` notes for `query` under `filter`: `(id, BM25 score)`, best first.
+    pub fn search(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(String, f32)>> {
+        if k == 0 || query.trim().is_empty() {
+            return Ok(vec![]);
+        }
+        let q = self.filtered(self.parse(query), filter);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let d: TantivyDocument = searcher.doc(addr)?;
+            if let Some(id) = d.get_first(self.f.id).and_then(|v| v.as_str()) {
+                out.push((id.to_string(), score));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Highlighted fragment of `text` for `query`: the fragment and the byte ranges of the
+    /// matched terms inside it.
+    pub fn snippet(
+        &self,
+        query: &str,
+        text: &str,
+        max_chars: usize,
+    ) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+        let q = self.parse(query);
+        let searcher = self.reader.searcher();
+        let mut generator =
+            tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?;
+        generator.set_max_num_chars(max_chars);
+        let s = generator.snippet(text);
+        Ok((s.fragment().to_string(), s.highlighted().to_vec()))
+    }
+
+    /// Whether a note id is searchable.
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        let searcher = self.reader.searcher();
+        let q = TermQuery::new(
+            Term::from_field_text(self.f.id, id),
+            IndexRecordOption::Basic,
+        );
+        Ok(searcher.search(&q, &tantivy::collector::Count)? > 0)
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}

@@ -1,0 +1,347 @@
+//! Nearest neighbours over chunk vectors with hnsw_rs (cosine distance).
+//!
+//! hnsw_rs cannot delete, so the graph may hold dead points: chunks of replaced or deleted
+//! notes. A live set (chunk id -> note id), derived from the store, is the tombstone filter
+//! applied during the search; the graph is rebuilt from the stored vectors when dead points
+//! pass [`REBUILD_DEAD_FRACTION`]. Chunk ids only grow, so catching up after a crash is
+//! "insert every live chunk above the largest id in the graph".
+//!
+//! Persistence: `save` dumps the graph into a fresh folder and then atomically replaces the
+//! manifest `vectors.json` naming it, so a crash mid-dump leaves the previous dump in force.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hnsw_rs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::{Chunk, Op, Store};
+
+/// Rebuild the graph when more than this fraction of its points are dead (and at least
+/// [`REBUILD_MIN_DEAD`] of them).
+pub const REBUILD_DEAD_FRACTION: f64 = 0.25;
+pub const REBUILD_MIN_DEAD: usize = 1000;
+
+const MAX_CONNECTIONS: usize = 24;
+const EF_CONSTRUCTION: usize = 200;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    folder: String,
+    basename: String,
+    seq: u64,
+    max_chunk: Option<u64>,
+    points: usize,
+}
+
+type Graph = Hnsw<'static, f32, DistCosine>;
+
+struct Live {
+    /// Live chunk id -> its note.
+    owners: HashMap<u64, Arc<str>>,
+    /// Note -> its live chunk ids.
+    by_note: HashMap<Arc<str>, Vec<u64>>,
+}
+
+impl Live {
+    fn remove_note(&mut self, id: &str) {
+        if let Some(ids) = self.by_note.remove(id) {
+            for c in ids {
+                self.owners.remove(&c);
+            }
+        }
+    }
+    fn add(&mut self, chunk: u64, note: &str) {
+        let key: Arc<str> = match self.by_note.get_key_value(note) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(note),
+        };
+        self.owners.insert(chunk, key.clone());
+        self.by_note.entry(key).or_default().push(chunk);
+    }
+}
+
+/// A hit: the chunk, its note and the cosine similarity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    pub chunk_id: u64,
+    pub note_id: Arc<str>,
+    pub score: f32,
+}
+
+pub struct VectorIndex {
+    dir: PathBuf,
+    graph: RwLock<Graph>,
+    live: RwLock<Live>,
+    /// Points in the graph, dead ones included.
+    points: AtomicU64,
+    max_chunk: RwLock<Option<u64>>,
+    applied: AtomicU64,
+}
+
+fn new_graph(expected: usize) -> Graph {
+    let mut g = Hnsw::new(
+        MAX_CONNECTIONS,
+        expected.max(10_000),
+        16,
+        EF_CONSTRUCTION,
+        DistCosine,
+    );
+    g.set_searching_mode(true);
+    g
+}
+
+fn idx_err(e: impl std::fmt::Display) -> Error {
+    Error::Index(format!("vector index: {e}"))
+}
+
+impl VectorIndex {
+    /// Opens the index in `dir` and brings it up to date with the store. A missing or
+    /// unreadable dump is rebuilt from the stored vectors (no re-embedding).
+    pub fn open(dir: &Path, store: &Store) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (graph, seq, max_chunk, points) = match Self::load(dir) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => (new_graph(store.chunk_count()), 0, None, 0),
+            Err(e) => {
+                tracing::warn!("vector index dump unreadable ({e}); rebuilding from the store");
+                (new_graph(store.chunk_count()), 0, None, 0)
+            }
+        };
+        let idx = VectorIndex {
+            dir: dir.to_path_buf(),
+            graph: RwLock::new(graph),
+            live: RwLock::new(Live {
+                owners: HashMap::new(),
+                by_note: HashMap::new(),
+            }),
+            points: AtomicU64::new(points as u64),
+            max_chunk: RwLock::new(max_chunk),
+            applied: AtomicU64::new(seq),
+        };
+        idx.reload_live(store)?;
+        idx.insert_new_chunks(store)?;
+        idx.applied.store(store.last_seq()?, Ordering::SeqCst);
+        Ok(idx)
+    }
+
+    fn load(dir: &Path) -> Result<Option<(Graph, u64, Option<u64>, usize)>> {
+        let manifest_path = dir.join("vectors.json");
+        if !manifest_path.exists() {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(idx_err)?;
+        // The loaded graph borrows its HnswIo for its whole life; loading happens once per
+        // open, so the small HnswIo is leaked rather than stored beside the graph.
+        let io: &'static mut HnswIo =
+            Box::leak(Box::new(HnswIo::new(&dir.join(&m.folder), &m.basename)));
+        let mut g: Graph = io.load_hnsw::<f32, DistCosine>().map_err(idx_err)?;
+        g.set_searching_mode(true);
+        if g.get_nb_point() != m.points {
+            return Err(idx_err(format!(
+                "dump holds {} points, manifest says {}",
+                g.get_nb_point(),
+                m.points
+            )));
+        }
+        Ok(Some((g, m.seq, m.max_chunk, m.points)))
+    }
+
+    fn reload_live(&self, store: &Store) -> Result<()> {
+        let mut live = Live {
+            owners: HashMap::new(),
+            by_note: HashMap::new(),
+        };
+        for (chunk, note) in store.chunk_owners()? {
+            live.add(chunk, &note);
+        }
+        *self.live.write().unwrap() = live;
+        Ok(())
+    }
+
+    fn insert_chunks(&self, chunks: &[Chunk]) {
+        if chunks.is_empty() {
+            return;
+        }
+        let data: Vec<(&Vec<f32>, usize)> =
+            chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
+        let g = self.graph.write().unwrap();
+        g.parallel_insert(&data);
+        self.points.fetch_add(chunks.len() as u64, Ordering::SeqCst);
+        let mut m = self.max_chunk.write().unwrap();
+        let top = chunks.iter().map(|c| c.id).max();
+        *m = (*m).max(top);
+    }
+
+    /// Inserts every live chunk above the largest id in the graph.
+    fn insert_new_chunks(&self, store: &Store) -> Result<()> {
+        let after = *self.max_chunk.read().unwrap();
+        let mut batch = Vec::with_capacity(1024);
+        for c in store.chunks_after(after) {
+            batch.push(c?);
+            if batch.len() == 1024 {
+                self.insert_chunks(&batch);
+                batch.clear();
+            }
+        }
+        self.insert_chunks(&batch);
+        Ok(())
+    }
+
+    /// Applies operations from the log: new chunks go into the graph, replaced and deleted
+    /// ones leave the live set.
+    pub fn apply(&self, store: &Store, ops: &[(u64, Op)]) -> Result<()> {
+        let Some(&(last, _)) = ops.last() else {
+            return Ok(());
+        };
+        let mut fresh = vec![];
+        {
+            let mut live = self.live.write().unwrap();
+            for (_, op) in ops {
+                live.remove_note(op.id());
+                if let Op::Upsert(id) = op {
+                    if let Some(stored) = store.get(id)? {
+                        for c in store.chunks_of(&stored)? {
+                            live.add(c.id, id);
+                            fresh.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        let known = *self.max_chunk.read().unwrap();
+        fresh.retain(|c| known.is_none_or(|m| c.id > m));
+        fresh.sort_by_key(|c| c.id);
+        fresh.dedup_by_key(|c| c.id);
+        self.insert_chunks(&fresh);
+        self.applied.store(last, Ordering::SeqCst);
+        if self.needs_rebuild() {
+            self.rebuild(store)?;
+        }
+        Ok(())
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        let points = self.points.load(Ordering::SeqCst) as usize;
+        let live = self.live.read().unwrap().owners.len();
+        let dead = points.saturating_sub(live);
+        dead >= REBUILD_MIN_DEAD && dead as f64 > REBUILD_DEAD_FRACTION * points as f64
+    }
+
+    /// Rebuilds the graph from the stored vectors.
+    pub fn rebuild(&self, store: &Store) -> Result<()> {
+        let g = new_graph(store.chunk_count());
+        *self.graph.write().unwrap() = g;
+        self.points.store(0, Ordering::SeqCst);
+        *self.max_chunk.write().unwrap() = None;
+        self.reload_live(store)?;
+        self.insert_new_chunks(store)?;
+        self.applied.store(store.last_seq()?, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Live chunks.
+    pub fn len(&self) -> usize {
+        self.live.read().unwrap().owners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Points in the graph, dead ones included.
+    pub fn points(&self) -> usize {
+        self.points.load(Ordering::SeqCst) as usize
+    }
+
+    /// Whether a note has live vectors in the graph.
+    pub fn contains_note(&self, id: &str) -> bool {
+        let live = self.live.read().unwrap();
+        let max = *self.max_chunk.read().unwrap();
+        live.by_note
+            .get(id)
+            .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|c| max.is_some_and(|m| *c <= m)))
+    }
+
+    /// The `k` nearest live chunks to `query` whose note passes `keep`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Vec<VectorHit> {
+        if k == 0 {
+            return vec![];
+        }
+        let live = self.live.read().unwrap();
+        let filter = |id: &usize| live.owners.get(&(*id as u64)).is_some_and(|n| keep(n));
+        let g = self.graph.read().unwrap();
+        g.search_filter(query, k, ef.max(k), Some(&filter))
+            .into_iter()
+            .filter_map(|n| {
+                let note = live.owners.get(&(n.d_id as u64))?.clone();
+                Some(VectorHit {
+                    chunk_id: n.d_id as u64,
+                    note_id: note,
+                    score: 1.0 - n.distance,
+                })
+            })
+            .collect()
+    }
+
+    /// Dumps the graph and atomically points the manifest at the new dump.
+    pub fn save(&self) -> Result<()> {
+        let seq = self.applied_seq();
+        let folder = format!("hnsw-{seq}-{}", std::process::id());
+        let path = self.dir.join(&folder);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let g = self.graph.read().unwrap();
+        let points = g.get_nb_point();
+        let basename = if points > 0 {
+            g.file_dump(&path, "vectors").map_err(idx_err)?
+        } else {
+            String::new()
+        };
+        drop(g);
+        let manifest = Manifest {
+            folder: folder.clone(),
+            basename,
+            seq,
+            max_chunk: *self.max_chunk.read().unwrap(),
+            points,
+        };
+        let tmp = self.dir.join("vectors.json.tmp");
+        let text = serde_json::to_vec_pretty(&manifest).map_err(idx_err)?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        if points == 0 {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(self.dir.join("vectors.json"));
+        } else {
+            std::fs::rename(&tmp, self.dir.join("vectors.json")).map_err(|e| Error::io(&tmp, e))?;
+        }
+        // Older dumps are no longer referenced.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("hnsw-") && name != folder {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! sled: the source of truth. Notes, their chunks with vectors, the operation log and the
+//! data directory's model identity live here; the BM25 and vector indexes are derived from it.
+//!
+//! Invariants:
+//! * One batch of upserts/deletes is one sled transaction across all trees, flushed to disk
+//!   before `apply` returns: an acknowledged write survives `kill -9`, and a note is stored
+//!   with all its chunks or not at all.
+//! * Every change appends `(seq -> op)` to the operation log, `seq` strictly increasing.
+//!   Derived indexes remember the last `seq` they applied and replay the rest on open.
+//! * Chunk ids are allocated monotonically and never reused, so a vector index can catch up
+//!   by inserting every live chunk above the largest id it holds; replaced or deleted chunks
+//!   are simply no longer live (tombstones).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::error::{Error, Result};
+use crate::model::{ModelInfo, Pooling, Window};
+use crate::note::Note;
+
+/// What built the vectors of a data directory. Opening it with another model is an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    pub model: String,
+    pub revision: Option<String>,
+    pub commit: Option<String>,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub dim: usize,
+    pub window_size: usize,
+    pub stride: usize,
+}
+
+impl ModelIdentity {
+    /// A local folder is recorded by its absolute path, so that the same model named from
+    /// another working directory is recognised.
+    pub fn from_info(info: &ModelInfo) -> Self {
+        let model = match (&info.revision, std::fs::canonicalize(&info.dir)) {
+            (None, Ok(abs)) => abs.display().to_string(),
+            _ => info.id.clone(),
+        };
+        ModelIdentity {
+            model,
+            revision: info.revision.clone(),
+            commit: info.commit.clone(),
+            pooling: info.pooling,
+            normalize: info.normalize,
+            dim: info.hidden_size,
+            window_size: info.window_size,
+            stride: info.stride,
+        }
+    }
+
+    /// Differences that make stored vectors incomparable with new ones.
+    pub fn differences(&self, other: &ModelIdentity) -> Vec<String> {
+        let mut d = vec![];
+        let mut cmp = |what: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{what}: stored {a}, now {b}"));
+            }
+        };
+        cmp("model", self.model.clone(), other.model.clone());
+        cmp(
+            "commit",
+            format!("{:?}", self.commit),
+            format!("{:?}", other.commit),
+        );
+        cmp(
+            "pooling",
+            self.pooling.to_string(),
+            other.pooling.to_string(),
+        );
+        cmp(
+            "normalize",
+            self.normalize.to_string(),
+            other.normalize.to_string(),
+        );
+        cmp("dimension", self.dim.to_string(), other.dim.to_string());
+        cmp(
+            "window",
+            self.window_size.to_string(),
+            other.window_size.to_string(),
+        );
+        cmp("stride", self.stride.to_string(), other.stride.to_string());
+        d
+    }
+}
+
+/// A note as stored, with the ids of its chunks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredNote {
+    pub note: Note,
+    /// The operation that wrote this version.
+    pub seq: u64,
+    pub chunk_ids: Vec<u64>,
+    /// Set when the note had more windows than the cap and its tail was not embedded.
+    #[serde(default)]
+    pub windows_capped: bool,
+}
+
+/// One embedded window of a note.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub id: u64,
+    pub note_id: String,
+    pub index: u32,
+    /// Byte span in the note text.
+    pub start: usize,
+    pub end: usize,
+    /// Character span in the note text.
+    pub char_start: usize,
+    pub char_end: usize,
+    pub vector: Vec<f32>,
+}
+
+/// An entry of the operation log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "id", rename_all = "lowercase")]
+pub enum Op {
+    Upsert(String),
+    Delete(String),
+}
+
+impl Op {
+    pub fn id(&self) -> &str {
+        match self {
+            Op::Upsert(id) | Op::Delete(id) => id,
+        }
+    }
+}
+
+/// A note ready to store: the note and its embedded windows.
+#[derive(Debug, Clone)]
+pub struct EmbeddedNote {
+    pub note: Note,
+    pub windows: Vec<Window>,
+    pub windows_capped: bool,
+}
+
+const KEY_MODEL: &[u8] = b"model";
+const KEY_SEQ: &[u8] = b"seq";
+const KEY_CHUNK_ID: &[u8] = b"next_chunk_id";
+
+pub struct Store {
+    db: sled::Db,
+    notes: sled::Tree,
+    chunks: sled::Tree,
+    oplog: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn u64_of(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Store(format!("corrupt record: {what}"))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+                    Error::Store(format!(
+                        "{} is in use by another clinsearch process (stop it, or send notes to its API)",
+                        dir.display()
+                    ))
+                }
+                other => Error::from(other),
+            })?;
+        Ok(Store {
+            notes: db.open_tree("notes")?,
+            chunks: db.open_tree("chunks")?,
+            oplog: db.open_tree("oplog")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    pub fn model_identity(&self) -> Result<Option<ModelIdentity>> {
+        match self.meta.get(KEY_MODEL)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+        }
+    }
+
+    pub fn set_model_identity(&self, id: &ModelIdentity) -> Result<()> {
+        self.meta
+            .insert(KEY_MODEL, serde_json::to_vec(id).map_err(corrupt)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The last operation sequence written.
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(u64_of(self.meta.get(KEY_SEQ)?))
+    }
+
+    pub fn note_count(&self) -> usize {
+        self.notes.len()
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Stores a batch atomically and durably: upserts replace any earlier version of the same
+    /// id (its chunks included), deletes remove notes. Returns the last sequence written.
+    pub fn apply(&self, upserts: &[EmbeddedNote], deletes: &[String]) -> Result<u64> {
+        let res = (&self.notes, &self.chunks, &self.oplog, &self.meta).transaction(
+            |(notes, chunks, oplog, meta)| {
+                let mut seq = u64_of(meta.get(KEY_SEQ)?);
+                let mut next_chunk = u64_of(meta.get(KEY_CHUNK_ID)?);
+                let remove_old =
+                    |id: &str| -> std::result::Result<bool, ConflictableTransactionError<Error>> {
+                        match notes.get(id.as_bytes())? {
+                            Some(old) => {
+                                let old: StoredNote = serde_json::from_slice(&old)
+                                    .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?;
+                                for c in old.chunk_ids {
+                                    chunks.remove(&c.to_be_bytes())?;
+                                }
+                                Ok(true)
+                            }
+                            None => Ok(false),
+                        }
+                    };
+                for u in upserts {
+                    remove_old(&u.note.id)?;
+                    seq += 1;
+                    let mut ids = Vec::with_capacity(u.windows.len());
+                    for w in &u.windows {
+                        let chunk = Chunk {
+                            id: next_chunk,
+                            note_id: u.note.id.clone(),
+                            index: w.index as u32,
+                            start: w.start,
+                            end: w.end,
+                            char_start: w.char_start,
+                            char_end: w.char_end,
+                            vector: w.vector.clone(),
+                        };
+                        chunks.insert(&next_chunk.to_be_bytes(), encode_chunk(&chunk))?;
+                        ids.push(next_chunk);
+                        next_chunk += 1;
+                    }
+                    let stored = StoredNote {
+                        note: u.note.clone(),
+                        seq,
+                        chunk_ids: ids,
+                        windows_capped: u.windows_capped,
+                    };
+                    let v = serde_json::to_vec(&stored)
+                        .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?;
+                    notes.insert(u.note.id.as_bytes(), v)?;
+                    let op =
+                        serde_json::to_vec(&Op::Upsert(u.note.id.clone())).expect("op encodes");
+                    oplog.insert(&seq.to_be_bytes(), op)?;
+                }
+                for id in deletes {
+                    if remove_old(id)? {
+                        notes.remove(id.as_bytes())?;
+                        seq += 1;
+                        let op = serde_json::to_vec(&Op::Delete(id.clone())).expect("op encodes");
+                        oplog.insert(&seq.to_be_bytes(), op)?;
+                    }
+                }
+                meta.insert(KEY_SEQ, &seq.to_be_bytes())?;
+                meta.insert(KEY_CHUNK_ID, &next_chunk.to_be_bytes())?;
+                Ok(seq)
+            },
+        );
+        let seq = match res {
+            Ok(seq) => seq,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.db.flush()?;
+        Ok(seq)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<StoredNote>> {
+        match self.notes.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+        }
+    }
+
+    pub fn chunk(&self, id: u64) -> Result<Option<Chunk>> {
+        match self.chunks.get(id.to_be_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_chunk(id, &v)?)),
+        }
+    }
+
+    pub fn chunks_of(&self, note: &StoredNote) -> Result<Vec<Chunk>> {
+        let mut out = Vec::with_capacity(note.chunk_ids.len());
+        for &id in &note.chunk_ids {
+            out.push(
+                self.chunk(id)?
+                    .ok_or_else(|| corrupt(format!("chunk {id} of {} is missing", note.note.id)))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Operations with a sequence above `seq`, in order.
+    pub fn ops_after(&self, seq: u64) -> impl Iterator<Item = Result<(u64, Op)>> + '_ {
+        self.oplog.range((seq + 1).to_be_bytes()..).map(|kv| {
+            let (k, v) = kv?;
+            let seq = u64_of(Some(k));
+            let op: Op = serde_json::from_slice(&v).map_err(corrupt)?;
+            Ok((seq, op))
+        })
+    }
+
+    /// Drops log entries up to `seq` once every derived index has applied them.
+    pub fn prune_log(&self, seq: u64) -> Result<()> {
+        for k in self.oplog.range(..=seq.to_be_bytes()).keys() {
+            self.oplog.remove(k?)?;
+        }
+        Ok(())
+    }
+
+    /// Every stored note, in id order.
+    pub fn notes(&self) -> impl Iterator<Item = Result<StoredNote>> + '_ {
+        self.notes
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(corrupt))
+    }
+
+    /// Every live chunk, in id order.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<Chunk>> + '_ {
+        self.chunks.iter().map(|kv| {
+            let (k, v) = kv?;
+            decode_chunk(u64_of(Some(k)), &v)
+        })
+    }
+
+    /// Live chunks with an id above `id`, in id order.
+    pub fn chunks_after(&self, id: Option<u64>) -> impl Iterator<Item = Result<Chunk>> + '_ {
+        let start = id.map(|i| i + 1).unwrap_or(0);
+        self.chunks.range(start.to_be_bytes()..).map(|kv| {
+            let (k, v) = kv?;
+            decode_chunk(u64_of(Some(k)), &v)
+        })
+    }
+
+    /// Ids of every live chunk with the note they belong to.
+    pub fn chunk_owners(&self) -> Result<Vec<(u64, String)>> {
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for c in self.chunks() {
+            let c = c?;
+            out.push((c.id, c.note_id));
+        }
+        Ok(out)
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Chunk record: `[u32 id_len][note id][u32 index][4 x u64 spans][u32 dim][dim x f32]`, LE.
+fn encode_chunk(c: &Chunk) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + c.note_id.len() + 4 * c.vector.len());
+    out.extend_from_slice(&(c.note_id.len() as u32).to_le_bytes());
+    out.extend_from_slice(c.note_id.as_bytes());
+    out.extend_from_slice(&c.index.to_le_bytes());
+    for x in [c.start, c.end, c.char_start, c.char_end] {
+        out.extend_from_slice(&(x as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&(c.vector.len() as u32).to_le_bytes());
+    for x in &c.vector {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn decode_chunk(id: u64, b: &[u8]) -> Result<Chunk> {
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let s = b
+            .get(pos..pos + n)
+            .ok_or_else(|| corrupt(format!("chunk {id} is truncated")))?;
+        pos += n;
+        Ok(s)
+    };
+    let u32_ = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap());
+    let u64_ = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap()) as usize;
+    let n = u32_(take(4)?) as usize;
+    let note_id =
+        String::from_utf8(take(n)?.to_vec()).map_err(|_| corrupt(format!("chunk {id} note id")))?;
+    let index = u32_(take(4)?);
+    let start = u64_(take(8)?);
+    let end = u64_(take(8)?);
+    let char_start = u64_(take(8)?);
+    let char_end = u64_(take(8)?);
+    let dim = u32_(take(4)?) as usize;
+    let raw = take(dim * 4)?;
+    let vector = raw
+        .chunks_exact(4)
+        .map(|x| f32::from_le_bytes(x.try_into().unwrap()))
+        .collect();
+    Ok(Chunk {
+        id,
+        note_id,
+        index,
+        start,
+        end,
+        char_start,
+        char_end,
+        vector,
+    })
+}

@@ -1,0 +1,137 @@
+//! Crash safety, for real: the `clinsearch` binary ingests a few thousand notes and is killed
+//! with SIGKILL at random moments; after each kill the data directory must hold every
+//! acknowledged note in sled, BM25 and the vector index, and no note in only some of them.
+//! Re-running the same ingest converges to exactly the source set.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clinsearch::engine::{Engine, OpenOptions};
+use clinsearch::store::ModelIdentity;
+
+use crate::common::*;
+use crate::ingest::tiny_encoder;
+
+const NOTES: usize = 3000;
+
+fn ingest_cmd(data: &std::path::Path, file: &std::path::Path, acks: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinsearch"));
+    cmd.args([
+        "ingest",
+        "--quiet",
+        "--batch",
+        "32",
+        "--window",
+        "24",
+        "--stride",
+        "4",
+        "--max-windows",
+        "16",
+    ])
+    .arg("--model")
+    .arg(fixture("tiny-mlm-uncased"))
+    .arg("--data")
+    .arg(data)
+    .arg("--acks")
+    .arg(acks)
+    .arg(file)
+    .env_remove("CLINSEARCH_MODEL")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn ingest_then_kill_then_reopen_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("notes.jsonl");
+    let acks = tmp.path().join("acks.txt");
+    let mut src = String::new();
+    let words = [
+        "fever",
+        "cough",
+        "chest pain",
+        "dyspnea",
+        "edema",
+        "rash",
+        "syncope",
+        "nausea",
+    ];
+    for i in 0..NOTES {
+        let w = words[i % words.len()];
+        let text = format!(
+            "Note {i}: patient reports {w} for {} days; plan reviewed with attending. {}",
+            i % 11,
+            "Vitals stable. ".repeat(i % 5)
+        );
+        src.push_str(&serde_json::json!({ "id": format!("c{i}"), "text": text, "patient_id": format!("P{}", i % 97) }).to_string());
+        src.push('\n');
+    }
+    std::fs::write(&file, &src).unwrap();
+    let ids: Vec<String> = (0..NOTES).map(|i| format!("c{i}")).collect();
+    let identity = ModelIdentity::from_info(tiny_encoder().info());
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut kills = 0;
+    for _ in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = 300 + seed % 1500;
+        let mut child = ingest_cmd(&data, &file, &acks).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+
+        let acked: Vec<String> = std::fs::read_to_string(&acks)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let engine = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+        for id in &acked {
+            assert_eq!(
+                engine.presence(id).unwrap(),
+                (true, true, true),
+                "acknowledged {id} after a kill at {delay} ms"
+            );
+        }
+        for id in &ids {
+            let (s, b, v) = engine.presence(id).unwrap();
+            assert!(
+                s == b && b == v,
+                "{id} is only partly present: store {s}, bm25 {b}, vectors {v}"
+            );
+        }
+        assert_eq!(engine.bm25.num_docs() as usize, engine.store.note_count());
+        assert_eq!(engine.vectors.len(), engine.store.chunk_count());
+    }
+    assert!(
+        kills >= 1,
+        "the ingest was never killed mid-way; make it longer"
+    );
+
+    // Running the same ingest to the end converges to exactly the source set.
+    let out = ingest_cmd(&data, &file, &acks).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let engine = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+    assert_eq!(engine.store.note_count(), NOTES);
+    assert_eq!(engine.bm25.num_docs() as usize, NOTES);
+    assert_eq!(engine.vectors.len(), engine.store.chunk_count());
+    for id in &ids {
+        assert_eq!(engine.presence(id).unwrap(), (true, true, true), "{id}");
+    }
+}
