@@ -6,7 +6,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test model build bench fixtures
+.PHONY: run test model build bench fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -14,9 +14,11 @@ model:
 build:
 	$(CARGO) build --release
 
+DATA_DIR ?= data
+
 run: model build
-	./target/release/clinsearch model info --model $(MODEL_DIR)
-	./target/release/clinsearch embed --model $(MODEL_DIR) "Patient denies chest pain or shortness of breath." | head -c 400; echo
+	./target/release/clinsearch ingest --model $(MODEL_DIR) --data $(DATA_DIR) sample_corpus/notes.jsonl
+	./target/release/clinsearch stats --data $(DATA_DIR)
 
 test: model
 	$(CARGO) test --all-targets
@@ -25,8 +27,13 @@ test: model
 # measured in the same run.
 bench: model
 	$(CARGO) bench --bench embed
+	$(CARGO) bench --bench ingest
 
 # Regenerates the tiny test models and golden outputs (needs torch, transformers and
 # sentence-transformers from PyPI). The results are committed.
+# Regenerates sample_corpus/ (synthetic notes, queries, graded qrels).
+sample-corpus:
+	python3 scripts/make_sample_corpus.py
+
 fixtures: model
 	python3 tests/fixtures/make_fixtures.py --default-model $(MODEL_DIR)

@@ -5,3 +5,4 @@ mod crash;
 mod encoder;
 mod hub;
 mod ingest;
+mod sample_corpus;

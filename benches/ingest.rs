@@ -1,0 +1,98 @@
+//! Ingest throughput on MTSamples (../shared/data/mtsamples/mtsamples.csv, 4,999 real
+//! transcribed reports) into a fresh data directory: notes/s, chunks/s and the time of each
+//! stage (parse, embed, sled, tantivy, hnsw). Goal: everything but embedding at most 10% of the
+//! wall time. `BENCH_NOTES=N` ingests only the first N notes (default: all).
+//!
+//! `cargo bench --bench ingest`.
+
+use clinsearch::engine::{Engine, OpenOptions};
+use clinsearch::ingest::{self, source, CsvMapping, Format, IngestOptions, OnError};
+use clinsearch::model::{tune_allocator, Encoder, EncoderOptions, WindowConfig};
+use clinsearch::store::ModelIdentity;
+
+fn main() {
+    tune_allocator();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let csv = root.join("../shared/data/mtsamples/mtsamples.csv");
+    if !csv.is_file() {
+        eprintln!("skipped: {} is absent", csv.display());
+        return;
+    }
+    let model = std::env::var("BENCH_MODEL")
+        .unwrap_or_else(|_| root.join("models/all-MiniLM-L6-v2").display().to_string());
+    let limit: Option<usize> = std::env::var("BENCH_NOTES")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let enc = Encoder::load(
+        &model,
+        &EncoderOptions {
+            window: WindowConfig {
+                max_windows: Some(256),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("load the model (make model)");
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        tmp.path(),
+        Some(&ModelIdentity::from_info(enc.info())),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let mapping = CsvMapping {
+        text_col: "transcription".into(),
+        id_col: Some("note_id".into()),
+        title_col: Some("description".into()),
+        meta_cols: vec![("medical_specialty".into(), "specialty".into())],
+    };
+    let records = source::read(&csv, Format::Csv, &mapping);
+    let records: Box<dyn Iterator<Item = source::Item> + Send> = match limit {
+        Some(n) => Box::new(records.take(n)),
+        None => records,
+    };
+    let report = ingest::run(
+        &engine,
+        &enc,
+        vec![records],
+        None,
+        &IngestOptions {
+            on_error: OnError::Skip,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    engine.checkpoint().unwrap();
+    let checkpoint = t.elapsed().as_secs_f64();
+    let s = &report.stages;
+    let wall = report.seconds;
+    println!(
+        "MTSamples ingest: {} notes, {} chunks, {} skipped (empty transcriptions)",
+        report.notes,
+        report.chunks,
+        report.errors.len()
+    );
+    println!(
+        "wall {wall:.1} s: {:.2} notes/s, {:.2} chunks/s",
+        report.notes as f64 / wall,
+        report.chunks as f64 / wall
+    );
+    println!("{:<10} {:>9} {:>8}", "stage", "seconds", "of wall");
+    for (name, secs) in [
+        ("parse", s.parse),
+        ("embed", s.embed),
+        ("sled", s.sled),
+        ("tantivy", s.tantivy),
+        ("hnsw", s.hnsw),
+        ("hnsw dump", checkpoint),
+    ] {
+        println!("{name:<10} {secs:>9.2} {:>7.1}%", 100.0 * secs / wall);
+    }
+    let non_embed = s.parse + s.sled + s.tantivy + s.hnsw + checkpoint;
+    println!(
+        "everything but embedding: {:.1}% of the wall time (goal <= 10%)",
+        100.0 * non_embed / wall
+    );
+}
