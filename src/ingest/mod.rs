@@ -182,7 +182,9 @@ pub fn run(
                 }
             }
             if !batch.is_empty() {
+                let w = Instant::now();
                 let _ = parsed_tx.send(Parsed::Batch(batch));
+                waited += w.elapsed();
             }
             (errors, (t0.elapsed().saturating_sub(waited)).as_secs_f64())
         });

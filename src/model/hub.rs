@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
-use super::weights::{find_weights, weight_files, WeightFormat};
+use super::weights::{find_weights, weight_files, WeightFormat, WEIGHT_FILES};
 use crate::error::{Error, Result};
 
 /// Where a model comes from.
@@ -203,24 +203,14 @@ pub fn resolve_hub(
             what: "config.json".into(),
         });
     }
-    let weights = [
-        ("model.safetensors", WeightFormat::Safetensors),
-        (
-            "model.safetensors.index.json",
-            WeightFormat::ShardedSafetensors,
-        ),
-        ("pytorch_model.bin", WeightFormat::PytorchBin),
-        (
-            "pytorch_model.bin.index.json",
-            WeightFormat::ShardedPytorchBin,
-        ),
-    ]
-    .into_iter()
-    .find(|(f, _)| has(f))
-    .ok_or_else(|| Error::MissingWeights {
-        model: format!("{repo_id}@{revision}"),
-        what: "PyTorch weights (model.safetensors or pytorch_model.bin)".into(),
-    })?;
+    let weights = WEIGHT_FILES
+        .iter()
+        .copied()
+        .find(|(f, _)| has(f))
+        .ok_or_else(|| Error::MissingWeights {
+            model: format!("{repo_id}@{revision}"),
+            what: "PyTorch weights (model.safetensors or pytorch_model.bin)".into(),
+        })?;
     if !has("tokenizer.json") && !has("vocab.txt") {
         return Err(Error::MissingWeights {
             model: format!("{repo_id}@{revision}"),

@@ -24,7 +24,7 @@ pub enum WeightFormat {
 }
 
 /// File names in the order they are preferred: safetensors is memory-safe and fast to read.
-const CANDIDATES: &[(&str, WeightFormat)] = &[
+pub const WEIGHT_FILES: &[(&str, WeightFormat)] = &[
     ("model.safetensors", WeightFormat::Safetensors),
     (
         "model.safetensors.index.json",
@@ -39,7 +39,7 @@ const CANDIDATES: &[(&str, WeightFormat)] = &[
 
 /// Finds the weight file (or shard index) of a model folder.
 pub fn find_weights(dir: &Path) -> Option<(PathBuf, WeightFormat)> {
-    CANDIDATES
+    WEIGHT_FILES
         .iter()
         .map(|(name, f)| (dir.join(name), *f))
         .find(|(p, _)| p.is_file())
