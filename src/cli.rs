@@ -94,10 +94,16 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Rebuild the BM25 and vector indexes from the stored notes and vectors (no re-embedding).
+    /// Rebuild the BM25 and vector indexes from the stored notes and vectors (no re-embedding),
+    /// or with --reembed, embed every stored note again with --model (another model).
     Reindex {
         #[command(flatten)]
         data: DataArgs,
+        /// Re-embed all notes with --model into a fresh directory, then swap it in.
+        #[arg(long)]
+        reembed: bool,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Counts and sizes of a data directory.
     Stats {
@@ -373,14 +379,30 @@ pub fn run(cli: Cli) -> Result<()> {
             engine.checkpoint()?;
             println!("deleted {n} of {} notes", ids.len());
         }
-        Command::Reindex { data } => {
-            let engine = data.open(None)?;
-            engine.reindex()?;
-            println!(
-                "reindexed {} notes, {} chunks",
-                engine.store.note_count(),
-                engine.store.chunk_count()
-            );
+        Command::Reindex {
+            data,
+            reembed,
+            model,
+        } => {
+            if reembed {
+                let mut opts = model.options()?;
+                opts.window.max_windows = Some(256);
+                let encoder = Encoder::load(&model.model, &opts)
+                    .with_context(|| format!("loading model {}", model.model))?;
+                let report = crate::engine::reembed(&data.dir, &encoder)?;
+                println!(
+                    "re-embedded {} notes ({} chunks) with {}",
+                    report.notes, report.chunks, model.model
+                );
+            } else {
+                let engine = data.open(None)?;
+                engine.reindex()?;
+                println!(
+                    "reindexed {} notes, {} chunks",
+                    engine.store.note_count(),
+                    engine.store.chunk_count()
+                );
+            }
         }
         Command::Stats { data } => {
             let engine = data.open(None)?;

@@ -53,7 +53,7 @@ impl Engine {
                 let diff = stored.differences(now);
                 if !diff.is_empty() {
                     return Err(Error::ModelMismatch(format!(
-                        "{} was built with another model ({}); use --data with a new folder, or the model it was built with",
+                        "{} was built with another model ({}); use the model it was built with, a new --data folder, or `clinsearch reindex --reembed --model M` to embed it again",
                         dir.display(),
                         diff.join("; ")
                     )));
@@ -185,4 +185,58 @@ impl Engine {
             self.vectors.contains_note(id),
         ))
     }
+}
+
+/// Embeds every note of the data directory `dir` again with `encoder` (another model).
+///
+/// The new store and indexes are built in a sibling folder and swapped in by renames only
+/// when complete, so a crash leaves the old directory intact.
+pub fn reembed(dir: &Path, encoder: &crate::model::Encoder) -> Result<crate::ingest::IngestReport> {
+    let fresh = dir.with_extension("reembed");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let report = {
+        let old = Engine::open(dir, None, &OpenOptions::default())?;
+        let stem = old.bm25.stems();
+        let notes: Vec<crate::note::Note> = old
+            .store
+            .notes()
+            .map(|n| n.map(|s| s.note))
+            .collect::<Result<_>>()?;
+        drop(old);
+        let identity = ModelIdentity::from_info(encoder.info());
+        let new = Engine::open(&fresh, Some(&identity), &OpenOptions { stem })?;
+        let origin = dir.join("sled");
+        let records = notes.into_iter().map(move |note| {
+            Ok(crate::ingest::Record {
+                origin: crate::ingest::source::Origin {
+                    file: origin.clone(),
+                    line: 0,
+                },
+                note,
+            })
+        });
+        let report = crate::ingest::run(
+            &new,
+            encoder,
+            vec![Box::new(records)],
+            None,
+            &crate::ingest::IngestOptions {
+                on_error: crate::ingest::OnError::Abort,
+                ..Default::default()
+            },
+        )?;
+        if let Some(reason) = &report.aborted {
+            return Err(Error::InvalidInput(format!(
+                "re-embedding stopped: {reason}"
+            )));
+        }
+        new.checkpoint()?;
+        report
+    };
+    let retired = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&retired);
+    std::fs::rename(dir, &retired).map_err(|e| Error::io(dir, e))?;
+    std::fs::rename(&fresh, dir).map_err(|e| Error::io(&fresh, e))?;
+    let _ = std::fs::remove_dir_all(&retired);
+    Ok(report)
 }

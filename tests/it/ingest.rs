@@ -404,3 +404,45 @@ fn searches_keep_working_while_an_ingest_runs() {
     });
     assert_eq!(engine.store.note_count(), 403);
 }
+
+#[test]
+fn reembedding_with_another_model_replaces_every_vector_and_keeps_every_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let enc = tiny_encoder();
+    {
+        let engine = open(&dir, &enc);
+        ingest_file(
+            &engine,
+            &enc,
+            &write(tmp.path(), "a.jsonl", NOTES.as_bytes()),
+            OnError::Abort,
+        );
+        engine.checkpoint().unwrap();
+    }
+    let other = load(&fixture("tiny-st-sharded"), EncoderOptions::default());
+    let report = clinsearch::engine::reembed(&dir, &other).unwrap();
+    assert_eq!(report.notes, 3);
+    let engine = Engine::open(
+        &dir,
+        Some(&ModelIdentity::from_info(other.info())),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        engine.identity().unwrap().unwrap(),
+        ModelIdentity::from_info(other.info())
+    );
+    for id in ["n1", "n2", "n3"] {
+        assert_eq!(engine.presence(id).unwrap(), (true, true, true), "{id}");
+        let stored = engine.store.get(id).unwrap().unwrap();
+        assert_eq!(stored.note.patient_id.is_some(), true, "metadata kept");
+    }
+    // The old model no longer opens it.
+    assert!(Engine::open(
+        &dir,
+        Some(&ModelIdentity::from_info(enc.info())),
+        &OpenOptions::default()
+    )
+    .is_err());
+}
