@@ -288,7 +288,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Ingest {
             data,
-            mut model,
+            model,
             paths,
             format,
             text_col,
@@ -303,9 +303,6 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             use crate::ingest::{self, source};
-            if model.batch_size == 32 {
-                model.batch_size = batch.min(64);
-            }
             let mut opts = model.options()?;
             opts.window.max_windows = Some(max_windows);
             let encoder = Encoder::load(&model.model, &opts)

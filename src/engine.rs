@@ -104,19 +104,7 @@ impl Engine {
     }
 
     fn rebuild_bm25(&self) -> Result<()> {
-        self.bm25.clear()?;
-        let last = self.store.last_seq()?;
-        let mut batch: Vec<(u64, Op)> = vec![];
-        for n in self.store.notes() {
-            batch.push((0, Op::Upsert(n?.note.id)));
-            if batch.len() == 5000 {
-                self.bm25.apply(&self.store, &batch)?;
-                batch.clear();
-            }
-        }
-        // The final commit records the store's last sequence.
-        batch.push((last, Op::Delete(String::new())));
-        self.bm25.apply(&self.store, &batch)
+        self.bm25.rebuild(&self.store)
     }
 
     /// Stores a batch (durable on return) and applies it to both indexes.

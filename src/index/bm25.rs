@@ -146,58 +146,68 @@ impl Bm25Index {
         let Some(&(last, _)) = ops.last() else {
             return Ok(());
         };
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| Error::Index("BM25 writer poisoned".into()))?;
+        let w = self.lock_writer()?;
         for (_, op) in ops {
             let id = op.id();
             w.delete_term(Term::from_field_text(self.f.id, id));
             if let Op::Upsert(_) = op {
                 if let Some(stored) = store.get(id)? {
-                    let n = &stored.note;
-                    let mut d = doc!(self.f.id => n.id.clone(), self.f.text => n.text.clone());
-                    if let Some(t) = &n.title {
-                        d.add_text(self.f.title, t);
-                    }
-                    let lower = |v: &Option<String>| v.as_ref().map(|s| s.to_lowercase());
-                    if let Some(v) = lower(&n.patient_id) {
-                        d.add_text(self.f.patient_id, v);
-                    }
-                    if let Some(v) = lower(&n.note_type) {
-                        d.add_text(self.f.note_type, v);
-                    }
-                    if let Some(v) = lower(&n.specialty) {
-                        d.add_text(self.f.specialty, v);
-                    }
-                    if let Some(k) = n.date_key() {
-                        d.add_i64(self.f.date, k);
-                    }
-                    w.add_document(d)?;
+                    w.add_document(self.document(&stored.note))?;
                 }
             }
         }
+        self.commit(w, last)
+    }
+
+    /// Replaces the whole index with the notes of the store, in one commit recording the
+    /// store's last sequence.
+    pub fn rebuild(&self, store: &Store) -> Result<()> {
+        let w = self.lock_writer()?;
+        w.delete_all_documents()?;
+        for stored in store.notes() {
+            w.add_document(self.document(&stored?.note))?;
+        }
+        self.commit(w, store.last_seq()?)
+    }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter<TantivyDocument>>> {
+        self.writer
+            .lock()
+            .map_err(|_| Error::Index("BM25 writer poisoned".into()))
+    }
+
+    fn commit(
+        &self,
+        mut w: std::sync::MutexGuard<'_, IndexWriter<TantivyDocument>>,
+        seq: u64,
+    ) -> Result<()> {
         let mut prepared = w.prepare_commit()?;
-        prepared.set_payload(&last.to_string());
+        prepared.set_payload(&seq.to_string());
         prepared.commit()?;
         drop(w);
         self.reader.reload()?;
         Ok(())
     }
 
-    /// Removes every document (before a rebuild).
-    pub fn clear(&self) -> Result<()> {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| Error::Index("BM25 writer poisoned".into()))?;
-        w.delete_all_documents()?;
-        let mut prepared = w.prepare_commit()?;
-        prepared.set_payload("0");
-        prepared.commit()?;
-        drop(w);
-        self.reader.reload()?;
-        Ok(())
+    /// The tantivy document of a note; metadata lowercased so filters match any case.
+    fn document(&self, n: &crate::note::Note) -> TantivyDocument {
+        let mut d = doc!(self.f.id => n.id.clone(), self.f.text => n.text.clone());
+        if let Some(t) = &n.title {
+            d.add_text(self.f.title, t);
+        }
+        for (field, value) in [
+            (self.f.patient_id, &n.patient_id),
+            (self.f.note_type, &n.note_type),
+            (self.f.specialty, &n.specialty),
+        ] {
+            if let Some(v) = value {
+                d.add_text(field, v.to_lowercase());
+            }
+        }
+        if let Some(k) = n.date_key() {
+            d.add_i64(self.f.date, k);
+        }
+        d
     }
 
     /// The user's query over title and text. Never fails on syntax: tantivy's lenient parser

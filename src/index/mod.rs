@@ -26,33 +26,4 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         *self == Filter::default()
     }
-
-    /// Whether a note passes the filter.
-    pub fn matches(&self, note: &crate::note::Note) -> bool {
-        let eq = |want: &Option<String>, have: &Option<String>| match want {
-            None => true,
-            Some(w) => have
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case(w.trim())),
-        };
-        if !eq(&self.note_type, &note.note_type)
-            || !eq(&self.specialty, &note.specialty)
-            || !eq(&self.patient_id, &note.patient_id)
-        {
-            return false;
-        }
-        let key = note.date_key();
-        let bound = |b: &Option<String>| b.as_deref().and_then(|d| crate::note::date_key(d).ok());
-        if let Some(from) = bound(&self.date_from) {
-            if key.is_none_or(|k| k < from) {
-                return false;
-            }
-        }
-        if let Some(to) = bound(&self.date_to) {
-            if key.is_none_or(|k| k > to) {
-                return false;
-            }
-        }
-        true
-    }
 }

@@ -363,7 +363,9 @@ fn pairs(items: Vec<Value>) -> std::result::Result<Vec<(Value, Value)>, String> 
 #[derive(Debug, Clone)]
 struct TensorRef {
     storage_key: String,
-    dtype: DType,
+    /// `None` for integer tensors, which are skipped.
+    dtype: Option<DType>,
+    elem_size: usize,
     /// Element offset of the storage itself inside its root storage (legacy views).
     storage_offset: usize,
     offset: usize,
@@ -371,19 +373,23 @@ struct TensorRef {
     stride: Vec<usize>,
 }
 
-fn storage_dtype(v: &Value) -> std::result::Result<DType, String> {
+/// The element type of a torch storage class and its size in bytes. Integer storages (buffers
+/// such as `position_ids`) are never loaded, but their sizes are needed to walk a legacy file.
+fn storage_type(v: &Value) -> std::result::Result<(Option<DType>, usize), String> {
     let name = match v {
         Value::Global(_, n) => n.as_str(),
         Value::Str(s) => s.as_str(),
         other => return Err(format!("unexpected storage type {other:?}")),
     };
     Ok(match name {
-        "FloatStorage" => DType::F32,
-        "DoubleStorage" => DType::F64,
-        "HalfStorage" => DType::F16,
-        "BFloat16Storage" => DType::BF16,
-        "LongStorage" => DType::I64,
-        "ByteStorage" | "BoolStorage" => DType::U8,
+        "FloatStorage" => (Some(DType::F32), 4),
+        "DoubleStorage" => (Some(DType::F64), 8),
+        "HalfStorage" => (Some(DType::F16), 2),
+        "BFloat16Storage" => (Some(DType::BF16), 2),
+        "LongStorage" => (None, 8),
+        "IntStorage" => (None, 4),
+        "ShortStorage" => (None, 2),
+        "ByteStorage" | "CharStorage" | "BoolStorage" => (None, 1),
         other => return Err(format!("unsupported storage type {other}")),
     })
 }
@@ -423,7 +429,7 @@ fn tensor_ref(v: &Value) -> std::result::Result<Option<TensorRef>, String> {
             if pid.len() < 5 || pid[0].as_str() != Some("storage") {
                 return Err(format!("unexpected storage reference {pid:?}"));
             }
-            let dtype = storage_dtype(&pid[1])?;
+            let (dtype, elem_size) = storage_type(&pid[1])?;
             let storage_key = pid[2]
                 .as_str()
                 .ok_or("storage key is not a string")?
@@ -456,6 +462,7 @@ fn tensor_ref(v: &Value) -> std::result::Result<Option<TensorRef>, String> {
             Ok(Some(TensorRef {
                 storage_key,
                 dtype,
+                elem_size,
                 storage_offset,
                 offset,
                 size,
@@ -495,7 +502,8 @@ fn state_dict(obj: Value) -> std::result::Result<Vec<(String, Value)>, String> {
 
 /// Gathers a strided view out of raw little-endian storage bytes into a contiguous tensor.
 fn materialise(r: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, String> {
-    let es = r.dtype.size_in_bytes();
+    let es = r.elem_size;
+    let dtype = r.dtype.ok_or("not a floating-point tensor")?;
     let numel: usize = r.size.iter().product();
     let base = r.storage_offset + r.offset;
     // The furthest element this view touches must exist in the storage.
@@ -524,7 +532,7 @@ fn materialise(r: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, Str
             idx[d] = 0;
         }
     }
-    Tensor::from_raw_buffer(&bytes, r.dtype, &r.size, &Device::Cpu).map_err(|e| e.to_string())
+    Tensor::from_raw_buffer(&bytes, dtype, &r.size, &Device::Cpu).map_err(|e| e.to_string())
 }
 
 /// Reads every floating-point tensor of a `pytorch_model.bin` (either layout) on the CPU.
@@ -548,7 +556,7 @@ pub fn read_pytorch_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     };
     let mut out = Vec::with_capacity(entries.len());
     for (name, r) in entries {
-        if !matches!(r.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+        if r.dtype.is_none() {
             continue;
         }
         let storage = storages
@@ -629,7 +637,7 @@ fn read_legacy(path: &Path, file_len: u64) -> std::result::Result<Parsed, String
     let refs = collect_refs(obj)?;
     let elem_size: HashMap<&str, usize> = refs
         .iter()
-        .map(|(_, r)| (r.storage_key.as_str(), r.dtype.size_in_bytes()))
+        .map(|(_, r)| (r.storage_key.as_str(), r.elem_size))
         .collect();
     let mut storages = HashMap::new();
     for key in &keys {
@@ -637,7 +645,11 @@ fn read_legacy(path: &Path, file_len: u64) -> std::result::Result<Parsed, String
         r.read_exact(&mut n)
             .map_err(|_| format!("storage {key} is truncated"))?;
         let numel = i64::from_le_bytes(n);
-        let es = *elem_size.get(key.as_str()).unwrap_or(&1);
+        // Walking the file needs every storage's element size: a storage that no tensor
+        // names cannot be skipped safely.
+        let es = *elem_size
+            .get(key.as_str())
+            .ok_or_else(|| format!("storage {key} belongs to no tensor of the state dict"))?;
         let len = (numel.max(0) as u64).saturating_mul(es as u64);
         if len > file_len {
             return Err(format!(

@@ -359,11 +359,13 @@ impl Store {
     }
 
     /// Ids of every live chunk with the note they belong to.
+    /// Reads only each record's header, not its vector.
     pub fn chunk_owners(&self) -> Result<Vec<(u64, String)>> {
         let mut out = Vec::with_capacity(self.chunks.len());
-        for c in self.chunks() {
-            let c = c?;
-            out.push((c.id, c.note_id));
+        for kv in self.chunks.iter() {
+            let (k, v) = kv?;
+            let id = u64_of(Some(k));
+            out.push((id, decode_owner(id, &v)?));
         }
         Ok(out)
     }
@@ -387,6 +389,18 @@ fn encode_chunk(c: &Chunk) -> Vec<u8> {
         out.extend_from_slice(&x.to_le_bytes());
     }
     out
+}
+
+/// The note id at the head of a chunk record.
+fn decode_owner(id: u64, b: &[u8]) -> Result<String> {
+    let n = b
+        .get(..4)
+        .map(|s| u32::from_le_bytes(s.try_into().unwrap()) as usize)
+        .ok_or_else(|| corrupt(format!("chunk {id} is truncated")))?;
+    let raw = b
+        .get(4..4 + n)
+        .ok_or_else(|| corrupt(format!("chunk {id} is truncated")))?;
+    String::from_utf8(raw.to_vec()).map_err(|_| corrupt(format!("chunk {id} note id")))
 }
 
 fn decode_chunk(id: u64, b: &[u8]) -> Result<Chunk> {

@@ -54,6 +54,19 @@ fn ingest_file(
     .unwrap()
 }
 
+/// Opens `dir` and ingests the three notes of `NOTES` into it.
+fn seeded(tmp: &Path, dir: &Path, enc: &Encoder) -> Engine {
+    let engine = open(dir, enc);
+    let report = ingest_file(
+        &engine,
+        enc,
+        &write(tmp, "seed.jsonl", NOTES.as_bytes()),
+        OnError::Abort,
+    );
+    assert_eq!(report.notes, 3);
+    engine
+}
+
 fn write(dir: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, content).unwrap();
@@ -167,13 +180,7 @@ fn indexes_catch_up_or_rebuild_from_the_store_on_open() {
     let dir = tmp.path().join("data");
     let enc = tiny_encoder();
     {
-        let engine = open(&dir, &enc);
-        ingest_file(
-            &engine,
-            &enc,
-            &write(tmp.path(), "a.jsonl", NOTES.as_bytes()),
-            OnError::Abort,
-        );
+        let engine = seeded(tmp.path(), &dir, &enc);
         // No checkpoint: the vector dump is missing, as after a crash.
     }
     {
@@ -375,13 +382,7 @@ fn csv_with_column_mapping_and_txt_folders_are_ingested() {
 fn searches_keep_working_while_an_ingest_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let enc = tiny_encoder();
-    let engine = open(&tmp.path().join("data"), &enc);
-    ingest_file(
-        &engine,
-        &enc,
-        &write(tmp.path(), "seed.jsonl", NOTES.as_bytes()),
-        OnError::Abort,
-    );
+    let engine = seeded(tmp.path(), &tmp.path().join("data"), &enc);
     let mut big = String::new();
     for i in 0..400 {
         big.push_str(&format!("{{\"id\": \"bulk{i}\", \"text\": \"progress note {i}: fever, cough, started ceftriaxone\"}}\n"));
@@ -411,13 +412,7 @@ fn reembedding_with_another_model_replaces_every_vector_and_keeps_every_note() {
     let dir = tmp.path().join("data");
     let enc = tiny_encoder();
     {
-        let engine = open(&dir, &enc);
-        ingest_file(
-            &engine,
-            &enc,
-            &write(tmp.path(), "a.jsonl", NOTES.as_bytes()),
-            OnError::Abort,
-        );
+        let engine = seeded(tmp.path(), &dir, &enc);
         engine.checkpoint().unwrap();
     }
     let other = load(&fixture("tiny-st-sharded"), EncoderOptions::default());
