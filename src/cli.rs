@@ -105,6 +105,8 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Serve the HTTP API and the browser UI (loopback only unless an API key is set).
+    Serve(ServeArgs),
     /// Counts and sizes of a data directory.
     Stats {
         #[command(flatten)]
@@ -132,6 +134,69 @@ pub enum ModelCommand {
         /// Folder or Hub id (org/name[@revision]).
         model: String,
     },
+}
+
+/// `clinsearch serve`: every setting may also come from a TOML file (--config) or the
+/// environment (CLINSEARCH_ADDR, CLINSEARCH_API_KEY, ...); flags beat the environment, which
+/// beats the file. Keys are read from the file or the environment only, never from flags
+/// (flags are visible to every user of the machine in the process list).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (same names as the flags, with underscores).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Data directory [default: data].
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// Model folder or Hub id [default: models/all-MiniLM-L6-v2].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub pooling: Option<String>,
+    /// cpu, cuda[:N] or metal [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32].
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Sequences per forward pass when ingesting [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Largest request body in bytes [default: 33554432].
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Most queries embedded together by the batching worker [default: 32].
+    #[arg(long)]
+    pub query_batch: Option<usize>,
+    /// HTTP worker threads [default: 2].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// hnsw search breadth [default: 64].
+    #[arg(long)]
+    pub ef_search: Option<usize>,
+}
+
+impl ServeArgs {
+    pub fn layer(&self) -> crate::config::Layer {
+        crate::config::Layer {
+            addr: self.addr.clone(),
+            data: self.data.clone(),
+            model: self.model.clone(),
+            pooling: self.pooling.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            batch_size: self.batch_size,
+            max_body_bytes: self.max_body_bytes,
+            api_key: None,
+            read_api_key: None,
+            query_batch: self.query_batch,
+            workers: self.workers,
+            ef_search: self.ef_search,
+        }
+    }
 }
 
 /// Where the data directory is.
@@ -341,6 +406,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     on_error,
                     progress,
                     acks,
+                    stored: None,
                 },
             )?;
             engine.checkpoint()?;
@@ -400,6 +466,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     engine.store.chunk_count()
                 );
             }
+        }
+        Command::Serve(args) => {
+            let env = crate::config::Layer::from_env(|k| std::env::var(k).ok())?;
+            let config =
+                crate::config::ServerConfig::resolve(args.config.as_deref(), env, args.layer())?;
+            crate::server::run(config)?;
         }
         Command::Stats { data } => {
             let engine = data.open(None)?;

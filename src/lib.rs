@@ -7,14 +7,20 @@
 //! * [`index`]: BM25 (tantivy) and vectors (hnsw_rs), derived from the store.
 //! * [`engine`]: keeps store and indexes consistent (catch-up, rebuild, checkpoints).
 //! * [`ingest`]: files -> notes -> embedded windows -> engine, pipelined.
+//! * [`search`]: BM25, semantic and hybrid rankings with filters, fusion and snippets.
+//! * [`server`]: the HTTP API and the embedded browser UI (actix-web).
+//! * [`config`]: the server's configuration (file < environment < flags).
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod index;
 pub mod ingest;
 pub mod model;
 pub mod note;
+pub mod search;
+pub mod server;
 pub mod store;
 
 pub use error::{Error, Result};

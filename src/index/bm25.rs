@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{
+    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery,
+};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
     STORED, STRING,
@@ -223,9 +225,13 @@ impl Bm25Index {
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, query)];
         let term = |field: Field, v: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(field, &v.trim().to_lowercase()),
-                IndexRecordOption::Basic,
+            // Filters restrict; they must not add to the BM25 score.
+            Box::new(ConstScoreQuery::new(
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, &v.trim().to_lowercase()),
+                    IndexRecordOption::Basic,
+                )),
+                0.0,
             ))
         };
         if let Some(v) = &filter.note_type {
@@ -253,7 +259,10 @@ impl Bm25Index {
             let hi = to.map_or(Bound::Unbounded, |v| {
                 Bound::Included(Term::from_field_i64(self.f.date, v))
             });
-            clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(Box::new(RangeQuery::new(lo, hi)), 0.0)),
+            ));
         }
         Box::new(BooleanQuery::new(clauses))
     }
@@ -291,6 +300,56 @@ impl Bm25Index {
         generator.set_max_num_chars(max_chars);
         let s = generator.snippet(text);
         Ok((s.fragment().to_string(), s.highlighted().to_vec()))
+    }
+
+    /// The notes passing `filter`: how many there are, and their ids when at most `limit`.
+    /// The vector side uses this to search exactly over a small filtered set (hnsw's filtered
+    /// search degrades badly when few points pass).
+    pub fn filter_ids(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<String>>)> {
+        let q = self.filtered(Box::new(tantivy::query::AllQuery), filter);
+        let searcher = self.reader.searcher();
+        let count = searcher.search(&q, &tantivy::collector::Count)?;
+        if count > limit {
+            return Ok((count, None));
+        }
+        let addrs = searcher.search(&q, &tantivy::collector::DocSetCollector)?;
+        let mut ids = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let d: TantivyDocument = searcher.doc(addr)?;
+            if let Some(id) = d.get_first(self.f.id).and_then(|v| v.as_str()) {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort();
+        Ok((count, Some(ids)))
+    }
+
+    /// The BM25 score of one note for `query` (None when the note does not match it), so a
+    /// hit found only by the vector side still shows its keyword score.
+    pub fn score_of(&self, query: &str, id: &str) -> Result<Option<f32>> {
+        if query.trim().is_empty() {
+            return Ok(None);
+        }
+        let q = BooleanQuery::new(vec![
+            (Occur::Must, self.parse(query)),
+            (
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(self.f.id, id),
+                        IndexRecordOption::Basic,
+                    )),
+                    0.0,
+                )),
+            ),
+        ]);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?;
+        Ok(top.first().map(|(s, _)| *s))
     }
 
     /// Whether a note id is searchable.

@@ -38,6 +38,9 @@ pub struct IngestOptions {
     /// Appends the ids of each durably stored batch to this file (for scripts and the crash
     /// test: an id listed there survives any crash).
     pub acks: Option<PathBuf>,
+    /// Notes durably stored so far, updated after each batch (the server's ingest jobs
+    /// report progress from it).
+    pub stored: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Default for IngestOptions {
@@ -47,6 +50,7 @@ impl Default for IngestOptions {
             on_error: OnError::Abort,
             progress: false,
             acks: None,
+            stored: None,
         }
     }
 }
@@ -254,6 +258,9 @@ pub fn run(
                         let ids: String =
                             batch.iter().map(|n| format!("{}\n", n.note.id)).collect();
                         let _ = f.write_all(ids.as_bytes()).and_then(|_| f.flush());
+                    }
+                    if let Some(c) = &opts.stored {
+                        c.store(report.notes, std::sync::atomic::Ordering::SeqCst);
                     }
                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                     bar.set_position(report.notes as u64);

@@ -180,7 +180,7 @@ fn indexes_catch_up_or_rebuild_from_the_store_on_open() {
     let dir = tmp.path().join("data");
     let enc = tiny_encoder();
     {
-        let engine = seeded(tmp.path(), &dir, &enc);
+        let _engine = seeded(tmp.path(), &dir, &enc);
         // No checkpoint: the vector dump is missing, as after a crash.
     }
     {

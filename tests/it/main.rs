@@ -6,3 +6,4 @@ mod encoder;
 mod hub;
 mod ingest;
 mod sample_corpus;
+mod server;

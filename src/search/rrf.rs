@@ -1,0 +1,58 @@
+//! Reciprocal rank fusion (Cormack, Clarke and Büttcher, SIGIR 2009).
+//!
+//! Each retriever contributes `1 / (k + rank)` (ranks from 1) for every note it returned; a
+//! note missing from a list contributes nothing from it. Ranks, not scores, are added, so a
+//! BM25 score (unbounded) never has to be compared with a cosine (in [-1, 1]). `k = 60` is the
+//! value of the paper and of most engines; a smaller `k` lets the top ranks dominate.
+
+use std::collections::HashMap;
+
+/// Fused scores of the notes of `lists` (each list best first), highest first; ties keep the
+/// order of first appearance so results are deterministic.
+pub fn fuse(lists: &[&[String]], k: f32) -> Vec<(String, f32)> {
+    let mut scores: HashMap<&str, (f32, usize)> = HashMap::new();
+    let mut order = 0usize;
+    for list in lists {
+        for (i, id) in list.iter().enumerate() {
+            let e = scores.entry(id.as_str()).or_insert_with(|| {
+                order += 1;
+                (0.0, order)
+            });
+            e.0 += 1.0 / (k + (i + 1) as f32);
+        }
+    }
+    let mut out: Vec<(&str, f32, usize)> =
+        scores.into_iter().map(|(id, (s, o))| (id, s, o)).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+    out.into_iter()
+        .map(|(id, s, _)| (id.to_string(), s))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_note_found_by_both_retrievers_beats_one_found_by_one() {
+        let a = ids(&["x", "y"]);
+        let b = ids(&["z", "y"]);
+        let fused = fuse(&[&a, &b], 60.0);
+        assert_eq!(fused[0].0, "y");
+        assert!((fused[0].1 - 2.0 / 62.0).abs() < 1e-7);
+        assert_eq!(fused.len(), 3);
+    }
+
+    #[test]
+    fn equal_scores_keep_first_appearance_order() {
+        let a = ids(&["x"]);
+        let b = ids(&["z"]);
+        let fused = fuse(&[&a, &b], 60.0);
+        assert_eq!(fused[0].0, "x");
+        assert_eq!(fused[1].0, "z");
+    }
+}

@@ -1,0 +1,743 @@
+//! The JSON API. Handlers validate, then hand blocking work (sled, tantivy, candle) to the
+//! blocking pool; query embeddings go through the batching worker.
+//! The OpenAPI description (`openapi.json`) documents every route registered here; a test
+//! keeps the two in step.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::HttpResponse;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::error::Error;
+use crate::index::Filter;
+use crate::ingest::source::note_from_json;
+use crate::note::Note;
+use crate::search::{SearchRequest, SearchResponse, Searcher};
+use crate::store::EmbeddedNote;
+
+type ApiResult = Result<HttpResponse, ApiError>;
+type State = web::Data<AppState>;
+
+/// Most notes in one `POST /api/documents` (larger loads go through `/api/ingest`).
+pub const MAX_NOTES_PER_REQUEST: usize = 1000;
+/// Most texts in one `POST /api/embed`.
+pub const MAX_EMBED_TEXTS: usize = 256;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/health", web::get().to(health))
+        .route("/api/stats", web::get().to(stats))
+        .route("/api/openapi.json", web::get().to(openapi))
+        .route("/api/search", web::get().to(search_get))
+        .route("/api/search", web::post().to(search_post))
+        .route("/api/documents", web::post().to(documents_post))
+        .route("/api/documents/{id}", web::get().to(document_get))
+        .route("/api/documents/{id}", web::delete().to(document_delete))
+        .route("/api/embed", web::post().to(embed))
+        .route("/api/fill-mask", web::post().to(fill_mask))
+        .route("/api/ingest", web::post().to(ingest_start))
+        .route("/api/ingest", web::get().to(ingest_list))
+        .route("/api/ingest/{job}", web::get().to(ingest_status))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The JSON extractor's failures in the API's error shape.
+pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError as J;
+    match e {
+        J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::too_large(limit),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        J::Deserialize(d) => {
+            ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}"))
+        }
+        other => ApiError::bad_request("invalid_json", other.to_string()),
+    }
+}
+
+async fn health(state: State) -> ApiResult {
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "notes": state.engine.store.note_count(),
+        "model": state.encoder.info().id,
+    })))
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn stats(state: State) -> ApiResult {
+    let st = state.clone();
+    let v = web::block(move || -> Result<Value, Error> {
+        let e = &st.engine;
+        let info = st.encoder.info();
+        Ok(json!({
+            "notes": e.store.note_count(),
+            "chunks": e.store.chunk_count(),
+            "model": {
+                "id": info.id,
+                "dim": info.hidden_size,
+                "pooling": info.pooling,
+                "normalize": info.normalize,
+                "window_size": info.window_size,
+                "stride": info.stride,
+                "fill_mask": st.encoder.has_mlm_head(),
+                "device": info.device,
+                "dtype": info.dtype,
+            },
+            "data_model": e.identity()?,
+            "bm25": {
+                "docs": e.bm25.num_docs(),
+                "stemming": e.bm25.stems(),
+                "bytes": dir_bytes(&e.dir.join("bm25")),
+            },
+            "vectors": {
+                "points": e.vectors.points(),
+                "live": e.vectors.len(),
+                "bytes": dir_bytes(&e.dir.join("vectors")),
+            },
+            "store": { "bytes": e.store.size_on_disk(), "last_seq": e.store.last_seq()? },
+            "uptime_s": st.started.elapsed().as_secs(),
+        }))
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+// ---------------------------------------------------------------------------------------
+// Search
+
+/// `GET /api/search?q=...&mode=...`
+async fn search_get(state: State, query: web::Query<Vec<(String, String)>>) -> ApiResult {
+    let req = SearchRequest::from_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    run_search(state, req).await
+}
+
+/// `POST /api/search` with the same parameters as a JSON object; filters may also be nested
+/// under `"filter"`.
+async fn search_post(state: State, body: web::Json<Value>) -> ApiResult {
+    let pairs = flatten_params(&body)?;
+    let req = SearchRequest::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    run_search(state, req).await
+}
+
+fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
+    let Value::Object(map) = body else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object of search parameters",
+        ));
+    };
+    let mut out = vec![];
+    fn scalar(k: &str, v: &Value) -> Result<Option<String>, ApiError> {
+        match v {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            Value::Number(n) => Ok(Some(n.to_string())),
+            Value::Bool(b) => Ok(Some(b.to_string())),
+            _ => Err(ApiError {
+                param: Some(k.to_string()),
+                ..ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("{k}: must be a string or a number"),
+                )
+            }),
+        }
+    }
+    for (k, v) in map {
+        if (k == "filter" || k == "filters") && v.is_object() {
+            for (fk, fv) in v.as_object().into_iter().flatten() {
+                if let Some(s) = scalar(fk, fv)? {
+                    out.push((fk.clone(), s));
+                }
+            }
+        } else if let Some(s) = scalar(k, v)? {
+            out.push((k.clone(), s));
+        }
+    }
+    Ok(out)
+}
+
+/// Embeds the query on the batching worker (when the mode needs it) and ranks.
+pub async fn execute_search(state: &State, req: SearchRequest) -> Result<SearchResponse, ApiError> {
+    let t = Instant::now();
+    let qv = if req.mode.needs_vector() {
+        Some(state.embedder.embed(&req.q).await?)
+    } else {
+        None
+    };
+    let embed_ms = t.elapsed().as_secs_f64() * 1e3;
+    let st = state.clone();
+    let mut resp = web::block(move || {
+        let mut s = Searcher::new(&st.engine);
+        s.ef = st.config.ef_search;
+        s.search(&req, qv.as_deref())
+    })
+    .await??;
+    resp.timings.embed_ms = embed_ms;
+    Ok(resp)
+}
+
+async fn run_search(state: State, req: SearchRequest) -> ApiResult {
+    let t = Instant::now();
+    let resp = execute_search(&state, req).await?;
+    let mut v = serde_json::to_value(&resp).map_err(|e| Error::Index(e.to_string()))?;
+    v["took_ms"] = json!(t.elapsed().as_secs_f64() * 1e3);
+    Ok(HttpResponse::Ok().json(v))
+}
+
+// ---------------------------------------------------------------------------------------
+// Documents
+
+/// Splits a body into note objects: one object, an array of objects, or NDJSON (one object
+/// per line). Each item is parsed on its own so one bad note does not sink the others.
+pub fn parse_note_body(body: &[u8]) -> Result<Vec<Result<Note, String>>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid_utf8", format!("the body is not UTF-8: {e}"))
+    })?;
+    let trimmed = text.trim_start();
+    let items: Vec<Result<Value, String>> = if trimmed.starts_with('[') {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(a)) => a.into_iter().map(Ok).collect(),
+            Ok(_) => unreachable!("starts with ["),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    format!("invalid JSON array: {e}"),
+                ))
+            }
+        }
+    } else if trimmed.starts_with('{') {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => vec![Ok(v)],
+            // More than one value: NDJSON, one note per line.
+            Err(_) => text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str::<Value>(l)
+                        .map_err(|e| format!("line {}: invalid JSON: {e}", i + 1))
+                })
+                .collect(),
+        }
+    } else if trimmed.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the body holds no notes",
+        ));
+    } else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "expected a JSON object, an array of objects, or NDJSON (one object per line)",
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the body holds no notes",
+        ));
+    }
+    if items.len() > MAX_NOTES_PER_REQUEST {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_notes",
+            format!(
+                "{} notes in one request; the limit is {MAX_NOTES_PER_REQUEST} (use /api/ingest for files)",
+                items.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let v = item?;
+            if !v.is_object() {
+                return Err("not a JSON object".to_string());
+            }
+            let note = note_from_json(&v)?;
+            let note = note.validate().map_err(|e| match e {
+                Error::InvalidInput(m) => m,
+                other => other.to_string(),
+            })?;
+            if !seen.insert(note.id.clone()) {
+                return Err(format!("duplicate id {:?} in this request", note.id));
+            }
+            Ok(note)
+        })
+        .collect())
+}
+
+/// `POST /api/documents`: stores notes (replacing notes with the same id) and replies with
+/// the status of each.
+async fn documents_post(state: State, body: Bytes) -> ApiResult {
+    let parsed = parse_note_body(&body)?;
+    let st = state.clone();
+    let results = web::block(move || -> Result<Vec<Value>, Error> {
+        let mut results: Vec<Value> = Vec::with_capacity(parsed.len());
+        let mut valid: Vec<(usize, Note)> = vec![];
+        for (i, r) in parsed.into_iter().enumerate() {
+            match r {
+                Ok(n) => {
+                    valid.push((i, n));
+                    results.push(Value::Null);
+                }
+                Err(e) => results.push(json!({ "index": i, "status": "rejected", "error": e })),
+            }
+        }
+        let texts: Vec<&str> = valid.iter().map(|(_, n)| n.text.as_str()).collect();
+        let windows: Vec<Result<Vec<crate::model::Window>, Error>> = match st.encoder.embed_windows(&texts) {
+            Ok(w) => w.into_iter().map(Ok).collect(),
+            Err(Error::InvalidInput(_)) => texts
+                .iter()
+                .map(|t| st.encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
+                .collect(),
+            Err(e) => return Err(e),
+        };
+        let mut batch = vec![];
+        for ((i, note), w) in valid.into_iter().zip(windows) {
+            match w {
+                Ok(windows) => {
+                    let end = note.text.trim_end().len();
+                    let capped = windows.last().is_some_and(|l| l.end < end);
+                    results[i] = json!({
+                        "index": i, "id": note.id, "status": "stored", "chunks": windows.len(),
+                        "windows_capped": capped,
+                    });
+                    batch.push(EmbeddedNote {
+                        note,
+                        windows,
+                        windows_capped: capped,
+                    });
+                }
+                Err(e) => {
+                    results[i] = json!({ "index": i, "id": note.id, "status": "rejected", "error": e.to_string() })
+                }
+            }
+        }
+        if !batch.is_empty() {
+            st.engine.apply(&batch, &[])?;
+            let chunks: usize = batch.iter().map(|n| n.windows.len()).sum();
+            st.metrics
+                .chunks_ingested
+                .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(results)
+    })
+    .await??;
+    let stored = results.iter().filter(|r| r["status"] == "stored").count();
+    let rejected = results.len() - stored;
+    use std::sync::atomic::Ordering::Relaxed;
+    state
+        .metrics
+        .notes_ingested
+        .fetch_add(stored as u64, Relaxed);
+    state
+        .metrics
+        .notes_rejected
+        .fetch_add(rejected as u64, Relaxed);
+    let body = json!({ "stored": stored, "rejected": rejected, "results": results });
+    if stored == 0 {
+        let mut b = ApiError::bad_request(
+            "invalid_notes",
+            format!("none of the {rejected} notes could be stored"),
+        )
+        .body();
+        b["results"] = body["results"].clone();
+        return Ok(HttpResponse::BadRequest().json(b));
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocQuery {
+    /// A query to mark in the note: BM25 term matches and each chunk's cosine to it.
+    q: Option<String>,
+}
+
+/// Char offset of each byte offset of `text` (for the browser, which counts characters).
+fn char_offset(text: &str, byte: usize) -> usize {
+    text.get(..byte).map_or(0, |s| s.chars().count())
+}
+
+async fn document_get(
+    state: State,
+    id: web::Path<String>,
+    query: web::Query<DocQuery>,
+) -> ApiResult {
+    let id = id.into_inner();
+    let q = query.into_inner().q.filter(|q| !q.trim().is_empty());
+    if let Some(q) = &q {
+        if q.len() > crate::search::MAX_QUERY_BYTES {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "q: the query is too long",
+            ));
+        }
+    }
+    let qv = match &q {
+        Some(q) => Some(state.embedder.embed(q).await?),
+        None => None,
+    };
+    let st = state.clone();
+    let v = web::block(move || -> Result<Option<Value>, Error> {
+        let e = &st.engine;
+        let Some(stored) = e.store.get(&id)? else {
+            return Ok(None);
+        };
+        let chunks = e.store.chunks_of(&stored)?;
+        let note = &stored.note;
+        let text = note.text.as_str();
+        let mut chunk_json = vec![];
+        let mut best: Option<(u32, f32)> = None;
+        for c in &chunks {
+            let score = qv.as_ref().map(|v| cosine(&c.vector, v));
+            if let Some(s) = score {
+                if best.is_none_or(|(_, b)| s > b) {
+                    best = Some((c.index, s));
+                }
+            }
+            chunk_json.push(json!({
+                "index": c.index, "char_start": c.char_start, "char_end": c.char_end, "score": score,
+            }));
+        }
+        // BM25 term matches over the whole note, as character spans.
+        let mut terms = vec![];
+        if let Some(q) = &q {
+            let (fragment, ranges) = e.bm25.snippet(q, text, text.chars().count() + 1)?;
+            if let Some(base) = text.find(&fragment).filter(|_| !fragment.is_empty()) {
+                for r in ranges {
+                    terms.push(json!([char_offset(text, base + r.start), char_offset(text, base + r.end)]));
+                }
+            }
+        }
+        // Other notes of the same patient, newest first.
+        let mut same_patient = vec![];
+        if let Some(p) = &note.patient_id {
+            let f = Filter {
+                patient_id: Some(p.clone()),
+                ..Default::default()
+            };
+            if let (_, Some(ids)) = e.bm25.filter_ids(&f, 500)? {
+                for other in ids.iter().filter(|o| **o != note.id) {
+                    if let Some(n) = e.store.get(other)? {
+                        let n = n.note;
+                        same_patient.push(json!({
+                            "id": n.id, "title": n.title, "date": n.date, "note_type": n.note_type,
+                            "specialty": n.specialty,
+                        }));
+                    }
+                }
+            }
+            same_patient.sort_by(|a, b| b["date"].as_str().cmp(&a["date"].as_str()));
+        }
+        Ok(Some(json!({
+            "note": note,
+            "chunks": chunk_json,
+            "best_chunk": best.map(|(i, _)| i),
+            "terms": terms,
+            "windows_capped": stored.windows_capped,
+            "same_patient": same_patient,
+        })))
+    })
+    .await??;
+    match v {
+        Some(v) => Ok(HttpResponse::Ok().json(v)),
+        None => Err(ApiError::not_found("no note with this id")),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+async fn document_delete(state: State, id: web::Path<String>) -> ApiResult {
+    let id = id.into_inner();
+    let st = state.clone();
+    let key = id.clone();
+    let n = web::block(move || st.engine.delete(&[key])).await??;
+    if n == 0 {
+        return Err(ApiError::not_found("no note with this id"));
+    }
+    state
+        .metrics
+        .notes_deleted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Model endpoints
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedBody {
+    texts: Vec<String>,
+    /// One vector per overlapping window instead of one per text.
+    #[serde(default)]
+    windows: bool,
+}
+
+async fn embed(state: State, body: web::Json<EmbedBody>) -> ApiResult {
+    let EmbedBody { texts, windows } = body.into_inner();
+    if texts.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "texts: give at least one text",
+        ));
+    }
+    if texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: at most {MAX_EMBED_TEXTS} per request"),
+        ));
+    }
+    let st = state.clone();
+    let out = web::block(move || -> Result<Value, Error> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let info = st.encoder.info();
+        let mut v = json!({ "model": info.id, "dim": st.encoder.dim(), "pooling": info.pooling, "normalized": info.normalize });
+        if windows {
+            v["windows"] = serde_json::to_value(st.encoder.embed_windows(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+        } else {
+            v["embeddings"] = serde_json::to_value(st.encoder.embed(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+        }
+        Ok(v)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FillMaskBody {
+    text: String,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+async fn fill_mask(state: State, body: web::Json<FillMaskBody>) -> ApiResult {
+    if !state.encoder.has_mlm_head() {
+        return Err(ApiError::bad_request(
+            "no_mlm_head",
+            format!(
+                "the model {} has no masked-language-model head: serve a checkpoint with one (e.g. a BertForMaskedLM) to use fill-mask",
+                state.encoder.info().id
+            ),
+        ));
+    }
+    let FillMaskBody { text, top_k } = body.into_inner();
+    if !(1..=100).contains(&top_k) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "top_k: must be between 1 and 100",
+        ));
+    }
+    if text.len() > 100_000 {
+        return Err(ApiError::bad_request("invalid_parameter", "text: too long"));
+    }
+    let st = state.clone();
+    let masks = web::block(move || st.encoder.fill_mask(&text, top_k)).await??;
+    Ok(HttpResponse::Ok().json(json!({ "model": state.encoder.info().id, "masks": masks })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingest jobs
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestQuery {
+    format: Option<String>,
+    filename: Option<String>,
+    text_col: Option<String>,
+    id_col: Option<String>,
+    title_col: Option<String>,
+}
+
+/// `POST /api/ingest?format=jsonl|csv|txt&filename=...`: the raw file as the body.
+async fn ingest_start(state: State, query: web::Query<IngestQuery>, body: Bytes) -> ApiResult {
+    let q = query.into_inner();
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the upload is empty"));
+    }
+    let format = super::jobs::format_of(q.filename.as_deref(), q.format.as_deref())
+        .map_err(|m| ApiError::bad_request("invalid_parameter", format!("format: {m}")))?;
+    let name = super::jobs::upload_name(q.filename.as_deref(), format);
+    let mut mapping = crate::ingest::CsvMapping::default();
+    if let Some(c) = q.text_col.filter(|c| !c.is_empty()) {
+        mapping.text_col = c;
+    }
+    mapping.id_col = q.id_col.filter(|c| !c.is_empty());
+    mapping.title_col = q.title_col.filter(|c| !c.is_empty());
+    let st = state.clone();
+    let metrics_state = state.clone();
+    let on_done: Arc<dyn Fn(usize, usize, usize) + Send + Sync> =
+        Arc::new(move |notes, chunks, errors| {
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics_state
+                .metrics
+                .notes_ingested
+                .fetch_add(notes as u64, Relaxed);
+            metrics_state
+                .metrics
+                .chunks_ingested
+                .fetch_add(chunks as u64, Relaxed);
+            metrics_state
+                .metrics
+                .notes_rejected
+                .fetch_add(errors as u64, Relaxed);
+        });
+    let status = web::block(move || {
+        st.jobs.start(
+            st.engine.clone(),
+            st.encoder.clone(),
+            on_done,
+            &name,
+            format,
+            mapping,
+            &body,
+        )
+    })
+    .await??;
+    Ok(HttpResponse::Accepted().json(status))
+}
+
+async fn ingest_status(state: State, job: web::Path<String>) -> ApiResult {
+    match state.jobs.status(&job) {
+        Some(s) => Ok(HttpResponse::Ok().json(s)),
+        None => Err(ApiError::not_found("no ingest job with this id")),
+    }
+}
+
+async fn ingest_list(state: State) -> ApiResult {
+    Ok(HttpResponse::Ok().json(json!({ "jobs": state.jobs.list() })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+async fn metrics(state: State) -> ApiResult {
+    let st = state.clone();
+    let text = web::block(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = &st.engine;
+        let b = &st.embedder.stats;
+        let extra: Vec<(&str, &str, &str, f64)> = vec![
+            (
+                "clinsearch_notes",
+                "Notes stored.",
+                "gauge",
+                e.store.note_count() as f64,
+            ),
+            (
+                "clinsearch_chunks",
+                "Chunks (embedded windows) stored.",
+                "gauge",
+                e.store.chunk_count() as f64,
+            ),
+            (
+                "clinsearch_bm25_docs",
+                "Documents in the BM25 index.",
+                "gauge",
+                e.bm25.num_docs() as f64,
+            ),
+            (
+                "clinsearch_vector_points",
+                "Points in the vector graph, dead ones included.",
+                "gauge",
+                e.vectors.points() as f64,
+            ),
+            (
+                "clinsearch_vector_live",
+                "Live vectors.",
+                "gauge",
+                e.vectors.len() as f64,
+            ),
+            (
+                "clinsearch_store_bytes",
+                "Size of the sled store on disk.",
+                "gauge",
+                e.store.size_on_disk() as f64,
+            ),
+            (
+                "clinsearch_bm25_bytes",
+                "Size of the BM25 index on disk.",
+                "gauge",
+                dir_bytes(&e.dir.join("bm25")) as f64,
+            ),
+            (
+                "clinsearch_vector_bytes",
+                "Size of the vector index dump on disk.",
+                "gauge",
+                dir_bytes(&e.dir.join("vectors")) as f64,
+            ),
+            (
+                "clinsearch_query_embed_batches_total",
+                "Forward passes of the query embedding worker.",
+                "counter",
+                b.batches.load(Relaxed) as f64,
+            ),
+            (
+                "clinsearch_query_embed_queries_total",
+                "Queries embedded by the worker.",
+                "counter",
+                b.queries.load(Relaxed) as f64,
+            ),
+            (
+                "clinsearch_query_embed_busy_seconds_total",
+                "Time the worker spent in forward passes.",
+                "counter",
+                b.busy_us.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "clinsearch_query_embed_largest_batch",
+                "Largest batch of queries embedded together.",
+                "gauge",
+                b.largest.load(Relaxed) as f64,
+            ),
+        ];
+        st.metrics.render(&extra)
+    })
+    .await?;
+    Ok(super::text(text, "text/plain; version=0.0.4"))
+}

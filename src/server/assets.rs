@@ -1,0 +1,63 @@
+//! The browser UI: the files of `web/`, compiled into the binary so that one file is the whole
+//! product (no separate static folder to deploy or to go out of step with the API).
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/app.js"),
+    },
+    Asset {
+        path: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../web/style.css"),
+    },
+];
+
+const INDEX: &str = include_str!("../../web/index.html");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/assets/{file}", web::get().to(asset))
+        .route(
+            "/favicon.ico",
+            web::get().to(|| async { HttpResponse::NoContent().finish() }),
+        );
+}
+
+/// A strict policy: the UI loads only its own script and style and talks only to this origin.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn secure(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    b.insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    b
+}
+
+async fn index() -> HttpResponse {
+    secure(HttpResponse::Ok())
+        .content_type("text/html; charset=utf-8")
+        .body(INDEX)
+}
+
+async fn asset(file: web::Path<String>) -> HttpResponse {
+    match ASSETS.iter().find(|a| a.path == file.as_str()) {
+        Some(a) => secure(HttpResponse::Ok())
+            .content_type(a.content_type)
+            .body(a.body),
+        None => HttpResponse::NotFound()
+            .content_type("application/json")
+            .body(r#"{"error":{"code":"not_found","message":"no such file"}}"#),
+    }
+}

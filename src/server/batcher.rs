@@ -1,0 +1,90 @@
+//! Query embedding with dynamic batching, as text-embeddings-inference does it: one worker
+//! thread owns the forward passes; requests queue on a channel; each pass takes every query
+//! waiting (up to `max_batch`). Under load the batch grows by itself, so eight concurrent
+//! queries cost about one padded forward pass instead of eight; alone, a query waits for
+//! nobody.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::model::Encoder;
+
+struct Job {
+    text: String,
+    reply: oneshot::Sender<Result<Vec<f32>>>,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub queries: AtomicU64,
+    pub largest: AtomicU64,
+    pub busy_us: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct QueryEmbedder {
+    tx: Sender<Job>,
+    pub stats: Arc<BatchStats>,
+}
+
+impl QueryEmbedder {
+    /// Starts the worker; it stops when the last handle is dropped.
+    pub fn start(encoder: Arc<Encoder>, max_batch: usize) -> Self {
+        let (tx, rx) = channel::<Job>();
+        let stats = Arc::new(BatchStats::default());
+        let st = stats.clone();
+        std::thread::Builder::new()
+            .name("query-embedder".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < max_batch.max(1) {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let t = std::time::Instant::now();
+                    let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
+                    let results: Vec<Result<Vec<f32>>> = match encoder.embed(&texts) {
+                        Ok(v) => v.into_iter().map(Ok).collect(),
+                        // One bad text must not fail the others: embed them one by one.
+                        Err(_) => texts
+                            .iter()
+                            .map(|t| encoder.embed(&[t]).map(|mut v| v.remove(0)))
+                            .collect(),
+                    };
+                    st.busy_us
+                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    st.batches.fetch_add(1, Ordering::Relaxed);
+                    st.queries.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    st.largest.fetch_max(jobs.len() as u64, Ordering::Relaxed);
+                    for (job, r) in jobs.into_iter().zip(results) {
+                        // The requester may have gone away; nothing to do then.
+                        let _ = job.reply.send(r);
+                    }
+                }
+            })
+            .expect("spawn the query embedding thread");
+        QueryEmbedder { tx, stats }
+    }
+
+    /// The query's vector, embedded together with whatever other queries are waiting.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                text: text.to_string(),
+                reply,
+            })
+            .map_err(|_| Error::Index("the query embedding worker stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Index("the query embedding worker stopped".into()))?
+    }
+}

@@ -1,0 +1,110 @@
+//! API errors: every failure leaves the server as `{"error": {"code", "message"}}` with a
+//! stable `code`, and the user's mistakes (4xx) are kept apart from ours (5xx). The mapping
+//! from library errors to HTTP statuses lives here and nowhere else.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable: clients branch on it, messages may change.
+    pub code: &'static str,
+    pub message: String,
+    /// The request parameter at fault, when there is one.
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut e = json!({ "code": self.code, "message": self.message });
+        if let Some(p) = &self.param {
+            e["param"] = json!(p);
+        }
+        json!({ "error": e })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.body())
+    }
+}
+
+impl From<crate::search::ParamError> for ApiError {
+    fn from(e: crate::search::ParamError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_parameter",
+            message: e.to_string(),
+            param: Some(e.param),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidInput(m) => ApiError::bad_request("invalid_input", m),
+            Error::Tokenizer(m) => ApiError::bad_request("invalid_input", m),
+            Error::Unsupported(m) => ApiError::bad_request("unsupported", m),
+            other => {
+                // Our failure, not the user's: log it (no note text reaches these messages).
+                tracing::error!("internal error: {other}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to complete the request; see its log",
+                )
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        )
+    }
+}

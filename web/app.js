@@ -1,0 +1,469 @@
+// clinsearch browser UI: a small single-page app over the JSON API, no build step.
+// Every piece of note text is put on the page with textContent (never innerHTML), so a note
+// cannot inject markup. Routes live in the URL hash so every view can be bookmarked.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+/** Creates an element: el("a", {href: "#"}, "text", child...). */
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v === true) e.setAttribute(k, "");
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------
+// API access
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const key = sessionStorage.getItem("clinsearch-key");
+  if (key) headers["Authorization"] = "Bearer " + key;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const res = await fetch(path, { method: options.method || "GET", headers, body: options.body });
+  let data = null;
+  const type = res.headers.get("content-type") || "";
+  if (type.includes("application/json")) data = await res.json();
+  if (res.status === 401) {
+    $("#key-button").hidden = false;
+    askKey();
+  }
+  if (!res.ok) {
+    const err = (data && data.error) || {};
+    const e = new ApiError(res.status, err.code || "error", err.message || res.statusText);
+    e.data = data;
+    throw e;
+  }
+  return data;
+}
+
+function askKey() {
+  const d = $("#key-dialog");
+  if (!d.open) d.showModal();
+}
+
+function errorBox(e) {
+  return el("div", { class: "error", role: "alert" }, e instanceof ApiError ? `${e.message} (${e.code})` : String(e));
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+
+function parseHash() {
+  const h = location.hash.replace(/^#/, "") || "/search";
+  const [path, query] = h.split("?");
+  return { path, params: new URLSearchParams(query || "") };
+}
+
+function go(path, params) {
+  const q = params ? "?" + new URLSearchParams(params).toString() : "";
+  location.hash = "#" + path + q;
+}
+
+const routes = [
+  [/^\/search$/, searchPage],
+  [/^\/note\/(.+)$/, notePage],
+  [/^\/ingest$/, ingestPage],
+  [/^\/fill-mask$/, fillMaskPage],
+];
+
+let stats = null;
+
+async function refreshStats() {
+  try {
+    stats = await api("/api/stats");
+    $("#status").textContent = `${stats.notes.toLocaleString()} notes · ${stats.chunks.toLocaleString()} chunks · ${shortModel(stats.model.id)}`;
+  } catch (e) {
+    $("#status").textContent = "";
+  }
+  return stats;
+}
+
+function shortModel(id) {
+  const parts = String(id).split(/[\\/]/);
+  return parts[parts.length - 1];
+}
+
+async function render() {
+  const { path, params } = parseHash();
+  const main = $("#main");
+  for (const a of document.querySelectorAll("nav a")) {
+    const on = path.startsWith("/" + a.dataset.nav);
+    if (on) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  for (const [re, page] of routes) {
+    const m = path.match(re);
+    if (m) {
+      main.replaceChildren();
+      try {
+        await page(main, params, ...m.slice(1).map(decodeURIComponent));
+      } catch (e) {
+        main.append(errorBox(e));
+      }
+      return;
+    }
+  }
+  main.replaceChildren(el("p", { class: "error" }, "No such page."));
+}
+
+// ---------------------------------------------------------------------------------------
+// Search
+
+const MODES = [
+  ["bm25", "BM25", "keyword match (tantivy)"],
+  ["semantic", "Semantic", "embedding similarity"],
+  ["hybrid", "Hybrid", "fused ranking"],
+];
+
+function segments(list) {
+  return (list || []).map((s) => (s.hl ? el("mark", {}, s.text) : document.createTextNode(s.text)));
+}
+
+function fmt(x, digits = 3) {
+  return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
+}
+
+function hitCard(hit, mode, counts, q) {
+  const n = counts.get(hit.id) || 1;
+  const cls = "hit" + (n > 1 ? ` in-${n}` : "");
+  const link = "#/note/" + encodeURIComponent(hit.id) + (q ? "?" + new URLSearchParams({ q }) : "");
+  const meta = [hit.note_type, hit.specialty, hit.date, hit.patient_id && "patient " + hit.patient_id].filter(Boolean);
+  const scores = el("div", { class: "scores" },
+    el("span", {}, "BM25 ", el("b", {}, hit.bm25.rank ? "#" + hit.bm25.rank : "–"), " ", fmt(hit.bm25.score, 2)),
+    el("span", {}, "semantic ", el("b", {}, hit.semantic.rank ? "#" + hit.semantic.rank : "–"), " ", fmt(hit.semantic.score)),
+    hit.fused !== undefined ? el("span", {}, "fused ", el("b", {}, fmt(hit.fused, 4))) : null,
+  );
+  const card = el("li", { class: cls, "data-id": hit.id },
+    el("div", { class: "head" },
+      el("span", { class: "rank" }, hit.rank + "."),
+      el("a", { class: "title", href: link }, hit.title || hit.id),
+      n > 1 ? el("span", { class: `badge in-${n}`, title: `found by ${n} of the 3 rankings` }, n === 3 ? "in all 3" : "in 2") : null,
+    ),
+    meta.length ? el("div", { class: "meta" }, meta.map((m) => el("span", { class: "badge" }, m))) : null,
+    scores,
+    hit.group && hit.group.count > 1 ? el("div", { class: "meta" }, `${hit.group.count} matching notes for this patient`) : null,
+    el("p", { class: "snippet bm25" }, segments(hit.snippet)),
+    mode !== "bm25" && hit.window ? el("p", { class: "snippet window", title: `characters ${hit.window.char_start}–${hit.window.char_end}` }, segments(hit.window.segments), hit.window.truncated ? " …" : "") : null,
+  );
+  // Hovering or focusing a note outlines it in the other columns.
+  const link_on = (on) => {
+    for (const other of document.querySelectorAll(`.hit[data-id="${CSS.escape(hit.id)}"]`)) other.classList.toggle("linked", on);
+  };
+  card.addEventListener("mouseenter", () => link_on(true));
+  card.addEventListener("mouseleave", () => link_on(false));
+  card.addEventListener("focusin", () => link_on(true));
+  card.addEventListener("focusout", () => link_on(false));
+  return card;
+}
+
+function column(mode, label, hint, ranking, counts, q, took) {
+  const hits = ranking ? ranking.hits : [];
+  return el("section", { class: "column", "data-mode": mode, "aria-label": label + " results" },
+    el("h2", {}, el("span", {}, label, " ", el("small", {}, hint)), took ? el("small", {}, took) : null),
+    hits.length
+      ? el("ol", { class: "hits" }, hits.map((h) => hitCard(h, mode, counts, q)))
+      : el("p", { class: "empty" }, "No matching notes."),
+  );
+}
+
+async function searchPage(main, params) {
+  const q = params.get("q") || "";
+  const view = params.get("view") || "compare";
+  const f = (name) => params.get(name) || "";
+  const form = el("form", { id: "search-form", class: "panel", role: "search" },
+    el("div", { class: "searchbar" },
+      el("input", { type: "search", id: "q", name: "q", value: q, placeholder: "Search notes, e.g. shortness of breath after exertion", "aria-label": "Query", autocomplete: "off" }),
+      el("button", { type: "submit", class: "primary" }, "Search"),
+    ),
+    el("div", { class: "filters" },
+      el("div", { class: "seg", role: "group", "aria-label": "View" },
+        el("button", { type: "button", "data-view": "compare", "aria-pressed": String(view === "compare") }, "Side by side"),
+        el("button", { type: "button", "data-view": "fused", "aria-pressed": String(view === "fused") }, "Fused list"),
+      ),
+      el("label", {}, "Note type", el("input", { name: "note_type", value: f("note_type") })),
+      el("label", {}, "Specialty", el("input", { name: "specialty", value: f("specialty") })),
+      el("label", {}, "Patient", el("input", { name: "patient_id", value: f("patient_id") })),
+      el("label", {}, "From", el("input", { type: "date", name: "date_from", value: f("date_from") })),
+      el("label", {}, "To", el("input", { type: "date", name: "date_to", value: f("date_to") })),
+      el("label", {}, "Fusion", el("select", { name: "fusion" },
+        el("option", { value: "rrf", selected: f("fusion") !== "weighted" }, "Reciprocal rank (k=60)"),
+        el("option", { value: "weighted", selected: f("fusion") === "weighted" }, "Weighted scores (α=0.5)"),
+      )),
+      el("label", {}, "Group", el("select", { name: "group_by" },
+        el("option", { value: "note" }, "by note"),
+        el("option", { value: "patient", selected: f("group_by") === "patient" }, "by patient"),
+      )),
+      el("label", {}, "Results", el("select", { name: "k" },
+        ["10", "20", "50"].map((k) => el("option", { value: k, selected: (f("k") || "10") === k }, k)),
+      )),
+    ),
+  );
+  const out = el("div", { id: "results", "aria-live": "polite" });
+  main.append(form, out);
+  const submit = (viewName) => {
+    const data = new FormData(form);
+    const p = { view: viewName || view };
+    for (const [k, v] of data.entries()) if (String(v).trim()) p[k] = String(v).trim();
+    if (p.k === "10") delete p.k;
+    if (p.fusion === "rrf") delete p.fusion;
+    if (p.group_by === "note") delete p.group_by;
+    if (p.view === "compare") delete p.view;
+    go("/search", p);
+  };
+  form.addEventListener("submit", (e) => { e.preventDefault(); submit(); });
+  for (const b of form.querySelectorAll("[data-view]")) b.addEventListener("click", () => submit(b.dataset.view));
+  if (!q.trim()) {
+    $("#q").focus();
+    out.append(el("p", { class: "summary" }, "Type a query. BM25, semantic and hybrid rankings appear side by side; notes found by more than one ranking are marked."));
+    return;
+  }
+  const body = { q, mode: view === "fused" ? "hybrid" : "compare" };
+  for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k"]) if (f(k)) body[k] = f(k);
+  out.append(el("p", { class: "summary" }, "Searching…"));
+  let res;
+  try {
+    res = await api("/api/search", { method: "POST", json: body });
+  } catch (e) {
+    out.replaceChildren(errorBox(e));
+    return;
+  }
+  const counts = new Map();
+  if (res.mode === "compare") {
+    for (const r of res.rankings) for (const h of r.hits) counts.set(h.id, (counts.get(h.id) || 0) + 1);
+  }
+  const t = res.timings;
+  const summary = el("p", { class: "summary", id: "summary" },
+    `${res.took_ms.toFixed(1)} ms (embedding ${t.embed_ms.toFixed(1)}, BM25 ${t.bm25_ms.toFixed(1)}, vectors ${t.semantic_ms.toFixed(1)}, fusion ${res.fusion.method}${res.fusion.method === "rrf" ? " k=" + res.fusion.k : " α=" + res.fusion.alpha})`);
+  if (res.mode === "compare") {
+    const legend = el("div", { class: "legend" },
+      el("span", { class: "badge in-3" }, "in all 3"), el("span", { class: "badge in-2" }, "in 2"), "hover a note to find it in the other columns");
+    const cols = el("div", { class: "columns" },
+      MODES.map(([m, label, hint]) => column(m, label, hint, res.rankings.find((r) => r.mode === m), counts, q)));
+    out.replaceChildren(el("div", { class: "summary-row" }, summary, legend), cols);
+  } else {
+    out.replaceChildren(summary, el("div", { class: "columns single" }, column("hybrid", "Hybrid", "fused ranking with each retriever's rank and score", res.rankings[0], counts, q)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Note page
+
+/** Renders text with character spans: `best` (a chunk) as a block, `terms` as marks. */
+function markedText(text, best, terms) {
+  const chars = Array.from(text);
+  const cuts = new Set([0, chars.length]);
+  if (best) { cuts.add(best[0]); cuts.add(best[1]); }
+  for (const [a, b] of terms) { cuts.add(a); cuts.add(b); }
+  const points = [...cuts].filter((x) => x >= 0 && x <= chars.length).sort((a, b) => a - b);
+  const out = [];
+  for (let i = 0; i + 1 < points.length; i++) {
+    const [a, b] = [points[i], points[i + 1]];
+    const piece = chars.slice(a, b).join("");
+    const inTerm = terms.some(([s, e]) => a >= s && b <= e);
+    const inBest = best && a >= best[0] && b <= best[1];
+    let node = inTerm ? el("mark", {}, piece) : document.createTextNode(piece);
+    if (inBest) node = el("span", { class: "chunk-best" }, node);
+    out.push(node);
+  }
+  return out;
+}
+
+async function notePage(main, params, id) {
+  const q = params.get("q") || "";
+  const data = await api("/api/documents/" + encodeURIComponent(id) + (q ? "?" + new URLSearchParams({ q }) : ""));
+  const n = data.note;
+  const bestChunk = data.chunks.find((c) => c.index === data.best_chunk);
+  const best = bestChunk ? [bestChunk.char_start, bestChunk.char_end] : null;
+  const textBox = el("div", { class: "note-text", id: "note-text" }, markedText(n.text, best, data.terms || []));
+  const kv = el("dl", { class: "kv" });
+  for (const [k, v] of [["id", n.id], ["patient", n.patient_id], ["type", n.note_type], ["specialty", n.specialty], ["date", n.date]].concat(Object.entries(n.extra || {}))) {
+    if (v) kv.append(el("dt", {}, k), el("dd", {}, v));
+  }
+  const chunks = el("div", { class: "chunks" }, data.chunks.map((c) =>
+    el("button", { type: "button", class: c.index === data.best_chunk ? "best" : "", onclick: () => {
+      textBox.replaceChildren(...markedText(n.text, [c.char_start, c.char_end], data.terms || []));
+      const mark = textBox.querySelector(".chunk-best");
+      if (mark) mark.scrollIntoView({ block: "center" });
+    } }, `Chunk ${c.index + 1}: chars ${c.char_start}–${c.char_end}`, c.score !== null && c.score !== undefined ? ` · cos ${c.score.toFixed(3)}` : "")));
+  const others = data.same_patient.length
+    ? el("ul", { id: "same-patient" }, data.same_patient.map((o) =>
+      el("li", {}, el("a", { href: "#/note/" + encodeURIComponent(o.id) + (q ? "?" + new URLSearchParams({ q }) : "") }, o.title || o.id), el("div", { class: "meta" }, [o.date, o.note_type].filter(Boolean).join(" · ")))))
+    : el("p", { class: "empty" }, n.patient_id ? "No other notes for this patient." : "No patient id on this note.");
+  main.append(
+    el("p", {}, el("a", { href: q ? "#/search?" + new URLSearchParams({ q }) : "#/search" }, "← Back to results")),
+    el("div", { class: "note-layout" },
+      el("article", { class: "panel" },
+        el("h1", { id: "note-title" }, n.title || n.id),
+        kv,
+        q ? el("p", { class: "notice" }, "Marked: terms matching ", el("b", {}, q), best ? " and, shaded, the passage closest in meaning." : ".") : null,
+        textBox),
+      el("aside", { class: "side panel" },
+        el("h2", {}, "Other notes of this patient"), others,
+        el("h2", {}, "Embedded chunks"), chunks,
+        data.windows_capped ? el("p", { class: "notice" }, "This note was longer than the window cap; its tail is searchable by BM25 only.") : null,
+      ),
+    ),
+  );
+  $("#main").focus();
+  if (best) { const m = textBox.querySelector(".chunk-best"); if (m) m.scrollIntoView({ block: "center" }); }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingest page
+
+function resultsTable(results) {
+  return el("table", { id: "ingest-results" },
+    el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "Note"), el("th", {}, "Status"), el("th", {}, "Detail"))),
+    el("tbody", {}, results.map((r) => el("tr", {},
+      el("td", { class: "num" }, r.index + 1),
+      el("td", {}, r.id ? el("a", { href: "#/note/" + encodeURIComponent(r.id) }, r.id) : "–"),
+      el("td", { class: r.status === "stored" ? "ok" : "bad" }, r.status),
+      el("td", {}, r.error || (r.chunks !== undefined ? `${r.chunks} chunk${r.chunks === 1 ? "" : "s"}` : ""))))));
+}
+
+async function ingestPage(main) {
+  const sample = JSON.stringify({ id: "note-123", title: "Progress note", patient_id: "P001", note_type: "progress note", specialty: "cardiology", date: "2024-05-01", text: "Patient reports chest pain on exertion..." });
+  const paste = el("textarea", { id: "ingest-text", "aria-label": "Notes as JSON", placeholder: sample + "\n(one JSON object per line, or a JSON array)" });
+  const pasteOut = el("div", { id: "paste-out", "aria-live": "polite" });
+  const pasteBtn = el("button", { type: "submit", class: "primary", id: "ingest-submit" }, "Store notes");
+  const pasteForm = el("form", { class: "panel" },
+    el("h2", {}, "Paste notes"),
+    el("p", { class: "summary" }, "JSON: one note, an array of notes, or one note per line. Fields: id, text (required), title, patient_id, note_type, specialty, date (YYYY-MM-DD). A note with an existing id replaces it."),
+    paste, el("div", { class: "actions" }, pasteBtn), pasteOut);
+  pasteForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    pasteBtn.disabled = true;
+    pasteOut.replaceChildren(el("p", { class: "summary" }, "Embedding and storing…"));
+    try {
+      const res = await api("/api/documents", { method: "POST", body: paste.value, headers: { "Content-Type": "application/json" } });
+      pasteOut.replaceChildren(el("p", { class: "ok", id: "ingest-summary" }, `Stored ${res.stored} note${res.stored === 1 ? "" : "s"}${res.rejected ? `, rejected ${res.rejected}` : ""}.`), resultsTable(res.results));
+      refreshStats();
+    } catch (err) {
+      pasteOut.replaceChildren(errorBox(err));
+      if (err.data && err.data.results) pasteOut.append(resultsTable(err.data.results));
+    } finally {
+      pasteBtn.disabled = false;
+    }
+  });
+
+  const file = el("input", { type: "file", id: "ingest-file", accept: ".jsonl,.ndjson,.json,.csv,.txt", "aria-label": "File to ingest" });
+  const format = el("select", { id: "ingest-format" },
+    el("option", { value: "" }, "from the file name"), el("option", { value: "jsonl" }, "JSONL"), el("option", { value: "csv" }, "CSV"), el("option", { value: "txt" }, "plain text (one note)"));
+  const textCol = el("input", { id: "ingest-text-col", placeholder: "text" });
+  const uploadOut = el("div", { id: "upload-out", "aria-live": "polite" });
+  const uploadBtn = el("button", { type: "submit", class: "primary" }, "Upload and ingest");
+  const uploadForm = el("form", { class: "panel" },
+    el("h2", {}, "Upload a file"),
+    el("p", { class: "summary" }, "JSONL, CSV (a header row; the text column is \u201ctext\u201d unless you say otherwise) or a .txt file. Large files run in the background; bad records are skipped and listed with their line."),
+    el("div", { class: "filters" }, el("label", {}, "File", file), el("label", {}, "Format", format), el("label", {}, "CSV text column", textCol)),
+    el("div", { class: "actions" }, uploadBtn), uploadOut);
+  uploadForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = file.files[0];
+    if (!f) { uploadOut.replaceChildren(errorBox("Choose a file first.")); return; }
+    uploadBtn.disabled = true;
+    const p = { filename: f.name };
+    if (format.value) p.format = format.value;
+    if (textCol.value.trim()) p.text_col = textCol.value.trim();
+    try {
+      let job = await api("/api/ingest?" + new URLSearchParams(p), { method: "POST", body: f });
+      const bar = el("progress", { max: job.total || 1, value: 0, "aria-label": "Ingest progress" });
+      const line = el("p", { class: "summary", id: "upload-progress" });
+      uploadOut.replaceChildren(bar, line);
+      while (job.state === "running") {
+        bar.max = job.total || 1; bar.value = job.stored;
+        line.textContent = `${job.stored}${job.total ? " of " + job.total : ""} notes stored · ${job.seconds.toFixed(1)} s`;
+        await new Promise((r) => setTimeout(r, 500));
+        job = await api("/api/ingest/" + job.id);
+      }
+      bar.max = 1; bar.value = 1;
+      line.textContent = job.state === "done"
+        ? `Done: ${job.stored} notes (${job.chunks} chunks) in ${job.seconds.toFixed(1)} s; ${job.errors.length} skipped.`
+        : `Failed after ${job.stored} notes: ${job.failure}`;
+      line.className = job.state === "done" ? "ok" : "bad";
+      if (job.errors.length) uploadOut.append(el("h2", {}, "Skipped records"), el("ul", { id: "upload-errors" }, job.errors.map((x) => el("li", { class: "bad" }, x))));
+      refreshStats();
+    } catch (err) {
+      uploadOut.replaceChildren(errorBox(err));
+    } finally {
+      uploadBtn.disabled = false;
+    }
+  });
+  main.append(el("h1", {}, "Ingest notes"), el("div", { class: "grid2" }, pasteForm, uploadForm));
+}
+
+// ---------------------------------------------------------------------------------------
+// Fill-mask playground
+
+async function fillMaskPage(main) {
+  const s = stats || (await refreshStats());
+  main.append(el("h1", {}, "Fill-mask playground"));
+  if (s && !s.model.fill_mask) {
+    main.append(el("p", { class: "notice", id: "fill-mask-unavailable" },
+      `The served model (${shortModel(s.model.id)}) has no masked-language-model head, so it cannot fill masks. Serve a checkpoint with an MLM head (a BertForMaskedLM such as emilyalsentzer/Bio_ClinicalBERT) with --model to use this page.`));
+    return;
+  }
+  const text = el("textarea", { id: "mask-text", "aria-label": "Text with [MASK]" }, "The patient was given [MASK] for the chest pain.");
+  const topk = el("select", { id: "mask-topk" }, ["5", "10", "20"].map((k) => el("option", { value: k }, k)));
+  const out = el("div", { id: "mask-out", "aria-live": "polite" });
+  const form = el("form", { class: "panel" }, el("p", { class: "summary" }, "Write [MASK] where a word is missing; the model proposes candidates for each mask."), text,
+    el("div", { class: "actions" }, el("label", {}, "Candidates", topk), el("button", { type: "submit", class: "primary" }, "Predict")), out);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const res = await api("/api/fill-mask", { method: "POST", json: { text: text.value, top_k: Number(topk.value) } });
+      out.replaceChildren(...res.masks.map((m) => el("div", {},
+        el("h2", {}, `Mask ${m.mask_index + 1}`),
+        el("table", {}, el("tbody", {}, m.candidates.map((c) => el("tr", {}, el("td", {}, c.token), el("td", { class: "num" }, (c.score * 100).toFixed(1) + "%"))))))));
+    } catch (err) {
+      out.replaceChildren(errorBox(err));
+    }
+  });
+  main.append(form);
+}
+
+// ---------------------------------------------------------------------------------------
+// Start
+
+document.addEventListener("keydown", (e) => {
+  // "/" jumps to the search box, as on most search sites.
+  if (e.key === "/" && !["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName)) {
+    e.preventDefault();
+    if (parseHash().path !== "/search") go("/search");
+    setTimeout(() => { const q = $("#q"); if (q) q.focus(); }, 0);
+  }
+});
+
+window.addEventListener("hashchange", render);
+window.addEventListener("DOMContentLoaded", () => {
+  $("#key-form").addEventListener("submit", () => {
+    sessionStorage.setItem("clinsearch-key", $("#key-input").value);
+    refreshStats();
+    render();
+  });
+  $("#key-button").addEventListener("click", askKey);
+  refreshStats();
+  render();
+});
