@@ -1,6 +1,7 @@
 # The two commands of the README:
-#   make run   fetch the default model if missing, build, and run clinsearch on sample_corpus/
-#   make test  fetch the default model if missing and run the whole test suite
+#   make run   fetch the default model if missing, build, ingest sample_corpus/ (once), and
+#              serve the UI and API on http://127.0.0.1:8080/
+#   make test  fetch the default model and the browser if missing, run the whole test suite
 # .ci/run calls `make test`.
 
 MODEL_DIR ?= models/all-MiniLM-L6-v2
@@ -16,20 +17,28 @@ build:
 
 DATA_DIR ?= data
 
+ADDR ?= 127.0.0.1:8080
+
+# Ingests sample_corpus/ into a new data directory only: an existing one is served as it is.
 run: model build
-	./target/release/clinsearch ingest --model $(MODEL_DIR) --data $(DATA_DIR) sample_corpus/notes.jsonl
+	@if [ ! -d $(DATA_DIR)/sled ]; then \
+	  ./target/release/clinsearch ingest --model $(MODEL_DIR) --data $(DATA_DIR) sample_corpus/notes.jsonl; \
+	fi
 	./target/release/clinsearch stats --data $(DATA_DIR)
+	./target/release/clinsearch serve --model $(MODEL_DIR) --data $(DATA_DIR) --addr $(ADDR)
 
 # Benchmarks are compiled (so they cannot rot) but not run: they run on demand (make bench).
 test: model
+	./scripts/install_test_deps.sh
 	$(CARGO) check --benches
-	$(CARGO) test --lib --bins --tests
+	CLINSEARCH_REQUIRE_BROWSER=1 $(CARGO) test --lib --bins --tests
 
 # Benchmarks, run on demand (not part of `make test`): each prints ratios against a named peer
 # measured in the same run.
 bench: model
 	$(CARGO) bench --bench embed
 	$(CARGO) bench --bench ingest
+	$(CARGO) bench --bench serve
 
 # Regenerates the tiny test models and golden outputs (needs torch, transformers and
 # sentence-transformers from PyPI). The results are committed.

@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary to keep link time down.
 
+mod browser;
 mod common;
 mod crash;
 mod encoder;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust on a fresh Debian machine: headless Chromium
+# and its WebDriver for the browser tests. Idempotent: does nothing when both are present.
+set -euo pipefail
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  exit 0
+fi
+if ! command -v apt-get > /dev/null; then
+  echo "install_test_deps: no apt-get here; install Chromium and ChromeDriver (set CHROMIUM and CHROMEDRIVER to their paths)" >&2
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+echo "install_test_deps: installing chromium and chromium-driver for the browser tests" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver > /dev/null

@@ -1,0 +1,349 @@
+//! The browser UI in a real browser: headless Chromium driven over the W3C WebDriver protocol
+//! (Debian's chromium + chromium-driver), against the real server on loopback.
+//!
+//! `make test` installs Chromium and sets CLINSEARCH_REQUIRE_BROWSER=1, so there these tests
+//! fail rather than skip when the browser is missing; a bare `cargo test` skips them with a
+//! message.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use clinsearch::config::Layer;
+use clinsearch::server;
+
+use crate::common::*;
+use crate::server::seeded_state;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    base: String,
+    agent: ureq::Agent,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    /// A fresh headless Chromium session, or None (with a message) when the browser is not
+    /// installed and the test run does not require it.
+    fn start() -> Option<Browser> {
+        let driver_bin =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        if !std::path::Path::new(&driver_bin).exists() || !std::path::Path::new(&chromium).exists()
+        {
+            if std::env::var_os("CLINSEARCH_REQUIRE_BROWSER").is_some() {
+                panic!("{driver_bin} or {chromium} is missing: install Debian's chromium and chromium-driver (make test does)");
+            }
+            eprintln!("SKIPPED: browser tests need {chromium} and {driver_bin} (apt-get install chromium chromium-driver; `make test` installs them)");
+            return None;
+        }
+        let port = free_port();
+        let driver = Command::new(&driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let root = format!("http://127.0.0.1:{port}");
+        let t = Instant::now();
+        loop {
+            let ready = agent
+                .get(&format!("{root}/status"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
+                .is_some_and(|v| v["value"]["ready"] == true);
+            if ready {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1366,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let mut res = agent
+            .post(&format!("{root}/session"))
+            .send_json(&caps)
+            .unwrap();
+        let v: Value = res.body_mut().read_json().unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        Some(Browser {
+            base: format!("{root}/session/{session}"),
+            agent,
+            driver,
+            _profile: profile,
+        })
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let res = match method {
+            "GET" => self.agent.get(&url).call(),
+            "DELETE" => self.agent.delete(&url).call(),
+            _ => self.agent.post(&url).send_json(body.unwrap_or(json!({}))),
+        };
+        let v: Value = res
+            .map_err(|e| e.to_string())?
+            .body_mut()
+            .read_json()
+            .map_err(|e| e.to_string())?;
+        if let Some(err) = v["value"]["error"].as_str() {
+            return Err(format!("{err}: {}", v["value"]["message"]));
+        }
+        Ok(v["value"].clone())
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url}))).unwrap();
+    }
+
+    fn find_all(&self, css: &str) -> Vec<String> {
+        self.cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e[ELEMENT].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Waits until `css` matches, then returns the first match.
+    fn wait(&self, css: &str) -> String {
+        let t = Instant::now();
+        loop {
+            if let Some(e) = self.find_all(css).into_iter().next() {
+                return e;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let html = self.script("return document.body.innerText", vec![]);
+                panic!("timed out waiting for {css}; page text: {html}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the text of `css` contains `needle`; returns the text.
+    fn wait_text(&self, css: &str, needle: &str) -> String {
+        let t = Instant::now();
+        loop {
+            let e = self.wait(css);
+            let text = self.text(&e);
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{css} never showed {needle:?}; it shows {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn text(&self, el: &str) -> String {
+        self.cmd("GET", &format!("/element/{el}/text"), None)
+            .map(|v| v.as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    fn click(&self, el: &str) {
+        self.cmd("POST", &format!("/element/{el}/click"), None)
+            .unwrap();
+    }
+
+    fn send_keys(&self, el: &str, text: &str) {
+        self.cmd(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({"text": text})),
+        )
+        .unwrap();
+    }
+
+    fn script(&self, script: &str, args: Vec<Value>) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .unwrap()
+    }
+
+    fn screenshot(&self, name: &str) {
+        if let Ok(v) = self.cmd("GET", "/screenshot", None) {
+            if let Some(b64) = v.as_str() {
+                let dir = repo_root().join("target").join("screenshots");
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(dir.join(format!("{name}.png.b64")), b64);
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.cmd("DELETE", "", None);
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A server over sample_corpus/ (tiny fixture model) on a free loopback port.
+fn serve() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = seeded_state(
+        dir.path(),
+        Layer::default(),
+        Some(&repo_root().join("sample_corpus/notes.jsonl")),
+    );
+    let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
+    (dir, format!("http://{addr}"))
+}
+
+#[test]
+fn search_shows_three_columns_then_a_note_opens_with_its_matches() {
+    let Some(b) = Browser::start() else { return };
+    let (_dir, url) = serve();
+    b.goto(&format!("{url}/#/search?q=chest%20pain%20with%20troponin"));
+    b.wait(".column[data-mode=hybrid] .hit");
+    for mode in ["bm25", "semantic", "hybrid"] {
+        let hits = b.find_all(&format!(".column[data-mode={mode}] .hit"));
+        assert_eq!(hits.len(), 10, "{mode} column");
+    }
+    // Notes found by more than one ranking are marked.
+    assert!(!b.find_all(".hit.in-2, .hit.in-3").is_empty());
+    assert!(
+        !b.find_all(".column[data-mode=bm25] .snippet mark")
+            .is_empty(),
+        "BM25 snippets highlight terms"
+    );
+    b.screenshot("search");
+
+    // The keyboard: a new query typed into the box and submitted with Enter.
+    let q = b.wait("#q");
+    b.script("arguments[0].value = ''", vec![json!({ELEMENT: q})]);
+    b.send_keys(&q, "shortness of breath\u{E007}");
+    b.wait_text("#summary", "ms");
+    let hash = b.script("return location.hash", vec![]);
+    assert!(hash.as_str().unwrap().contains("shortness"), "{hash}");
+
+    // The fused list toggle.
+    let fused = b.wait("button[data-view=fused]");
+    b.click(&fused);
+    b.wait(".columns.single .hit");
+
+    // Open the top hybrid hit: its note, the matched terms and the same patient's notes.
+    let link = b.wait(".column[data-mode=hybrid] .hit a.title");
+    let title = b.text(&link);
+    b.click(&link);
+    let shown = b.text(&b.wait("#note-title"));
+    assert_eq!(shown, title);
+    b.wait("#note-text mark");
+    b.wait("#note-text .chunk-best");
+    b.wait("#same-patient li a");
+    b.screenshot("note");
+}
+
+#[test]
+fn a_note_ingested_through_the_ui_is_then_found() {
+    let Some(b) = Browser::start() else { return };
+    let (_dir, url) = serve();
+    b.goto(&format!("{url}/#/ingest"));
+    let area = b.wait("#ingest-text");
+    let note = json!({"id": "ui-1", "title": "Zygoma fracture follow-up", "patient_id": "P7777", "note_type": "progress note",
+        "text": "Patient seen after a zygomatic arch fracture from a cycling accident. Swelling improving."});
+    b.send_keys(&area, &note.to_string());
+    b.click(&b.wait("#ingest-submit"));
+    b.wait_text("#ingest-summary", "Stored 1 note");
+
+    // A file upload with one bad record: progress to done, the bad line reported.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": \"ui-2\", \"text\": \"Scaphoid fracture in a thumb spica cast.\"}\n{\"id\": \"ui-3\", \"text\": \"\"}\n",
+    )
+    .unwrap();
+    b.send_keys(&b.wait("#ingest-file"), file.to_str().unwrap());
+    let upload = b.find_all("form button.primary")[1].clone();
+    b.click(&upload);
+    b.wait_text("#upload-progress", "Done: 1 notes");
+    let err = b.text(&b.wait("#upload-errors li"));
+    assert!(err.starts_with("batch.jsonl:2:"), "{err}");
+
+    b.goto(&format!("{url}/#/search?q=zygomatic"));
+    let top = b.text(&b.wait(".column[data-mode=bm25] .hit a.title"));
+    assert_eq!(top, "Zygoma fracture follow-up");
+    b.goto(&format!("{url}/#/search?q=scaphoid"));
+    let top = b.text(&b.wait(".column[data-mode=bm25] .hit a.title"));
+    assert_eq!(top, "ui-2");
+}
+
+#[test]
+fn the_fill_mask_playground_predicts_and_slash_focuses_search() {
+    let Some(b) = Browser::start() else { return };
+    let (_dir, url) = serve();
+    b.goto(&format!("{url}/#/fill-mask"));
+    let area = b.wait("#mask-text");
+    b.script("arguments[0].value = ''", vec![json!({ELEMENT: area})]);
+    b.send_keys(&area, "the patient has [MASK] pain");
+    b.click(&b.wait("form button.primary"));
+    b.wait("#mask-out table tr");
+    assert_eq!(b.find_all("#mask-out table tr").len(), 5);
+
+    // "/" anywhere but a text field jumps to the search box.
+    let body = b.wait("body");
+    b.script("document.activeElement.blur()", vec![]);
+    b.send_keys(&body, "/");
+    let t = Instant::now();
+    loop {
+        let id = b.script(
+            "return document.activeElement && document.activeElement.id",
+            vec![],
+        );
+        if id == "q" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "focus is on {id}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
