@@ -31,7 +31,7 @@ run: model build
 test: model
 	./scripts/install_test_deps.sh
 	$(CARGO) check --benches
-	CLINSEARCH_REQUIRE_BROWSER=1 $(CARGO) test --lib --bins --tests
+	CLINSEARCH_REQUIRE_TEST_DEPS=1 $(CARGO) test --lib --bins --tests
 
 # Benchmarks, run on demand (not part of `make test`): each prints ratios against a named peer
 # measured in the same run.

@@ -107,6 +107,34 @@ pub enum Command {
     },
     /// Serve the HTTP API and the browser UI (loopback only unless an API key is set).
     Serve(ServeArgs),
+    /// Evaluate BM25, semantic and hybrid search on judged queries (Recall@k, nDCG@10,
+    /// MRR@10, MAP@100, wins and losses, significance), optionally writing TREC run files.
+    Eval {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        eval: EvalArgs,
+        /// Queries: BEIR queries.jsonl or `qid<TAB>text`.
+        #[arg(long, required_unless_present = "set")]
+        queries: Option<std::path::PathBuf>,
+        /// Judgments: BEIR qrels TSV (or its folder: test.tsv) or TREC `qid 0 docid grade`.
+        #[arg(long, required_unless_present = "set")]
+        qrels: Option<std::path::PathBuf>,
+        /// A query set stored in the data directory (see --save-set) instead of files.
+        #[arg(long, conflicts_with_all = ["queries", "qrels"])]
+        set: Option<String>,
+        /// Also store the queries and judgments in the data directory under this name, for
+        /// the API and the UI's Evaluation page.
+        #[arg(long)]
+        save_set: Option<String>,
+    },
+    /// Benchmarks over public data sets.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Counts and sizes of a data directory.
     Stats {
         #[command(flatten)]
@@ -117,6 +145,123 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Ingest a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) into a data directory and
+    /// evaluate it in one go. An existing data directory is completed, not re-embedded.
+    Beir {
+        /// The BEIR folder.
+        dir: std::path::PathBuf,
+        /// Data directory [default: data-beir-<name of the set>].
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Qrels split (qrels/<split>.tsv).
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        eval: EvalArgs,
+    },
+}
+
+/// Options shared by `eval` and `bench beir`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Modes to evaluate.
+    #[arg(long, default_value = "bm25,semantic,hybrid")]
+    pub modes: String,
+    /// Recall cut-offs.
+    #[arg(long = "k", default_value = "1,5,10,20,100")]
+    pub ks: String,
+    /// Hybrid fusion: rrf or weighted.
+    #[arg(long, default_value = "rrf")]
+    pub fusion: String,
+    /// RRF constant.
+    #[arg(long, default_value_t = 60.0)]
+    pub rrf_k: f32,
+    /// Weighted fusion: weight of the semantic score.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Write one TREC run file per mode into this folder.
+    #[arg(long)]
+    pub runs_out: Option<std::path::PathBuf>,
+    /// Print the full report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvalArgs {
+    fn options(&self) -> Result<crate::eval::EvalOptions> {
+        let fusion = match self.fusion.as_str() {
+            "rrf" => crate::search::Fusion::Rrf { k: self.rrf_k },
+            "weighted" => crate::search::Fusion::Weighted { alpha: self.alpha },
+            other => anyhow::bail!("--fusion {other:?}: use rrf or weighted"),
+        };
+        Ok(crate::eval::EvalOptions {
+            modes: crate::eval::parse_modes(&self.modes)
+                .map_err(|e| anyhow::anyhow!("--modes: {e}"))?,
+            ks: crate::eval::parse_ks(&self.ks).map_err(|e| anyhow::anyhow!("--k: {e}"))?,
+            fusion,
+            ..Default::default()
+        })
+    }
+}
+
+/// Runs an evaluation with a progress bar and prints or writes what was asked.
+fn run_eval(
+    engine: &crate::engine::Engine,
+    encoder: Option<&Encoder>,
+    set: &crate::eval::QuerySet,
+    args: &EvalArgs,
+) -> Result<()> {
+    let opts = args.options()?;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json {
+        indicatif::ProgressBar::new(set.queries.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "evaluating {bar:30} {pos}/{len} queries  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let embed = |texts: &[&str]| -> crate::Result<Vec<Vec<f32>>> {
+        match encoder {
+            Some(e) => e.embed(texts),
+            None => Err(crate::Error::InvalidInput(
+                "these modes need --model".into(),
+            )),
+        }
+    };
+    let (report, runs) = crate::eval::evaluate(engine, &embed, set, &opts, &|done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(dir) = &args.runs_out {
+        for p in crate::eval::write_runs(dir, &runs)? {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} judged queries{} in {:.1} s\n",
+            report.queries,
+            if report.unjudged_queries > 0 {
+                format!(" ({} without judgments skipped)", report.unjudged_queries)
+            } else {
+                String::new()
+            },
+            report.seconds
+        );
+        print!("{}", crate::eval::format_table(&report));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -473,6 +618,51 @@ pub fn run(cli: Cli) -> Result<()> {
                 crate::config::ServerConfig::resolve(args.config.as_deref(), env, args.layer())?;
             crate::server::run(config)?;
         }
+        Command::Eval {
+            data,
+            model,
+            eval,
+            queries,
+            qrels,
+            set,
+            save_set,
+        } => {
+            let modes = crate::eval::parse_modes(&eval.modes)
+                .map_err(|e| anyhow::anyhow!("--modes: {e}"))?;
+            let encoder = if modes.iter().any(|m| m.needs_vector()) {
+                Some(model.load()?)
+            } else {
+                None
+            };
+            let identity = encoder
+                .as_ref()
+                .map(|e| crate::store::ModelIdentity::from_info(e.info()));
+            anyhow::ensure!(
+                data.dir.join("sled").is_dir(),
+                "{}: no data directory here (ingest notes first)",
+                data.dir.display()
+            );
+            let engine = data.open(identity.as_ref())?;
+            let qset = match (&set, &queries, &qrels) {
+                (Some(name), _, _) => crate::eval::load_set(&data.dir, name)?,
+                (None, Some(q), Some(r)) => match &save_set {
+                    Some(name) => crate::eval::save_set(&data.dir, name, q, r)?,
+                    None => crate::eval::QuerySet::load(q, r)?,
+                },
+                _ => anyhow::bail!("give --queries and --qrels, or --set NAME"),
+            };
+            run_eval(&engine, encoder.as_ref(), &qset, &eval)?;
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Beir {
+                    dir,
+                    data,
+                    split,
+                    model,
+                    eval,
+                },
+        } => bench_beir(&dir, data, &split, &model, &eval)?,
         Command::Stats { data } => {
             let engine = data.open(None)?;
             let stats = json!({
@@ -565,4 +755,96 @@ fn print_info(i: &model::ModelInfo) {
     for (k, v) in rows {
         println!("{k:>16}  {v}");
     }
+}
+
+/// `clinsearch bench beir DIR`: ingest (or complete) and evaluate.
+fn bench_beir(
+    dir: &std::path::Path,
+    data: Option<std::path::PathBuf>,
+    split: &str,
+    model: &ModelArgs,
+    eval: &EvalArgs,
+) -> Result<()> {
+    use crate::ingest::{self, source, Format};
+    let corpus = dir.join("corpus.jsonl");
+    anyhow::ensure!(
+        corpus.is_file(),
+        "{}: no corpus.jsonl (not a BEIR folder)",
+        dir.display()
+    );
+    let qrels = dir.join("qrels").join(format!("{split}.tsv"));
+    anyhow::ensure!(qrels.is_file(), "{}: no such qrels split", qrels.display());
+    let name = {
+        let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let last = canon
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if last == "beir" {
+            canon
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(last)
+        } else {
+            last
+        }
+    };
+    let data = data.unwrap_or_else(|| std::path::PathBuf::from(format!("data-beir-{name}")));
+    let mut opts = model.options()?;
+    opts.window.max_windows = Some(256);
+    let encoder = Encoder::load(&model.model, &opts)
+        .with_context(|| format!("loading model {}", model.model))?;
+    let identity = crate::store::ModelIdentity::from_info(encoder.info());
+    let engine = crate::engine::Engine::open(
+        &data,
+        Some(&identity),
+        &crate::engine::OpenOptions::default(),
+    )
+    .with_context(|| format!("opening {}", data.display()))?;
+    let total = source::count(&corpus, Format::Beir).unwrap_or(0);
+    let have = engine.store.note_count() as u64;
+    if have < total {
+        eprintln!(
+            "ingesting {} ({} of {total} documents already in {})",
+            corpus.display(),
+            have,
+            data.display()
+        );
+        let store = &engine.store;
+        let todo: Vec<source::Item> =
+            source::read(&corpus, Format::Beir, &crate::ingest::CsvMapping::default())
+                .filter(|r| match r {
+                    Ok(rec) => !matches!(store.get(&rec.note.id), Ok(Some(_))),
+                    Err(_) => true,
+                })
+                .collect();
+        let n = todo.len() as u64;
+        let report = ingest::run(
+            &engine,
+            &encoder,
+            vec![Box::new(todo.into_iter())],
+            Some(n),
+            &ingest::IngestOptions {
+                on_error: ingest::OnError::Skip,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                ..Default::default()
+            },
+        )?;
+        engine.checkpoint()?;
+        eprintln!(
+            "ingested {} documents ({} chunks) in {:.0} s; {} skipped",
+            report.notes,
+            report.chunks,
+            report.seconds,
+            report.errors.len()
+        );
+    }
+    let set = crate::eval::QuerySet::load(&dir.join("queries.jsonl"), &qrels)?;
+    println!(
+        "{name} ({split} split): {} documents, model {}",
+        engine.store.note_count(),
+        encoder.info().id
+    );
+    run_eval(&engine, Some(&encoder), &set, eval)
 }

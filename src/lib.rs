@@ -9,12 +9,14 @@
 //! * [`ingest`]: files -> notes -> embedded windows -> engine, pipelined.
 //! * [`search`]: BM25, semantic and hybrid rankings with filters, fusion and snippets.
 //! * [`server`]: the HTTP API and the embedded browser UI (actix-web).
+//! * [`eval`]: judged queries through each mode, trec_eval metrics, significance, run files.
 //! * [`config`]: the server's configuration (file < environment < flags).
 
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod index;
 pub mod ingest;
 pub mod model;

@@ -105,6 +105,9 @@ pub struct SearchRequest {
     pub group_by: GroupBy,
     /// Longest snippet, in characters.
     pub snippet_chars: usize,
+    /// Load notes and build snippets for the page (false: ids, ranks and scores only, for
+    /// evaluation runs that only need the ranking).
+    pub details: bool,
 }
 
 impl SearchRequest {
@@ -118,6 +121,7 @@ impl SearchRequest {
             fusion: Fusion::default(),
             group_by: GroupBy::Note,
             snippet_chars: 240,
+            details: true,
         }
     }
 
@@ -532,6 +536,14 @@ impl<'a> Searcher<'a> {
         let mut cache: HashMap<String, Option<Loaded>> = HashMap::new();
         let mut rankings = vec![];
         for (m, list) in ordered {
+            if !req.details && req.group_by == GroupBy::Note {
+                rankings.push(Ranking {
+                    mode: m,
+                    candidates: list.len(),
+                    hits: lean_hits(req, m, &list, &bm25_rank, &sem_rank),
+                });
+                continue;
+            }
             let (candidates, page) = self.page(req, &list, &mut cache)?;
             let mut hits = Vec::with_capacity(page.len());
             for (i, (id, score, group)) in page.into_iter().enumerate() {
@@ -839,6 +851,48 @@ impl<'a> Searcher<'a> {
             truncated: shown < c.char_end - c.char_start,
         })
     }
+}
+
+/// Hits with ranks and scores only (no note loaded): what an evaluation run needs.
+fn lean_hits(
+    req: &SearchRequest,
+    mode: Mode,
+    list: &[(String, f32)],
+    bm25_rank: &HashMap<&str, (usize, f32)>,
+    sem_rank: &HashMap<&str, (usize, &SemanticCandidate)>,
+) -> Vec<Hit> {
+    list.iter()
+        .enumerate()
+        .skip(req.offset)
+        .take(req.k)
+        .map(|(i, (id, score))| Hit {
+            rank: i + 1,
+            id: id.clone(),
+            title: None,
+            patient_id: None,
+            note_type: None,
+            specialty: None,
+            date: None,
+            score: *score,
+            bm25: bm25_rank
+                .get(id.as_str())
+                .map_or(Signal::default(), |(r, s)| Signal {
+                    rank: Some(*r),
+                    score: Some(*s),
+                }),
+            semantic: sem_rank
+                .get(id.as_str())
+                .map_or(Signal::default(), |(r, c)| Signal {
+                    rank: Some(*r),
+                    score: Some(c.score),
+                }),
+            fused: (mode == Mode::Hybrid).then_some(*score),
+            best_chunk: None,
+            snippet: vec![],
+            window: None,
+            group: None,
+        })
+        .collect()
 }
 
 /// Whether a note's metadata passes a filter (the vector side's check on large filtered sets;

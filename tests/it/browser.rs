@@ -1,7 +1,7 @@
 //! The browser UI in a real browser: headless Chromium driven over the W3C WebDriver protocol
 //! (Debian's chromium + chromium-driver), against the real server on loopback.
 //!
-//! `make test` installs Chromium and sets CLINSEARCH_REQUIRE_BROWSER=1, so there these tests
+//! `make test` installs Chromium and sets CLINSEARCH_REQUIRE_TEST_DEPS=1, so there these tests
 //! fail rather than skip when the browser is missing; a bare `cargo test` skips them with a
 //! message.
 
@@ -43,7 +43,7 @@ impl Browser {
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         if !std::path::Path::new(&driver_bin).exists() || !std::path::Path::new(&chromium).exists()
         {
-            if std::env::var_os("CLINSEARCH_REQUIRE_BROWSER").is_some() {
+            if std::env::var_os("CLINSEARCH_REQUIRE_TEST_DEPS").is_some() {
                 panic!("{driver_bin} or {chromium} is missing: install Debian's chromium and chromium-driver (make test does)");
             }
             eprintln!("SKIPPED: browser tests need {chromium} and {driver_bin} (apt-get install chromium chromium-driver; `make test` installs them)");

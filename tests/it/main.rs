@@ -4,6 +4,7 @@ mod browser;
 mod common;
 mod crash;
 mod encoder;
+mod eval;
 mod hub;
 mod ingest;
 mod sample_corpus;
