@@ -22,7 +22,9 @@ ADDR ?= 127.0.0.1:8080
 # Ingests sample_corpus/ into a new data directory only: an existing one is served as it is.
 run: model build
 	@if [ ! -d $(DATA_DIR)/sled ]; then \
-	  ./target/release/clinsearch ingest --model $(MODEL_DIR) --data $(DATA_DIR) sample_corpus/notes.jsonl; \
+	  ./target/release/clinsearch ingest --model $(MODEL_DIR) --data $(DATA_DIR) sample_corpus/notes.jsonl && \
+	  ./target/release/clinsearch eval --model $(MODEL_DIR) --data $(DATA_DIR) --queries sample_corpus/queries.jsonl \
+	    --qrels sample_corpus/qrels.tsv --save-set sample; \
 	fi
 	./target/release/clinsearch stats --data $(DATA_DIR)
 	./target/release/clinsearch serve --model $(MODEL_DIR) --data $(DATA_DIR) --addr $(ADDR)

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust on a fresh Debian machine: headless Chromium
-# and its WebDriver for the browser tests. Idempotent: does nothing when both are present.
+# and its WebDriver for the browser tests, and pytrec_eval (trec_eval's code, the reference the
+# evaluation tests compare against). Idempotent: does nothing when all are present.
 set -euo pipefail
+if ! python3 -c "import pytrec_eval" 2> /dev/null; then
+  echo "install_test_deps: installing pytrec_eval-terrier (trec_eval for the evaluation tests)" >&2
+  python3 -m pip install --quiet pytrec_eval-terrier
+fi
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi

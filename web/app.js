@@ -86,6 +86,7 @@ const routes = [
   [/^\/note\/(.+)$/, notePage],
   [/^\/ingest$/, ingestPage],
   [/^\/fill-mask$/, fillMaskPage],
+  [/^\/eval$/, evalPage],
 ];
 
 let stats = null;
@@ -442,6 +443,162 @@ async function fillMaskPage(main) {
     }
   });
   main.append(form);
+}
+
+// ---------------------------------------------------------------------------------------
+// Evaluation page
+
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+const MODE_LABEL = { bm25: "BM25", semantic: "Semantic", hybrid: "Hybrid" };
+
+/** Recall@k of each mode as lines on one plot (k evenly spaced). */
+function recallChart(r) {
+  const W = 560, H = 300, L = 48, R = 16, T = 16, B = 40;
+  const xs = (i) => L + (r.ks.length === 1 ? 0 : (i * (W - L - R)) / (r.ks.length - 1));
+  const ys = (v) => T + (1 - v) * (H - T - B);
+  const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, id: "recall-chart", role: "img", "aria-label": "Recall at k for each mode" });
+  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    g.append(svg("line", { x1: L, x2: W - R, y1: ys(v), y2: ys(v), class: "grid" }),
+      svg("text", { x: L - 8, y: ys(v) + 4, class: "tick", "text-anchor": "end" }, v.toFixed(2)));
+  }
+  r.ks.forEach((k, i) => g.append(svg("text", { x: xs(i), y: H - B + 18, class: "tick", "text-anchor": "middle" }, "k=" + k)));
+  g.append(svg("text", { x: (L + W - R) / 2, y: H - 4, class: "axis", "text-anchor": "middle" }, "cut-off k"));
+  for (const s of r.summaries) {
+    const pts = r.ks.map((k, i) => [xs(i), ys(s.recall[k])]);
+    g.append(svg("polyline", { points: pts.map((p) => p.join(",")).join(" "), class: "line line-" + s.mode, "data-mode": s.mode }));
+    r.ks.forEach((k, i) => g.append(svg("circle", { cx: pts[i][0], cy: pts[i][1], r: 4, class: "dot line-" + s.mode },
+      svg("title", {}, `${MODE_LABEL[s.mode]} recall@${k} = ${s.recall[k].toFixed(4)}`))));
+  }
+  const legend = el("div", { class: "legend chart-legend" }, r.summaries.map((s) => el("span", { class: "key key-" + s.mode }, MODE_LABEL[s.mode])));
+  return el("figure", { class: "panel chart" }, el("figcaption", {}, "Recall@k"), g, legend);
+}
+
+function metricsTable(r) {
+  const cols = r.ks.map((k) => ["R@" + k, (s) => s.recall[k]]).concat([["nDCG@10", (s) => s.ndcg_10], ["MRR@10", (s) => s.mrr_10], ["MAP@100", (s) => s.map_100]]);
+  const best = cols.map(([, f]) => Math.max(...r.summaries.map(f)));
+  return el("table", { id: "eval-metrics" },
+    el("thead", {}, el("tr", {}, el("th", {}, "mode"), cols.map(([h]) => el("th", { class: "num" }, h)))),
+    el("tbody", {}, r.summaries.map((s) => el("tr", {}, el("td", {}, MODE_LABEL[s.mode]),
+      cols.map(([, f], i) => el("td", { class: "num" + (f(s) === best[i] && r.summaries.length > 1 ? " best" : "") }, f(s).toFixed(4)))))));
+}
+
+function pairsTable(r) {
+  if (!r.pairs.length) return null;
+  return el("div", {},
+    el("table", { id: "eval-pairs" },
+      el("thead", {}, el("tr", {}, ["A", "B", "A wins", "B wins", "ties", "mean ΔnDCG@10", "p"].map((h, i) => el("th", { class: i > 1 ? "num" : "" }, h)))),
+      el("tbody", {}, r.pairs.map((p) => el("tr", {},
+        el("td", {}, MODE_LABEL[p.a]), el("td", {}, MODE_LABEL[p.b]),
+        el("td", { class: "num" }, p.a_wins), el("td", { class: "num" }, p.b_wins), el("td", { class: "num" }, p.ties),
+        el("td", { class: "num" }, (p.mean_diff >= 0 ? "+" : "") + p.mean_diff.toFixed(4)),
+        el("td", { class: "num" + (p.p_value < 0.05 ? " best" : "") }, p.p_value.toFixed(4)))))),
+    el("p", { class: "summary" }, `Per-query nDCG@10; ${r.test}. Bold p: significant at 0.05.`));
+}
+
+function queryDetail(r, q) {
+  const modes = r.summaries.map((s) => s.mode);
+  const rel = new Map(q.relevant);
+  const title = (d) => (r.titles && r.titles[d]) || d;
+  const cols = modes.map((m) => {
+    const qm = q.modes[m];
+    const top = qm.top.slice(0, 10);
+    const shown = new Set(top.map(([d]) => d));
+    const missing = q.relevant.filter(([d]) => !shown.has(d));
+    return el("section", { class: "column", "data-mode": m, "aria-label": MODE_LABEL[m] },
+      el("h2", {}, el("span", {}, MODE_LABEL[m]), el("small", {}, `nDCG@10 ${qm.ndcg_10.toFixed(3)}`)),
+      el("ol", { class: "hits compact" }, top.map(([d, sc], i) => el("li", { class: "hit" + (rel.has(d) ? " relevant" : "") },
+        el("div", { class: "head" }, el("span", { class: "rank" }, i + 1 + "."),
+          el("a", { class: "title", href: "#/note/" + encodeURIComponent(d) + "?" + new URLSearchParams({ q: q.text }) }, title(d)),
+          rel.has(d) ? el("span", { class: "badge in-3", title: "judged relevant" }, "✓ relevant (grade " + rel.get(d) + ")") : null),
+        el("div", { class: "scores" }, "score " + Number(sc).toFixed(4))))),
+      el("h3", {}, "Missing relevant notes"),
+      missing.length
+        ? el("ul", { class: "missing" }, missing.map(([d, gr]) => el("li", {},
+          el("a", { href: "#/note/" + encodeURIComponent(d) + "?" + new URLSearchParams({ q: q.text }) }, title(d)),
+          ` (grade ${gr}; ${qm.relevant_ranks[d] ? "rank " + qm.relevant_ranks[d] : "not in the top 100"})`)))
+        : el("p", { class: "empty" }, "None: every relevant note is in the top 10."));
+  });
+  return el("div", { id: "eval-detail", class: "panel" },
+    el("h2", {}, `Query ${q.id}: `, el("q", {}, q.text)),
+    el("p", { class: "summary" }, `${q.relevant.length} judged relevant note${q.relevant.length === 1 ? "" : "s"}. Relevant notes are marked in each ranking.`),
+    el("div", { class: "columns" }, cols));
+}
+
+function perQueryTable(r, detailBox) {
+  const modes = r.summaries.map((s) => s.mode);
+  const rows = r.per_query.map((q) => {
+    const scores = modes.map((m) => q.modes[m].ndcg_10);
+    const top = Math.max(...scores);
+    const winners = modes.filter((m, i) => scores[i] === top);
+    const open = () => {
+      detailBox.replaceChildren(queryDetail(r, q));
+      detailBox.scrollIntoView({ block: "start" });
+    };
+    return el("tr", { tabindex: "0", class: "clickable", "data-query": q.id, onclick: open, onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } } },
+      el("td", {}, q.id), el("td", {}, q.text),
+      scores.map((v) => el("td", { class: "num" + (v === top && winners.length < modes.length ? " best" : "") }, v.toFixed(3))),
+      el("td", {}, winners.length === modes.length ? "tie" : winners.map((m) => MODE_LABEL[m]).join(", ")));
+  });
+  return el("table", { id: "eval-per-query" },
+    el("thead", {}, el("tr", {}, el("th", {}, "query"), el("th", {}, "text"), modes.map((m) => el("th", { class: "num" }, MODE_LABEL[m] + " nDCG@10")), el("th", {}, "best"))),
+    el("tbody", {}, rows));
+}
+
+function renderReport(r, out) {
+  const detail = el("div", { id: "eval-detail-box" });
+  out.replaceChildren(
+    el("p", { class: "summary", id: "eval-summary" }, `${r.queries} judged queries${r.unjudged_queries ? ` (${r.unjudged_queries} without judgments skipped)` : ""}, evaluated in ${r.seconds.toFixed(1)} s; hybrid fusion ${r.fusion.method}.`),
+    el("div", { class: "panel scroll-x" }, el("h2", {}, "Metrics"), metricsTable(r)),
+    el("div", { class: "grid2" }, recallChart(r), el("div", { class: "panel scroll-x" }, el("h2", {}, "Which mode wins, query by query"), pairsTable(r))),
+    el("div", { class: "panel" }, el("h2", {}, "Per query"), el("p", { class: "summary" }, "Select a query to see the three rankings side by side with the judged relevant notes marked."), perQueryTable(r, detail)),
+    detail);
+}
+
+async function evalPage(main) {
+  const { sets } = await api("/api/eval/sets");
+  const setSel = el("select", { id: "eval-set" },
+    sets.map((s) => el("option", { value: s.name }, `${s.name} (${s.queries} queries)`)),
+    el("option", { value: "" }, "paste queries and judgments…"));
+  const queries = el("textarea", { id: "eval-queries", "aria-label": "Queries", placeholder: '{"_id": "q1", "text": "chest pain on exertion"}  (BEIR queries.jsonl, or qid<TAB>text)' });
+  const qrels = el("textarea", { id: "eval-qrels", "aria-label": "Judgments", placeholder: "query-id\tcorpus-id\tscore  (BEIR qrels TSV, or TREC: qid 0 docid grade)" });
+  const paste = el("div", { class: "grid2", hidden: sets.length > 0 }, el("label", {}, "Queries", queries), el("label", {}, "Judgments", qrels));
+  setSel.addEventListener("change", () => { paste.hidden = setSel.value !== ""; });
+  const run = el("button", { type: "submit", class: "primary", id: "eval-run" }, "Run evaluation");
+  const out = el("div", { id: "eval-out", "aria-live": "polite" });
+  const form = el("form", { class: "panel" },
+    el("p", { class: "summary" }, "Runs every judged query through BM25, semantic and hybrid search and scores the rankings (Recall@k, nDCG@10, MRR@10, MAP@100, as trec_eval computes them)."),
+    el("div", { class: "filters" }, el("label", {}, "Query set", setSel)), paste, el("div", { class: "actions" }, run));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = setSel.value ? { set: setSel.value } : { queries: queries.value, qrels: qrels.value };
+    run.disabled = true;
+    try {
+      let job = await api("/api/eval", { method: "POST", json: body });
+      const bar = el("progress", { max: job.total, value: 0, "aria-label": "Evaluation progress" });
+      const line = el("p", { class: "summary" });
+      out.replaceChildren(bar, line);
+      while (job.state === "running") {
+        bar.value = job.done;
+        line.textContent = `${job.done} of ${job.total} queries`;
+        await new Promise((res) => setTimeout(res, 300));
+        job = await api("/api/eval/" + job.id);
+      }
+      if (job.state !== "done") throw new Error(job.failure || "the evaluation failed");
+      renderReport(job.report, out);
+    } catch (err) {
+      out.replaceChildren(errorBox(err));
+    } finally {
+      run.disabled = false;
+    }
+  });
+  main.append(el("h1", {}, "Evaluation"), form, out);
+  if (!sets.length) out.append(el("p", { class: "notice" }, "No query set is stored in this data directory yet: paste queries and judgments, or store a set with clinsearch eval --save-set NAME."));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -44,6 +44,11 @@ fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
 /// Reads queries: BEIR JSONL (`{"_id", "text"}`) or TSV (`qid<TAB>text`).
 pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_queries(&text, path)
+}
+
+/// Queries from text; `path` names the source in errors.
+pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -98,6 +103,11 @@ pub fn read_qrels(path: &Path) -> Result<HashMap<String, Judged>> {
         path.to_path_buf()
     };
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    parse_qrels(&text, &path)
+}
+
+/// Judgments from text; `path` names the source in errors.
+pub fn parse_qrels(text: &str, path: &Path) -> Result<HashMap<String, Judged>> {
     let mut out: HashMap<String, Judged> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -115,7 +125,7 @@ pub fn read_qrels(path: &Path) -> Result<HashMap<String, Judged>> {
             4 => (cols[0], cols[2], cols[3]),
             _ => {
                 return Err(bad(
-                    &path,
+                    path,
                     n,
                     "expected `query-id corpus-id score` (BEIR) or `qid 0 docid grade` (TREC)",
                 ))
@@ -124,7 +134,7 @@ pub fn read_qrels(path: &Path) -> Result<HashMap<String, Judged>> {
         let grade: i32 = g
             .parse::<i32>()
             .or_else(|_| g.parse::<f64>().map(|f| f as i32))
-            .map_err(|_| bad(&path, n, format!("grade {g:?} is not a number")))?;
+            .map_err(|_| bad(path, n, format!("grade {g:?} is not a number")))?;
         out.entry(q.to_string())
             .or_default()
             .insert(d.to_string(), grade);

@@ -253,3 +253,83 @@ mod tests {
         assert_eq!(upload_name(None, Format::Jsonl), "upload.jsonl");
     }
 }
+
+/// Evaluation jobs: an evaluation runs on its own thread; clients poll its progress and get
+/// the report when it is done.
+#[derive(Default)]
+pub struct EvalJobs {
+    next: AtomicU64,
+    jobs: Mutex<BTreeMap<u64, Arc<EvalJob>>>,
+}
+
+struct EvalJob {
+    done: AtomicUsize,
+    total: usize,
+    started: Instant,
+    result: Mutex<(JobState, Option<serde_json::Value>, Option<String>)>,
+}
+
+impl EvalJobs {
+    /// Starts `run` (given a progress counter) on a new thread; returns the job id.
+    pub fn start(
+        &self,
+        total: usize,
+        run: impl FnOnce(&AtomicUsize) -> crate::Result<serde_json::Value> + Send + 'static,
+    ) -> crate::Result<String> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let job = Arc::new(EvalJob {
+            done: AtomicUsize::new(0),
+            total,
+            started: Instant::now(),
+            result: Mutex::new((JobState::Running, None, None)),
+        });
+        let j = job.clone();
+        std::thread::Builder::new()
+            .name(format!("eval-{n}"))
+            .spawn(move || {
+                let r = run(&j.done);
+                let mut st = j.result.lock().unwrap();
+                *st = match r {
+                    Ok(v) => (JobState::Done, Some(v), None),
+                    Err(e) => (JobState::Failed, None, Some(e.to_string())),
+                };
+            })
+            .map_err(|e| crate::Error::io("eval job thread", e))?;
+        let mut jobs = self.jobs.lock().unwrap();
+        jobs.insert(n, job);
+        while jobs.len() > 20 {
+            let oldest = jobs
+                .iter()
+                .find(|(_, j)| j.result.lock().unwrap().0 != JobState::Running)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    jobs.remove(&k);
+                }
+                None => break,
+            }
+        }
+        Ok(format!("eval-{n}"))
+    }
+
+    /// `{id, state, done, total, seconds, report?, failure?}`.
+    pub fn status(&self, id: &str) -> Option<serde_json::Value> {
+        let n: u64 = id.strip_prefix("eval-")?.parse().ok()?;
+        let job = self.jobs.lock().unwrap().get(&n)?.clone();
+        let st = job.result.lock().unwrap();
+        let mut v = serde_json::json!({
+            "id": id,
+            "state": st.0,
+            "done": job.done.load(Ordering::SeqCst),
+            "total": job.total,
+            "seconds": job.started.elapsed().as_secs_f64(),
+        });
+        if let Some(r) = &st.1 {
+            v["report"] = r.clone();
+        }
+        if let Some(f) = &st.2 {
+            v["failure"] = serde_json::json!(f);
+        }
+        Some(v)
+    }
+}

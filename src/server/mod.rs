@@ -37,6 +37,7 @@ pub struct AppState {
     pub embedder: batcher::QueryEmbedder,
     pub metrics: metrics::Metrics,
     pub jobs: jobs::Jobs,
+    pub evals: jobs::EvalJobs,
     pub config: ServerConfig,
     pub started: Instant,
 }
@@ -50,6 +51,7 @@ impl AppState {
             embedder,
             metrics: metrics::Metrics::default(),
             jobs: jobs::Jobs::default(),
+            evals: jobs::EvalJobs::default(),
             config,
             started: Instant::now(),
         }

@@ -230,11 +230,19 @@ impl Drop for Browser {
 /// A server over sample_corpus/ (tiny fixture model) on a free loopback port.
 fn serve() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
+    let root = repo_root().join("sample_corpus");
     let state = seeded_state(
         dir.path(),
         Layer::default(),
-        Some(&repo_root().join("sample_corpus/notes.jsonl")),
+        Some(&root.join("notes.jsonl")),
     );
+    clinsearch::eval::save_set(
+        dir.path(),
+        "sample",
+        &root.join("queries.jsonl"),
+        &root.join("qrels.tsv"),
+    )
+    .unwrap();
     let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
     (dir, format!("http://{addr}"))
 }
@@ -346,4 +354,33 @@ fn the_fill_mask_playground_predicts_and_slash_focuses_search() {
         assert!(t.elapsed() < Duration::from_secs(10), "focus is on {id}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
+    let Some(b) = Browser::start() else { return };
+    let (_dir, url) = serve();
+    b.goto(&format!("{url}/#/eval"));
+    b.click(&b.wait("#eval-run"));
+    b.wait("#recall-chart");
+    // One recall curve per mode, the metrics table and the pairwise comparison.
+    assert_eq!(b.find_all("#recall-chart polyline").len(), 3);
+    assert_eq!(b.find_all("#eval-metrics tbody tr").len(), 3);
+    assert_eq!(b.find_all("#eval-pairs tbody tr").len(), 3);
+    let rows = b.find_all("#eval-per-query tbody tr");
+    assert_eq!(rows.len(), 45);
+    b.screenshot("eval");
+    // Open a query: three rankings side by side, relevant notes marked, missing ones listed.
+    b.click(&rows[0]);
+    b.wait("#eval-detail .column[data-mode=hybrid] .hit");
+    assert_eq!(b.find_all("#eval-detail .column").len(), 3);
+    let marked = b.find_all("#eval-detail .hit.relevant").len();
+    let missing = b.find_all("#eval-detail ul.missing li").len();
+    assert!(
+        marked + missing > 0,
+        "the judged relevant notes appear, in the rankings or as missing"
+    );
+    let heading = b.text(&b.wait("#eval-detail h2"));
+    assert!(heading.starts_with("Query q01"), "{heading}");
+    b.screenshot("eval-query");
 }

@@ -66,6 +66,14 @@ pub fn shared() -> &'static Shared {
             Layer::default(),
             Some(&repo_root().join("sample_corpus/notes.jsonl")),
         );
+        let root = repo_root().join("sample_corpus");
+        clinsearch::eval::save_set(
+            dir.path(),
+            "sample",
+            &root.join("queries.jsonl"),
+            &root.join("qrels.tsv"),
+        )
+        .unwrap();
         Shared { _dir: dir, state }
     })
 }
@@ -945,4 +953,77 @@ fn the_binary_serves_on_loopback_and_refuses_open_addresses_without_a_key() {
     // The data survived the shutdown.
     let engine = Engine::open(dir.path(), None, &OpenOptions::default()).unwrap();
     assert_eq!(engine.presence("x1").unwrap(), (true, true, true));
+}
+
+#[actix_web::test]
+async fn evaluation_runs_on_a_stored_set_or_posted_judgments() {
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    let (s, v) = call(&app, get("/api/eval/sets")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["sets"][0], json!({"name": "sample", "queries": 45}));
+    // Synchronous: the report itself.
+    let (s, r) = call(
+        &app,
+        TestRequest::post()
+            .uri("/api/eval")
+            .set_json(json!({"set": "sample", "wait": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["queries"], 45);
+    assert_eq!(r["summaries"].as_array().unwrap().len(), 3);
+    assert_eq!(r["pairs"].as_array().unwrap().len(), 3);
+    let q = &r["per_query"][0];
+    assert!(q["modes"]["hybrid"]["top"].as_array().unwrap().len() <= 20);
+    let first = q["modes"]["bm25"]["top"][0][0].as_str().unwrap();
+    assert!(
+        r["titles"][first].is_string(),
+        "titles of the notes the report names"
+    );
+    // The same through a job, with posted queries and judgments; progress reaches the total.
+    let body = json!({
+        "queries": [{"id": "a", "text": "heart attack"}, {"id": "b", "text": "lung infection with fever"}],
+        "qrels": {"a": {"P1000-01": 2}, "b": {"P1001-01": 1}},
+        "modes": ["bm25", "hybrid"], "ks": [5, 10],
+    });
+    let (s, job) = call(&app, TestRequest::post().uri("/api/eval").set_json(&body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut st = job;
+    for _ in 0..200 {
+        if st["state"] != "running" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        st = call(&app, get(&format!("/api/eval/{id}"))).await.1;
+    }
+    assert_eq!(st["state"], "done", "{st}");
+    assert_eq!(st["done"], 2);
+    assert_eq!(st["report"]["ks"], json!([5, 10]));
+    assert_eq!(st["report"]["summaries"].as_array().unwrap().len(), 2);
+    // Mistakes are 400s with the reason.
+    for (bad, needle) in [
+        (json!({"set": "nope"}), "no stored query set"),
+        (json!({"set": "../etc"}), "set name"),
+        (
+            json!({"queries": "q1\tx\n"}),
+            "give set, or queries and qrels",
+        ),
+        (
+            json!({"queries": "q1\tx\n", "qrels": "q9 0 d 1\n"}),
+            "no query has judgments",
+        ),
+        (json!({"set": "sample", "modes": ["compare"]}), "modes"),
+        (json!({"set": "sample", "ks": [0]}), "ks"),
+        (json!({"set": "sample", "colour": 1}), "unknown field"),
+    ] {
+        let (s, v) = call(&app, TestRequest::post().uri("/api/eval").set_json(&bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{bad}: {v}"
+        );
+    }
+    let (s, _) = call(&app, get("/api/eval/eval-999")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
