@@ -99,6 +99,64 @@ fn validate(rec: Record) -> std::result::Result<Record, RecordError> {
     }
 }
 
+/// What a note is embedded from: its title (when it has one) on a first line, then its text,
+/// as sentence-transformers and BEIR/MTEB embed "title text": a title such as "ED note -
+/// NSTEMI" carries much of a note's meaning. Returns the input and the length of the title
+/// prefix in bytes and characters.
+pub fn embedding_input(note: &crate::note::Note) -> (std::borrow::Cow<'_, str>, usize, usize) {
+    match note
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(title) => {
+            let prefix = format!("{title}\n");
+            let (bytes, chars) = (prefix.len(), prefix.chars().count());
+            (std::borrow::Cow::Owned(prefix + &note.text), bytes, chars)
+        }
+        None => (std::borrow::Cow::Borrowed(note.text.as_str()), 0, 0),
+    }
+}
+
+/// Embeds the windows of each note (title included, see [`embedding_input`]); window spans
+/// point into the note's text. A note the encoder rejects gets its own error; the others are
+/// still embedded.
+pub fn embed_notes(
+    encoder: &Encoder,
+    notes: &[&crate::note::Note],
+) -> Result<Vec<Result<Vec<crate::model::Window>>>> {
+    let inputs: Vec<(std::borrow::Cow<'_, str>, usize, usize)> =
+        notes.iter().map(|n| embedding_input(n)).collect();
+    let texts: Vec<&str> = inputs.iter().map(|(t, _, _)| t.as_ref()).collect();
+    let raw: Vec<Result<Vec<crate::model::Window>>> = match encoder.embed_windows(&texts) {
+        Ok(w) => w.into_iter().map(Ok).collect(),
+        // One text the encoder rejects: find it by embedding one at a time.
+        Err(Error::InvalidInput(_)) => texts
+            .iter()
+            .map(|t| encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
+            .collect(),
+        Err(e) => return Err(e),
+    };
+    Ok(raw
+        .into_iter()
+        .zip(&inputs)
+        .map(|(r, (_, pb, pc))| {
+            r.map(|ws| {
+                ws.into_iter()
+                    .map(|mut w| {
+                        w.start = w.start.saturating_sub(*pb);
+                        w.end = w.end.saturating_sub(*pb);
+                        w.char_start = w.char_start.saturating_sub(*pc);
+                        w.char_end = w.char_end.saturating_sub(*pc);
+                        w
+                    })
+                    .collect()
+            })
+        })
+        .collect())
+}
+
 /// Runs the pipeline over `sources` into `engine`.
 pub fn run(
     engine: &Engine,
@@ -203,14 +261,9 @@ pub fn run(
                     Parsed::Abort(reason) => return (busy, errors, Some(reason), Ok(())),
                 };
                 let t = Instant::now();
-                let texts: Vec<&str> = batch.iter().map(|r| r.note.text.as_str()).collect();
-                let windows = match encoder.embed_windows(&texts) {
-                    Ok(w) => w.into_iter().map(Ok).collect::<Vec<_>>(),
-                    // One text the encoder rejects: find it by embedding one at a time.
-                    Err(Error::InvalidInput(_)) => texts
-                        .iter()
-                        .map(|t| encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
-                        .collect(),
+                let notes: Vec<&crate::note::Note> = batch.iter().map(|r| &r.note).collect();
+                let windows = match embed_notes(encoder, &notes) {
+                    Ok(w) => w,
                     Err(e) => return (busy, errors, None, Err(e)),
                 };
                 let mut out = Vec::with_capacity(batch.len());

@@ -316,15 +316,8 @@ async fn documents_post(state: State, body: Bytes) -> ApiResult {
                 Err(e) => results.push(json!({ "index": i, "status": "rejected", "error": e })),
             }
         }
-        let texts: Vec<&str> = valid.iter().map(|(_, n)| n.text.as_str()).collect();
-        let windows: Vec<Result<Vec<crate::model::Window>, Error>> = match st.encoder.embed_windows(&texts) {
-            Ok(w) => w.into_iter().map(Ok).collect(),
-            Err(Error::InvalidInput(_)) => texts
-                .iter()
-                .map(|t| st.encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
-                .collect(),
-            Err(e) => return Err(e),
-        };
+        let notes: Vec<&Note> = valid.iter().map(|(_, n)| n).collect();
+        let windows = crate::ingest::embed_notes(&st.encoder, &notes)?;
         let mut batch = vec![];
         for ((i, note), w) in valid.into_iter().zip(windows) {
             match w {

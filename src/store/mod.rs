@@ -32,7 +32,18 @@ pub struct ModelIdentity {
     pub dim: usize,
     pub window_size: usize,
     pub stride: usize,
+    /// What each note was embedded from: "title+text" ([`crate::ingest::embedding_input`]);
+    /// directories built before titles were embedded read as "text".
+    #[serde(default = "text_only")]
+    pub input: String,
 }
+
+fn text_only() -> String {
+    "text".into()
+}
+
+/// The embedding input of this version.
+pub const EMBEDDING_INPUT: &str = "title+text";
 
 impl ModelIdentity {
     /// A local folder is recorded by its absolute path, so that the same model named from
@@ -51,6 +62,7 @@ impl ModelIdentity {
             dim: info.hidden_size,
             window_size: info.window_size,
             stride: info.stride,
+            input: EMBEDDING_INPUT.into(),
         }
     }
 
@@ -85,6 +97,7 @@ impl ModelIdentity {
             other.window_size.to_string(),
         );
         cmp("stride", self.stride.to_string(), other.stride.to_string());
+        cmp("embedded input", self.input.clone(), other.input.clone());
         d
     }
 }

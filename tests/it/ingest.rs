@@ -441,3 +441,47 @@ fn reembedding_with_another_model_replaces_every_vector_and_keeps_every_note() {
     )
     .is_err());
 }
+
+#[test]
+fn a_title_is_embedded_with_its_note_and_spans_still_point_into_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let engine = open(tmp.path(), &enc);
+    let mut note = clinsearch::note::Note::new(
+        "t1",
+        "Troponin peaked at 6.6; cardiology consulted for catheterisation.",
+    );
+    note.title = Some("ED note - NSTEMI".into());
+    let windows = ingest::embed_notes(&enc, &[&note])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    engine
+        .apply(
+            &[clinsearch::store::EmbeddedNote {
+                note: note.clone(),
+                windows: windows.clone(),
+                windows_capped: false,
+            }],
+            &[],
+        )
+        .unwrap();
+    let stored = engine.store.get("t1").unwrap().unwrap();
+    let chunks = engine.store.chunks_of(&stored).unwrap();
+    // The vector is the embedding of "title\ntext"'s first window...
+    let direct = enc
+        .embed_windows(&[
+            "ED note - NSTEMI\nTroponin peaked at 6.6; cardiology consulted for catheterisation.",
+        ])
+        .unwrap();
+    assert!(max_abs_diff(&chunks[0].vector, &direct[0][0].vector) < 1e-6);
+    // ...and the spans are in the note's text, not in the title-prefixed input.
+    assert_eq!(chunks[0].start, 0);
+    let last = chunks.last().unwrap();
+    assert_eq!(last.end, note.text.len());
+    assert_eq!(
+        &note.text[chunks[1].start..chunks[1].end],
+        &note.text[windows[1].start..windows[1].end]
+    );
+    assert_eq!(engine.identity().unwrap().unwrap().input, "title+text");
+}
