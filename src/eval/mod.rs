@@ -299,13 +299,16 @@ pub fn parse_ks(s: &str) -> std::result::Result<Vec<usize>, String> {
     Ok(ks)
 }
 
+/// Embeds a batch of query texts.
+pub type EmbedFn<'a> = dyn Fn(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// Runs every judged query through each mode and scores the runs.
 ///
 /// `embed` embeds a batch of query texts (modes other than BM25 need it); `progress(done,
 /// total)` is called after each query.
 pub fn evaluate(
     engine: &Engine,
-    embed: &dyn Fn(&[&str]) -> Result<Vec<Vec<f32>>>,
+    embed: &EmbedFn,
     set: &QuerySet,
     opts: &EvalOptions,
     progress: &dyn Fn(usize, usize),

@@ -352,6 +352,17 @@ impl Bm25Index {
         Ok(top.first().map(|(s, _)| *s))
     }
 
+    /// A snippet maker for one query, reused across the hits of a request (creating tantivy's
+    /// generator parses the query and reads term statistics: once per request is enough).
+    pub fn snippets(&self, query: &str, max_chars: usize) -> Result<Snippets> {
+        let q = self.parse(query);
+        let searcher = self.reader.searcher();
+        let mut generator =
+            tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?;
+        generator.set_max_num_chars(max_chars);
+        Ok(Snippets { generator })
+    }
+
     /// Whether a note id is searchable.
     pub fn contains(&self, id: &str) -> Result<bool> {
         let searcher = self.reader.searcher();
@@ -364,5 +375,18 @@ impl Bm25Index {
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+}
+
+/// Highlighted fragments for one query; see [`Bm25Index::snippets`].
+pub struct Snippets {
+    generator: tantivy::snippet::SnippetGenerator,
+}
+
+impl Snippets {
+    /// The best fragment of `text` and the byte ranges of the matched terms inside it.
+    pub fn snippet(&self, text: &str) -> (String, Vec<std::ops::Range<usize>>) {
+        let s = self.generator.snippet(text);
+        (s.fragment().to_string(), s.highlighted().to_vec())
     }
 }

@@ -72,6 +72,9 @@ pub struct VectorHit {
     pub score: f32,
 }
 
+/// A dump read back: the graph, the sequence it had applied, its largest chunk id, its points.
+type LoadedDump = (Graph, u64, Option<u64>, usize);
+
 pub struct VectorIndex {
     dir: PathBuf,
     graph: RwLock<Graph>,
@@ -128,7 +131,7 @@ impl VectorIndex {
         Ok(idx)
     }
 
-    fn load(dir: &Path) -> Result<Option<(Graph, u64, Option<u64>, usize)>> {
+    fn load(dir: &Path) -> Result<Option<LoadedDump>> {
         let manifest_path = dir.join("vectors.json");
         if !manifest_path.exists() {
             return Ok(None);
@@ -170,6 +173,9 @@ impl VectorIndex {
         }
         let data: Vec<(&Vec<f32>, usize)> =
             chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
+        // Exclusive on purpose: searches wait for an insert batch rather than walk a graph
+        // whose layers are being linked.
+        #[allow(clippy::readonly_write_lock)]
         let g = self.graph.write().unwrap();
         g.parallel_insert(&data);
         self.points.fetch_add(chunks.len() as u64, Ordering::SeqCst);

@@ -17,7 +17,7 @@ use super::weights::Weights;
 use crate::error::{Error, Result};
 
 /// How long texts are cut into windows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WindowConfig {
     /// Tokens per window including `[CLS]` and `[SEP]`; `None` takes the model's own limit
     /// (sentence-transformers' `max_seq_length`, else `max_position_embeddings`).
@@ -28,16 +28,6 @@ pub struct WindowConfig {
     /// At most this many windows per text; the rest of an enormous note is not embedded
     /// (a warning is logged). `None`: no cap.
     pub max_windows: Option<usize>,
-}
-
-impl Default for WindowConfig {
-    fn default() -> Self {
-        WindowConfig {
-            size: None,
-            stride: None,
-            max_windows: None,
-        }
-    }
 }
 
 /// Everything that can be chosen when loading an encoder.

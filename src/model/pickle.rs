@@ -348,7 +348,7 @@ pub fn read_pickle<R: BufRead>(r: &mut R, max_len: u64) -> std::result::Result<V
 }
 
 fn pairs(items: Vec<Value>) -> std::result::Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of dict items".into());
     }
     let mut out = Vec::with_capacity(items.len() / 2);

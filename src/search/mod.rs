@@ -535,6 +535,11 @@ impl<'a> Searcher<'a> {
         let t = Instant::now();
         let mut cache: HashMap<String, Option<Loaded>> = HashMap::new();
         let mut rankings = vec![];
+        let snippets = if req.details {
+            Some(self.engine.bm25.snippets(&req.q, req.snippet_chars)?)
+        } else {
+            None
+        };
         for (m, list) in ordered {
             if !req.details && req.group_by == GroupBy::Note {
                 rankings.push(Ranking {
@@ -550,7 +555,10 @@ impl<'a> Searcher<'a> {
                 let Some(loaded) = cache.get(&id).and_then(|l| l.as_ref()) else {
                     continue;
                 };
-                let mut hit = self.hydrate(req, m, loaded, qv, &bm25_rank, &sem_rank)?;
+                let Some(snippets) = snippets.as_ref() else {
+                    continue;
+                };
+                let mut hit = self.hydrate(req, m, loaded, qv, &bm25_rank, &sem_rank, snippets)?;
                 hit.rank = req.offset + i + 1;
                 hit.score = score;
                 if m == Mode::Hybrid {
@@ -741,6 +749,7 @@ impl<'a> Searcher<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hydrate(
         &self,
         req: &SearchRequest,
@@ -749,6 +758,7 @@ impl<'a> Searcher<'a> {
         qv: Option<&[f32]>,
         bm25_rank: &HashMap<&str, (usize, f32)>,
         sem_rank: &HashMap<&str, (usize, &SemanticCandidate)>,
+        snippets: &crate::index::bm25::Snippets,
     ) -> Result<Hit> {
         let note = &loaded.note.note;
         let text = note.text.as_str();
@@ -777,7 +787,7 @@ impl<'a> Searcher<'a> {
             }
             None => (Signal::default(), None),
         };
-        let (fragment, ranges) = self.engine.bm25.snippet(&req.q, text, req.snippet_chars)?;
+        let (fragment, ranges) = snippets.snippet(text);
         let snippet = if fragment.is_empty() {
             vec![Segment {
                 text: head_chars(text, req.snippet_chars),
@@ -797,7 +807,7 @@ impl<'a> Searcher<'a> {
         });
         let window = match (mode, best) {
             (Mode::Bm25, _) | (_, None) => None,
-            (_, Some((c, _))) => Some(self.window_snippet(req, text, c)?),
+            (_, Some((c, _))) => Some(window_snippet(req, text, c, snippets)),
         };
         Ok(Hit {
             rank: 0,
@@ -822,34 +832,36 @@ impl<'a> Searcher<'a> {
             group: None,
         })
     }
+}
 
-    /// The best-matching excerpt of a window, with the query's terms marked.
-    fn window_snippet(&self, req: &SearchRequest, text: &str, c: &Chunk) -> Result<WindowSnippet> {
-        let window = text.get(c.start..c.end).unwrap_or("");
-        let (fragment, ranges) = self
-            .engine
-            .bm25
-            .snippet(&req.q, window, req.snippet_chars)?;
-        let (segments, shown) = if fragment.is_empty() {
-            let head = head_chars(window, req.snippet_chars);
-            let n = head.chars().count();
-            (
-                vec![Segment {
-                    text: head,
-                    hl: false,
-                }],
-                n,
-            )
-        } else {
-            let n = fragment.chars().count();
-            (segments(&fragment, &ranges), n)
-        };
-        Ok(WindowSnippet {
-            char_start: c.char_start,
-            char_end: c.char_end,
-            segments,
-            truncated: shown < c.char_end - c.char_start,
-        })
+/// The best-matching excerpt of a window, with the query's terms marked.
+fn window_snippet(
+    req: &SearchRequest,
+    text: &str,
+    c: &Chunk,
+    snippets: &crate::index::bm25::Snippets,
+) -> WindowSnippet {
+    let window = text.get(c.start..c.end).unwrap_or("");
+    let (fragment, ranges) = snippets.snippet(window);
+    let (segments, shown) = if fragment.is_empty() {
+        let head = head_chars(window, req.snippet_chars);
+        let n = head.chars().count();
+        (
+            vec![Segment {
+                text: head,
+                hl: false,
+            }],
+            n,
+        )
+    } else {
+        let n = fragment.chars().count();
+        (segments(&fragment, &ranges), n)
+    };
+    WindowSnippet {
+        char_start: c.char_start,
+        char_end: c.char_end,
+        segments,
+        truncated: shown < c.char_end - c.char_start,
     }
 }
 

@@ -154,7 +154,7 @@ impl Browser {
             if let Some(e) = self.find_all(css).into_iter().next() {
                 return e;
             }
-            if t.elapsed() > Duration::from_secs(20) {
+            if t.elapsed() > Duration::from_secs(90) {
                 let html = self.script("return document.body.innerText", vec![]);
                 panic!("timed out waiting for {css}; page text: {html}");
             }

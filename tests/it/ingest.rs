@@ -431,7 +431,7 @@ fn reembedding_with_another_model_replaces_every_vector_and_keeps_every_note() {
     for id in ["n1", "n2", "n3"] {
         assert_eq!(engine.presence(id).unwrap(), (true, true, true), "{id}");
         let stored = engine.store.get(id).unwrap().unwrap();
-        assert_eq!(stored.note.patient_id.is_some(), true, "metadata kept");
+        assert!(stored.note.patient_id.is_some(), "metadata kept");
     }
     // The old model no longer opens it.
     assert!(Engine::open(
