@@ -172,7 +172,7 @@ impl Browser {
                 return text;
             }
             assert!(
-                t.elapsed() < Duration::from_secs(60),
+                t.elapsed() < Duration::from_secs(90),
                 "{css} never showed {needle:?}; it shows {text:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
