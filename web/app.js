@@ -203,8 +203,8 @@ async function searchPage(main, params) {
         el("button", { type: "button", "data-view": "compare", "aria-pressed": String(view === "compare") }, "Side by side"),
         el("button", { type: "button", "data-view": "fused", "aria-pressed": String(view === "fused") }, "Fused list"),
       ),
-      el("label", {}, "Note type", el("input", { name: "note_type", value: f("note_type") })),
-      el("label", {}, "Specialty", el("input", { name: "specialty", value: f("specialty") })),
+      el("label", {}, "Note type", el("input", { name: "note_type", value: f("note_type"), list: "facet-note_type", autocomplete: "off" })),
+      el("label", {}, "Specialty", el("input", { name: "specialty", value: f("specialty"), list: "facet-specialty", autocomplete: "off" })),
       el("label", {}, "Patient", el("input", { name: "patient_id", value: f("patient_id") })),
       el("label", {}, "From", el("input", { type: "date", name: "date_from", value: f("date_from") })),
       el("label", {}, "To", el("input", { type: "date", name: "date_to", value: f("date_to") })),
@@ -223,6 +223,12 @@ async function searchPage(main, params) {
   );
   const out = el("div", { id: "results", "aria-live": "polite" });
   main.append(form, out);
+  // The filters suggest the values present in the data (free text still works).
+  api("/api/facets").then((facets) => {
+    for (const name of ["note_type", "specialty"]) {
+      form.append(el("datalist", { id: "facet-" + name }, facets[name].map((x) => el("option", { value: x.value }, `${x.count} notes`))));
+    }
+  }).catch(() => {});
   const submit = (viewName) => {
     const data = new FormData(form);
     const p = { view: viewName || view };

@@ -363,6 +363,31 @@ impl Bm25Index {
         Ok(Snippets { generator })
     }
 
+    /// The values of a metadata field (`note_type` or `specialty`, lowercased as indexed)
+    /// with their note counts, most frequent first: suggestions for the UI's filters. Counts
+    /// may include replaced notes until tantivy merges their segments.
+    pub fn facet_values(&self, field: &str) -> Result<Vec<(String, u64)>> {
+        let field = match field {
+            "note_type" => self.f.note_type,
+            "specialty" => self.f.specialty,
+            other => return Err(Error::InvalidInput(format!("no facets for {other:?}"))),
+        };
+        let io = |e: std::io::Error| Error::Index(format!("BM25 term dictionary: {e}"));
+        let searcher = self.reader.searcher();
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for seg in searcher.segment_readers() {
+            let inv = seg.inverted_index(field)?;
+            let mut stream = inv.terms().stream().map_err(io)?;
+            while stream.advance() {
+                let key = String::from_utf8_lossy(stream.key()).into_owned();
+                *counts.entry(key).or_default() += stream.value().doc_freq as u64;
+            }
+        }
+        let mut out: Vec<(String, u64)> = counts.into_iter().collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
     /// Whether a note id is searchable.
     pub fn contains(&self, id: &str) -> Result<bool> {
         let searcher = self.reader.searcher();

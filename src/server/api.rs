@@ -34,6 +34,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/health", web::get().to(health))
         .route("/api/stats", web::get().to(stats))
+        .route("/api/facets", web::get().to(facets))
         .route("/api/openapi.json", web::get().to(openapi))
         .route("/api/search", web::get().to(search_get))
         .route("/api/search", web::post().to(search_post))
@@ -123,6 +124,25 @@ async fn stats(state: State) -> ApiResult {
             "store": { "bytes": e.store.size_on_disk(), "last_seq": e.store.last_seq()? },
             "uptime_s": st.started.elapsed().as_secs(),
         }))
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// Values of the note type and specialty filters with their counts.
+async fn facets(state: State) -> ApiResult {
+    let st = state.clone();
+    let v = web::block(move || -> Result<Value, Error> {
+        let list = |f: &str| -> Result<Value, Error> {
+            Ok(st
+                .engine
+                .bm25
+                .facet_values(f)?
+                .into_iter()
+                .map(|(v, n)| json!({"value": v, "count": n}))
+                .collect())
+        };
+        Ok(json!({ "note_type": list("note_type")?, "specialty": list("specialty")? }))
     })
     .await??;
     Ok(HttpResponse::Ok().json(v))

@@ -730,6 +730,17 @@ async fn stats_embed_and_fill_mask() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = call(&app, get("/api/facets")).await;
+    assert_eq!(s, StatusCode::OK);
+    let types = v["note_type"].as_array().unwrap();
+    assert_eq!(types.len(), 11, "{v}");
+    assert_eq!(
+        types
+            .iter()
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        324
+    );
     let (_, spec) = call(&app, get("/api/openapi.json")).await;
     assert_eq!(spec["openapi"], "3.0.3");
 }
