@@ -260,6 +260,11 @@ impl VectorIndex {
         self.live.read().unwrap().owners.len()
     }
 
+    /// Notes with live vectors.
+    pub fn note_count(&self) -> usize {
+        self.live.read().unwrap().by_note.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -278,21 +283,33 @@ impl VectorIndex {
             .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|c| max.is_some_and(|m| *c <= m)))
     }
 
-    /// The `k` nearest live chunks to `query` whose note passes `keep`.
+    /// The `k` nearest live chunks to `query` whose note passes `keep` (None: every note).
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
-        keep: &dyn Fn(&str) -> bool,
+        keep: Option<&dyn Fn(&str) -> bool>,
     ) -> Vec<VectorHit> {
         if k == 0 {
             return vec![];
         }
         let live = self.live.read().unwrap();
-        let filter = |id: &usize| live.owners.get(&(*id as u64)).is_some_and(|n| keep(n));
         let g = self.graph.read().unwrap();
-        g.search_filter(query, k, ef.max(k), Some(&filter))
+        // hnsw_rs evaluates a filter on every candidate it visits; skip it when nothing is
+        // filtered and no point is dead.
+        let unfiltered = keep.is_none() && live.owners.len() == g.get_nb_point();
+        let found = if unfiltered {
+            g.search(query, k, ef.max(k))
+        } else {
+            let filter = |id: &usize| {
+                live.owners
+                    .get(&(*id as u64))
+                    .is_some_and(|n| keep.is_none_or(|f| f(n)))
+            };
+            g.search_filter(query, k, ef.max(k), Some(&filter))
+        };
+        found
             .into_iter()
             .filter_map(|n| {
                 let note = live.owners.get(&(n.d_id as u64))?.clone();

@@ -40,13 +40,65 @@ impl Linear {
         let (lead, last) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, last[0]))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let n = self.weight.dim(0)?;
+        let y = match self.few_rows(&x2, rows, last[0], n)? {
+            Some(y) => y,
+            None => {
+                let mut y = x2.matmul(&self.weight.t()?)?;
+                if let Some(b) = &self.bias {
+                    y = y.broadcast_add(b)?;
+                }
+                y
+            }
+        };
         let mut out_dims = lead.to_vec();
-        out_dims.push(self.weight.dim(0)?);
+        out_dims.push(n);
         y.reshape(out_dims)
+    }
+
+    /// A few rows (a short query) on the CPU in f32, outside autograd: our dot-product kernel
+    /// instead of the GEMM (see [`super::kernels`]). None when the case does not apply.
+    fn few_rows(
+        &self,
+        x2: &Tensor,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use candle_core::Storage;
+        if m > super::kernels::SMALL_ROWS
+            || !x2.device().is_cpu()
+            || x2.dtype() != DType::F32
+            || self.weight.dtype() != DType::F32
+            || x2.track_op()
+            || self.weight.track_op()
+        {
+            return Ok(None);
+        }
+        let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+        let slice = |t: &Tensor, len: usize| -> candle_core::Result<Option<Vec<f32>>> {
+            // Borrowing the storage would tie its lock to this frame; the weights are read
+            // in place through it below instead, this helper only serves the small bias.
+            let _ = len;
+            Ok(Some(t.to_vec1::<f32>()?))
+        };
+        let bias = match &self.bias {
+            Some(b) => slice(b, n)?,
+            None => None,
+        };
+        let (storage, layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
+        if !layout.is_contiguous() {
+            return Ok(None);
+        }
+        let all = cpu.as_slice::<f32>()?;
+        let start = layout.start_offset();
+        let w = &all[start..start + n * k];
+        let out = super::kernels::linear_rows(&xs, m, k, w, n, bias.as_deref());
+        drop(storage);
+        Ok(Some(Tensor::from_vec(out, (m, n), x2.device())?))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod device;
 pub mod encoder;
 pub mod hub;
+pub mod kernels;
 pub mod pickle;
 pub mod tokenizer;
 pub mod weights;

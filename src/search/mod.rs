@@ -620,9 +620,12 @@ impl<'a> Searcher<'a> {
         }
         // Notes have several chunks: ask for more chunks than notes are needed, and again
         // deeper if the chunks fell on too few notes.
-        let notes = store.note_count().max(1);
-        let per_note = (store.chunk_count() as f64 / notes as f64).ceil().max(1.0) as usize;
-        let mut want = (depth * per_note + 16).min(store.chunk_count().max(1));
+        // Counts from the vector index's live set: the store's are O(n) scans in sled.
+        let vectors = &self.engine.vectors;
+        let chunks = vectors.len();
+        let notes = vectors.note_count().max(1);
+        let per_note = (chunks as f64 / notes as f64).ceil().max(1.0) as usize;
+        let mut want = (depth * per_note + 16).min(chunks.max(1));
         // Memoised per request: one store lookup per distinct note the graph visits.
         let passes: std::cell::RefCell<HashMap<String, bool>> = Default::default();
         let keep = |id: &str| -> bool {
@@ -641,10 +644,12 @@ impl<'a> Searcher<'a> {
             p
         };
         loop {
-            let hits = self
-                .engine
-                .vectors
-                .search(qv, want, self.ef.max(want).max(MIN_EF), &keep);
+            let hits = vectors.search(
+                qv,
+                want,
+                self.ef.max(want).max(MIN_EF),
+                if filter.is_empty() { None } else { Some(&keep) },
+            );
             let mut best: Vec<SemanticCandidate> = vec![];
             let mut seen: HashMap<&str, usize> = HashMap::new();
             for h in &hits {
@@ -665,13 +670,13 @@ impl<'a> Searcher<'a> {
                     }
                 }
             }
-            let exhausted = hits.len() < want || want >= store.chunk_count();
+            let exhausted = hits.len() < want || want >= chunks;
             if best.len() >= depth || exhausted {
                 best.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
                 best.truncate(depth);
                 return Ok(best);
             }
-            want = (want * 2).min(store.chunk_count());
+            want = (want * 2).min(chunks);
         }
     }
 

@@ -112,7 +112,7 @@ fn ingested_notes_are_in_sled_bm25_and_vectors() {
         .unwrap();
     assert!(filtered.iter().all(|(id, _)| id == "n1" || id == "n3"));
     let q = enc.embed(&["pneumonia on chest x-ray"]).unwrap().remove(0);
-    let near = engine.vectors.search(&q, 3, 64, &|_| true);
+    let near = engine.vectors.search(&q, 3, 64, None);
     assert!(!near.is_empty());
     let stored = engine.store.get("n1").unwrap().unwrap();
     assert_eq!(stored.note.date.as_deref(), Some("2024-03-02"));
@@ -169,7 +169,7 @@ fn reingesting_an_id_replaces_it_everywhere_and_delete_removes_it() {
     let q = enc.embed(&["NSTEMI heparin aspirin"]).unwrap().remove(0);
     assert!(engine
         .vectors
-        .search(&q, 10, 64, &|_| true)
+        .search(&q, 10, 64, None)
         .iter()
         .all(|h| &*h.note_id != "n1"));
 }
@@ -398,7 +398,7 @@ fn searches_keep_working_while_an_ingest_runs() {
                 .search("aspirin", 5, &Filter::default())
                 .unwrap();
             assert_eq!(hits[0].0, "n1");
-            assert!(!engine.vectors.search(&q, 5, 64, &|_| true).is_empty());
+            assert!(!engine.vectors.search(&q, 5, 64, None).is_empty());
             searches += 1;
         }
         assert_eq!(writer.join().unwrap().notes, 400);
