@@ -44,6 +44,9 @@ struct Live {
     owners: HashMap<u64, Arc<str>>,
     /// Note -> its live chunk ids.
     by_note: HashMap<Arc<str>, Vec<u64>>,
+    /// Whether each chunk id (dense: ids come from a counter) is live: the tombstone check
+    /// hnsw runs on every candidate it visits must be a load, not a hash lookup.
+    alive: Vec<bool>,
 }
 
 impl Live {
@@ -51,6 +54,9 @@ impl Live {
         if let Some(ids) = self.by_note.remove(id) {
             for c in ids {
                 self.owners.remove(&c);
+                if let Some(a) = self.alive.get_mut(c as usize) {
+                    *a = false;
+                }
             }
         }
     }
@@ -61,6 +67,11 @@ impl Live {
         };
         self.owners.insert(chunk, key.clone());
         self.by_note.entry(key).or_default().push(chunk);
+        let i = chunk as usize;
+        if self.alive.len() <= i {
+            self.alive.resize(i + 1, false);
+        }
+        self.alive[i] = true;
     }
 }
 
@@ -120,6 +131,7 @@ impl VectorIndex {
             live: RwLock::new(Live {
                 owners: HashMap::new(),
                 by_note: HashMap::new(),
+                alive: Vec::new(),
             }),
             points: AtomicU64::new(points as u64),
             max_chunk: RwLock::new(max_chunk),
@@ -159,6 +171,7 @@ impl VectorIndex {
         let mut live = Live {
             owners: HashMap::new(),
             by_note: HashMap::new(),
+            alive: Vec::new(),
         };
         for (chunk, note) in store.chunk_owners()? {
             live.add(chunk, &note);
@@ -303,9 +316,8 @@ impl VectorIndex {
             g.search(query, k, ef.max(k))
         } else {
             let filter = |id: &usize| {
-                live.owners
-                    .get(&(*id as u64))
-                    .is_some_and(|n| keep.is_none_or(|f| f(n)))
+                live.alive.get(*id).copied().unwrap_or(false)
+                    && keep.is_none_or(|f| live.owners.get(&(*id as u64)).is_some_and(|n| f(n)))
             };
             g.search_filter(query, k, ef.max(k), Some(&filter))
         };
