@@ -8,7 +8,7 @@
 //! exactly that, with AVX-512 or AVX2+FMA chosen at run time and a portable fallback.
 
 /// Inputs with at most this many rows take [`linear_rows`].
-pub const SMALL_ROWS: usize = 16;
+pub const SMALL_ROWS: usize = 32;
 
 /// `out[i, j] = sum_p x[i, p] * w[j, p] + bias[j]` for `x` `[m, k]` and `w` `[n, k]`, both
 /// row-major and contiguous; returns `[m, n]` row-major.
