@@ -142,6 +142,12 @@ function segments(list) {
   return (list || []).map((s) => (s.hl ? el("mark", {}, s.text) : document.createTextNode(s.text)));
 }
 
+/** Whether two snippets show the same words (the best passage then adds nothing). */
+function sameText(a, b) {
+  const norm = (segs) => (segs || []).map((s) => s.text).join("").replace(/\s+/g, " ").trim();
+  return norm(a) === norm(b);
+}
+
 function fmt(x, digits = 3) {
   return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
 }
@@ -166,7 +172,7 @@ function hitCard(hit, mode, counts, q) {
     scores,
     hit.group && hit.group.count > 1 ? el("div", { class: "meta" }, `${hit.group.count} matching notes for this patient`) : null,
     el("p", { class: "snippet bm25" }, segments(hit.snippet)),
-    mode !== "bm25" && hit.window ? el("p", { class: "snippet window", title: `characters ${hit.window.char_start}–${hit.window.char_end}` }, segments(hit.window.segments), hit.window.truncated ? " …" : "") : null,
+    mode !== "bm25" && hit.window && !sameText(hit.window.segments, hit.snippet) ? el("p", { class: "snippet window", title: `characters ${hit.window.char_start}–${hit.window.char_end}` }, segments(hit.window.segments), hit.window.truncated ? " …" : "") : null,
   );
   // Hovering or focusing a note outlines it in the other columns.
   const link_on = (on) => {

@@ -846,7 +846,22 @@ fn window_snippet(
     c: &Chunk,
     snippets: &crate::index::bm25::Snippets,
 ) -> WindowSnippet {
-    let window = text.get(c.start..c.end).unwrap_or("");
+    // Windows start at token boundaries, which may fall inside a word ("...rial
+    // fibrillation"): show the excerpt from the start of that word.
+    let start = text
+        .get(..c.start)
+        .and_then(|before| {
+            let word = before.len()
+                - before
+                    .chars()
+                    .rev()
+                    .take_while(|ch| !ch.is_whitespace())
+                    .map(char::len_utf8)
+                    .sum::<usize>();
+            (c.start - word <= 24).then_some(word)
+        })
+        .unwrap_or(c.start);
+    let window = text.get(start..c.end).unwrap_or("");
     let (fragment, ranges) = snippets.snippet(window);
     let (segments, shown) = if fragment.is_empty() {
         let head = head_chars(window, req.snippet_chars);
