@@ -131,9 +131,36 @@ impl LayerNorm {
     }
 }
 
+/// Runs an in-place f32 kernel on a copy of `x` when our CPU kernels apply (f32 on the CPU,
+/// outside autograd, a vector unit present); None otherwise.
+fn fast_map(x: &Tensor, f: impl FnOnce(&mut [f32])) -> candle_core::Result<Option<Tensor>> {
+    if !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || x.track_op()
+        || !super::kernels::fast_elementwise()
+    {
+        return Ok(None);
+    }
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    f(&mut v);
+    Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    match fast_map(x, |v| super::kernels::softmax_rows_inplace(v, n))? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::softmax_last_dim(x),
+    }
+}
+
 pub fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
     match act {
-        Activation::Gelu => x.gelu_erf(),
+        Activation::Gelu => match fast_map(x, super::kernels::gelu_erf_inplace)? {
+            Some(y) => Ok(y),
+            None => x.gelu_erf(),
+        },
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
         Activation::Silu => x.silu(),
@@ -297,7 +324,7 @@ impl BertModel {
             let k = split(layer.key.forward(&x)?)?;
             let v = split(layer.value.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = softmax_last_dim(&scores)?;
             let ctx = probs
                 .matmul(&v)?
                 .transpose(1, 2)?
