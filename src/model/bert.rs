@@ -17,6 +17,9 @@ use crate::error::Result;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The weight packed for our AVX-512 kernel (CPU, f32, AVX-512 present), with the bias
+    /// as a plain vector: inference takes [`super::kernels::linear_packed`] instead of the GEMM.
+    packed: Option<std::sync::Arc<(super::kernels::PackedWeights, Option<Vec<f32>>)>>,
 }
 
 impl Linear {
@@ -28,9 +31,19 @@ impl Linear {
         dt: DType,
         dev: &Device,
     ) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim], dt, dev)?;
+        let bias = w.get(&format!("{prefix}.bias"), &[out_dim], dt, dev)?;
+        let packed = if dev.is_cpu() && dt == DType::F32 && super::kernels::has_avx512() {
+            let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+            let packed = super::kernels::PackedWeights::pack(&flat, out_dim, in_dim);
+            Some(std::sync::Arc::new((packed, Some(bias.to_vec1::<f32>()?))))
+        } else {
+            None
+        };
         Ok(Linear {
-            weight: w.get(&format!("{prefix}.weight"), &[out_dim, in_dim], dt, dev)?,
-            bias: Some(w.get(&format!("{prefix}.bias"), &[out_dim], dt, dev)?),
+            weight,
+            bias: Some(bias),
+            packed,
         })
     }
 
@@ -41,15 +54,28 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, last[0]))?;
         let n = self.weight.dim(0)?;
-        let y = match self.few_rows(&x2, rows, last[0], n)? {
-            Some(y) => y,
-            None => {
-                let mut y = x2.matmul(&self.weight.t()?)?;
-                if let Some(b) = &self.bias {
-                    y = y.broadcast_add(b)?;
-                }
-                y
+        let packed = self
+            .packed
+            .as_ref()
+            .filter(|_| !x2.track_op() && !self.weight.track_op());
+        let y = match packed {
+            // AVX-512 with pre-packed weights: the fastest path for every batch size measured.
+            Some(p) => {
+                let (pw, bias) = &**p;
+                let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+                let out = super::kernels::linear_packed(&xs, rows, pw, bias.as_deref());
+                Tensor::from_vec(out, (rows, n), x2.device())?
             }
+            None => match self.few_rows(&x2, rows, last[0], n)? {
+                Some(y) => y,
+                None => {
+                    let mut y = x2.matmul(&self.weight.t()?)?;
+                    if let Some(b) = &self.bias {
+                        y = y.broadcast_add(b)?;
+                    }
+                    y
+                }
+            },
         };
         let mut out_dims = lead.to_vec();
         out_dims.push(n);
