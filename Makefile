@@ -32,7 +32,7 @@ run: model build
 # Benchmarks are compiled (so they cannot rot) but not run: they run on demand (make bench).
 test: model
 	./scripts/install_test_deps.sh
-	$(CARGO) check --benches
+	$(CARGO) check --benches --examples
 	CLINSEARCH_REQUIRE_TEST_DEPS=1 $(CARGO) test --lib --bins --tests
 
 # Benchmarks, run on demand (not part of `make test`): each prints ratios against a named peer
