@@ -5,7 +5,14 @@ fn main() {
     clinsearch::model::tune_allocator();
     let enc = Encoder::load("models/all-MiniLM-L6-v2", &EncoderOptions::default()).unwrap();
     let base = "The patient is a 67-year-old male with a history of coronary artery disease, hypertension and type 2 diabetes who presents with two days of progressive shortness of breath, orthopnea and bilateral leg swelling. He was started on intravenous furosemide and his symptoms improved overnight with a net negative fluid balance";
-    let texts: Vec<String> = (0..32).map(|i| format!("{base} (case {i})")).collect();
+    // REPEAT=n repeats the base text n times (longer sequences).
+    let repeat: usize = std::env::var("REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("{} (case {i})", vec![base; repeat].join(". ")))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let _ = enc.embed(&refs).unwrap();
     let n = std::env::var("N")

@@ -342,19 +342,54 @@ impl BertModel {
         let heads = c.num_attention_heads;
         let hd = c.head_dim();
         let scale = 1.0 / (hd as f64).sqrt();
+        // Our attention kernel for CPU f32 inference (no [b, heads, t, t] tensor, no head
+        // split/merge copies); candle's ops otherwise (GPU, other dtypes, training).
+        let fast_attention =
+            self.device.is_cpu() && self.dtype == DType::F32 && super::kernels::fast_elementwise();
+        let mask_vec: Option<Vec<f32>> = if fast_attention {
+            Some(
+                attention_mask
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            )
+        } else {
+            None
+        };
         for layer in &self.layers {
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
                 y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
             };
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = softmax_last_dim(&scores)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, c.hidden_size))?;
+            let (q, k, v) = (
+                layer.query.forward(&x)?,
+                layer.key.forward(&x)?,
+                layer.value.forward(&x)?,
+            );
+            let ctx = match &mask_vec {
+                Some(m) if !(q.track_op() || k.track_op() || v.track_op()) => {
+                    let flat = |y: &Tensor| y.flatten_all()?.to_vec1::<f32>();
+                    let out = super::kernels::attention(
+                        &flat(&q)?,
+                        &flat(&k)?,
+                        &flat(&v)?,
+                        m,
+                        b,
+                        t,
+                        heads,
+                        hd,
+                    );
+                    Tensor::from_vec(out, (b, t, c.hidden_size), &self.device)?
+                }
+                _ => {
+                    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+                    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+                    let probs = softmax_last_dim(&scores)?;
+                    probs
+                        .matmul(&v)?
+                        .transpose(1, 2)?
+                        .reshape((b, t, c.hidden_size))?
+                }
+            };
             let attn = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
