@@ -344,8 +344,12 @@ impl BertModel {
         let scale = 1.0 / (hd as f64).sqrt();
         // Our attention kernel for CPU f32 inference (no [b, heads, t, t] tensor, no head
         // split/merge copies); candle's ops otherwise (GPU, other dtypes, training).
-        let fast_attention =
-            self.device.is_cpu() && self.dtype == DType::F32 && super::kernels::fast_elementwise();
+        // Short inputs (queries) keep candle's path: their score tensor is tiny, and the fused
+        // kernel's many small tasks only pay off on longer sequences.
+        let fast_attention = self.device.is_cpu()
+            && self.dtype == DType::F32
+            && t >= 32
+            && super::kernels::fast_elementwise();
         let mask_vec: Option<Vec<f32>> = if fast_attention {
             Some(
                 attention_mask

@@ -620,13 +620,14 @@ impl<'a> Searcher<'a> {
                 return Ok(out);
             }
         }
-        // Notes have several chunks: ask for more chunks than notes are needed, and again
-        // deeper if the chunks fell on too few notes.
+        // A note scores by its best chunk, so the first `depth` distinct notes among the
+        // nearest chunks are exactly the top `depth` notes. Ask for up to twice as many chunks
+        // as notes (hnsw's cost grows with it), and deeper only if they fell on too few notes.
         // Counts from the vector index's live set: the store's are O(n) scans in sled.
         let vectors = &self.engine.vectors;
         let chunks = vectors.len();
         let notes = vectors.note_count().max(1);
-        let per_note = (chunks as f64 / notes as f64).ceil().max(1.0) as usize;
+        let per_note = (chunks as f64 / notes as f64).ceil().clamp(1.0, 2.0) as usize;
         let mut want = (depth * per_note + 16).min(chunks.max(1));
         // Memoised per request: one store lookup per distinct note the graph visits.
         let passes: std::cell::RefCell<HashMap<String, bool>> = Default::default();
