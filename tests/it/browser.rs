@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use clinsearch::config::Layer;
 use clinsearch::server;
 
 use crate::common::*;
-use crate::server::seeded_state;
+use crate::server::sample_state;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -230,19 +229,7 @@ impl Drop for Browser {
 /// A server over sample_corpus/ (tiny fixture model) on a free loopback port.
 fn serve() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let root = repo_root().join("sample_corpus");
-    let state = seeded_state(
-        dir.path(),
-        Layer::default(),
-        Some(&root.join("notes.jsonl")),
-    );
-    clinsearch::eval::save_set(
-        dir.path(),
-        "sample",
-        &root.join("queries.jsonl"),
-        &root.join("qrels.tsv"),
-    )
-    .unwrap();
+    let state = sample_state(dir.path());
     let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
     (dir, format!("http://{addr}"))
 }

@@ -57,23 +57,26 @@ pub fn seeded_state(dir: &Path, layer: Layer, notes: Option<&Path>) -> web::Data
     web::Data::new(AppState::new(Arc::new(engine), Arc::new(enc), config))
 }
 
+/// sample_corpus/ ingested into `dir` with the tiny model, and its query set stored as
+/// "sample".
+pub fn sample_state(dir: &Path) -> web::Data<AppState> {
+    let root = repo_root().join("sample_corpus");
+    let state = seeded_state(dir, Layer::default(), Some(&root.join("notes.jsonl")));
+    clinsearch::eval::save_set(
+        dir,
+        "sample",
+        &root.join("queries.jsonl"),
+        &root.join("qrels.tsv"),
+    )
+    .unwrap();
+    state
+}
+
 pub fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let state = seeded_state(
-            dir.path(),
-            Layer::default(),
-            Some(&repo_root().join("sample_corpus/notes.jsonl")),
-        );
-        let root = repo_root().join("sample_corpus");
-        clinsearch::eval::save_set(
-            dir.path(),
-            "sample",
-            &root.join("queries.jsonl"),
-            &root.join("qrels.tsv"),
-        )
-        .unwrap();
+        let state = sample_state(dir.path());
         Shared { _dir: dir, state }
     })
 }
