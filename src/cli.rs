@@ -299,6 +299,7 @@ pub struct ServeArgs {
     /// Model folder or Hub id [default: models/all-MiniLM-L6-v2].
     #[arg(long)]
     pub model: Option<String>,
+    /// mean or cls [default: the model's sentence-transformers pooling config, else mean].
     #[arg(long)]
     pub pooling: Option<String>,
     /// cpu, cuda[:N] or metal [default: cpu].
