@@ -269,15 +269,7 @@ pub fn run(
                 let mut out = Vec::with_capacity(batch.len());
                 for (rec, w) in batch.into_iter().zip(windows) {
                     match w {
-                        Ok(windows) => {
-                            let text_end = rec.note.text.trim_end().len();
-                            let capped = windows.last().is_some_and(|l| l.end < text_end);
-                            out.push(EmbeddedNote {
-                                note: rec.note,
-                                windows,
-                                windows_capped: capped,
-                            });
-                        }
+                        Ok(windows) => out.push(EmbeddedNote::new(rec.note, windows)),
                         Err(e) => {
                             let msg = format!("{}: {e}", rec.origin);
                             if on_error == OnError::Abort {

@@ -102,16 +102,7 @@ impl Linear {
             return Ok(None);
         }
         let xs = x2.flatten_all()?.to_vec1::<f32>()?;
-        let slice = |t: &Tensor, len: usize| -> candle_core::Result<Option<Vec<f32>>> {
-            // Borrowing the storage would tie its lock to this frame; the weights are read
-            // in place through it below instead, this helper only serves the small bias.
-            let _ = len;
-            Ok(Some(t.to_vec1::<f32>()?))
-        };
-        let bias = match &self.bias {
-            Some(b) => slice(b, n)?,
-            None => None,
-        };
+        let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
         let (storage, layout) = self.weight.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             return Ok(None);

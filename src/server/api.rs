@@ -343,17 +343,12 @@ async fn documents_post(state: State, body: Bytes) -> ApiResult {
         for ((i, note), w) in valid.into_iter().zip(windows) {
             match w {
                 Ok(windows) => {
-                    let end = note.text.trim_end().len();
-                    let capped = windows.last().is_some_and(|l| l.end < end);
+                    let e = EmbeddedNote::new(note, windows);
                     results[i] = json!({
-                        "index": i, "id": note.id, "status": "stored", "chunks": windows.len(),
-                        "windows_capped": capped,
+                        "index": i, "id": e.note.id, "status": "stored", "chunks": e.windows.len(),
+                        "windows_capped": e.windows_capped,
                     });
-                    batch.push(EmbeddedNote {
-                        note,
-                        windows,
-                        windows_capped: capped,
-                    });
+                    batch.push(e);
                 }
                 Err(e) => {
                     results[i] = json!({ "index": i, "id": note.id, "status": "rejected", "error": e.to_string() })
@@ -437,7 +432,7 @@ async fn document_get(
         let mut chunk_json = vec![];
         let mut best: Option<(u32, f32)> = None;
         for c in &chunks {
-            let score = qv.as_ref().map(|v| cosine(&c.vector, v));
+            let score = qv.as_ref().map(|v| crate::search::cosine(&c.vector, v));
             if let Some(s) = score {
                 if best.is_none_or(|(_, b)| s > b) {
                     best = Some((c.index, s));
@@ -490,17 +485,6 @@ async fn document_get(
     match v {
         Some(v) => Ok(HttpResponse::Ok().json(v)),
         None => Err(ApiError::not_found("no note with this id")),
-    }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
     }
 }
 

@@ -54,8 +54,20 @@ pub struct Jobs {
     jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
 }
 
-/// At most this many finished jobs are remembered.
+/// Jobs remembered (running ones are never forgotten).
 const KEEP_FINISHED: usize = 50;
+
+/// Forgets the oldest finished jobs beyond [`KEEP_FINISHED`].
+fn forget_finished<J>(jobs: &mut BTreeMap<u64, Arc<J>>, running: impl Fn(&J) -> bool) {
+    while jobs.len() > KEEP_FINISHED {
+        match jobs.iter().find(|(_, j)| !running(j)).map(|(k, _)| *k) {
+            Some(k) => {
+                jobs.remove(&k);
+            }
+            None => break,
+        }
+    }
+}
 
 impl Jobs {
     /// Starts ingesting `body` (named `filename`, in `format`) into `engine`.
@@ -140,18 +152,9 @@ impl Jobs {
         let mut jobs = self.jobs.lock().unwrap();
         jobs.insert(n, job);
         // Forget the oldest finished jobs.
-        while jobs.len() > KEEP_FINISHED {
-            let oldest = jobs
-                .iter()
-                .find(|(_, j)| j.status.lock().unwrap().state != JobState::Running)
-                .map(|(k, _)| *k);
-            match oldest {
-                Some(k) => {
-                    jobs.remove(&k);
-                }
-                None => break,
-            }
-        }
+        forget_finished(&mut jobs, |j| {
+            j.status.lock().unwrap().state == JobState::Running
+        });
         Ok(status)
     }
 
@@ -297,18 +300,9 @@ impl EvalJobs {
             .map_err(|e| crate::Error::io("eval job thread", e))?;
         let mut jobs = self.jobs.lock().unwrap();
         jobs.insert(n, job);
-        while jobs.len() > 20 {
-            let oldest = jobs
-                .iter()
-                .find(|(_, j)| j.result.lock().unwrap().0 != JobState::Running)
-                .map(|(k, _)| *k);
-            match oldest {
-                Some(k) => {
-                    jobs.remove(&k);
-                }
-                None => break,
-            }
-        }
+        forget_finished(&mut jobs, |j| {
+            j.result.lock().unwrap().0 == JobState::Running
+        });
         Ok(format!("eval-{n}"))
     }
 

@@ -153,6 +153,20 @@ pub struct EmbeddedNote {
     pub windows_capped: bool,
 }
 
+impl EmbeddedNote {
+    /// A note with its windows; capped when the last window ends before the text does
+    /// (the window cap left its tail unembedded).
+    pub fn new(note: Note, windows: Vec<Window>) -> Self {
+        let end = note.text.trim_end().len();
+        let windows_capped = windows.last().is_some_and(|l| l.end < end);
+        EmbeddedNote {
+            note,
+            windows,
+            windows_capped,
+        }
+    }
+}
+
 const KEY_MODEL: &[u8] = b"model";
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_CHUNK_ID: &[u8] = b"next_chunk_id";
