@@ -10,6 +10,7 @@
 //! * [`search`]: BM25, semantic and hybrid rankings with filters, fusion and snippets.
 //! * [`server`]: the HTTP API and the embedded browser UI (actix-web).
 //! * [`eval`]: judged queries through each mode, trec_eval metrics, significance, run files.
+//! * [`train`]: fine-tuning (classification head, contrastive retrieval) in the HF layout.
 //! * [`config`]: the server's configuration (file < environment < flags).
 
 pub mod cli;
@@ -24,5 +25,6 @@ pub mod note;
 pub mod search;
 pub mod server;
 pub mod store;
+pub mod train;
 
 pub use error::{Error, Result};

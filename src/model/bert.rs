@@ -23,7 +23,16 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(
+    /// A layer from tensors in memory (a freshly initialised head), without a packed copy.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            packed: None,
+        }
+    }
+
+    pub(crate) fn load(
         w: &Weights,
         prefix: &str,
         out_dim: usize,
@@ -128,7 +137,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn load(
+    pub(crate) fn load(
         w: &Weights,
         prefix: &str,
         dim: usize,
@@ -144,7 +153,62 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            return self.forward_differentiable(x);
+        }
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+    }
+
+    /// LayerNorm spelled out in differentiable ops, for training: candle's fused op has no
+    /// backward pass, and through it gradients would stop at the last LayerNorm (only a head
+    /// on top would train). Statistics in f32 whatever the model's dtype.
+    pub fn forward_differentiable(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Dropout for fine-tuning, drawn from a seeded generator so that a run (and a resumed run)
+/// is reproducible; candle's own dropout draws from an unseeded one. Inference passes no
+/// `Dropout` and never drops.
+pub struct Dropout {
+    pub hidden: f32,
+    pub attention: f32,
+    /// Before a classification head (BertForSequenceClassification's `classifier_dropout`).
+    pub classifier: f32,
+    rng: std::cell::RefCell<fastrand::Rng>,
+}
+
+impl Dropout {
+    pub fn new(config: &BertConfig, seed: u64) -> Self {
+        Dropout {
+            hidden: config.hidden_dropout as f32,
+            attention: config.attention_dropout as f32,
+            classifier: config.classifier_dropout as f32,
+            rng: std::cell::RefCell::new(fastrand::Rng::with_seed(seed)),
+        }
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
+    pub fn apply(&self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mut rng = self.rng.borrow_mut();
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.f32() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
     }
 }
 
@@ -165,6 +229,10 @@ fn fast_map(x: &Tensor, f: impl FnOnce(&mut [f32])) -> candle_core::Result<Optio
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.track_op() {
+        // candle's fused softmax has no backward pass; the composed one has.
+        return candle_nn::ops::softmax(x, D::Minus1);
+    }
     let n = x.dim(D::Minus1)?;
     match fast_map(x, |v| super::kernels::softmax_rows_inplace(v, n))? {
         Some(y) => Ok(y),
@@ -298,6 +366,109 @@ impl BertModel {
         })
     }
 
+    /// Every parameter's slot under its checkpoint name, with the layer it belongs to (`None`
+    /// for the embeddings), in a fixed order: what fine-tuning trains and saves.
+    fn slots(&mut self) -> Vec<(String, Option<usize>, &mut Tensor)> {
+        let mut out: Vec<(String, Option<usize>, &mut Tensor)> = vec![];
+        let e = &mut self.embeddings;
+        out.push((
+            "embeddings.word_embeddings.weight".into(),
+            None,
+            &mut e.word,
+        ));
+        out.push((
+            "embeddings.position_embeddings.weight".into(),
+            None,
+            &mut e.position,
+        ));
+        out.push((
+            "embeddings.token_type_embeddings.weight".into(),
+            None,
+            &mut e.token_type,
+        ));
+        out.push((
+            "embeddings.LayerNorm.weight".into(),
+            None,
+            &mut e.norm.weight,
+        ));
+        out.push(("embeddings.LayerNorm.bias".into(), None, &mut e.norm.bias));
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            let linears: [(&str, &mut Linear); 6] = [
+                ("attention.self.query", &mut l.query),
+                ("attention.self.key", &mut l.key),
+                ("attention.self.value", &mut l.value),
+                ("attention.output.dense", &mut l.attn_out),
+                ("intermediate.dense", &mut l.intermediate),
+                ("output.dense", &mut l.output),
+            ];
+            for (name, lin) in linears {
+                out.push((format!("{p}.{name}.weight"), Some(i), &mut lin.weight));
+                if let Some(b) = lin.bias.as_mut() {
+                    out.push((format!("{p}.{name}.bias"), Some(i), b));
+                }
+            }
+            for (name, norm) in [
+                ("attention.output.LayerNorm", &mut l.attn_norm),
+                ("output.LayerNorm", &mut l.out_norm),
+            ] {
+                out.push((format!("{p}.{name}.weight"), Some(i), &mut norm.weight));
+                out.push((format!("{p}.{name}.bias"), Some(i), &mut norm.bias));
+            }
+        }
+        out
+    }
+
+    /// All parameters under their checkpoint names (detached copies share storage).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut copy = self.clone();
+        copy.slots()
+            .into_iter()
+            .map(|(n, _, t)| (n, t.detach()))
+            .collect()
+    }
+
+    /// Turns the parameters of layers `freeze_layers..` (and of the embeddings when
+    /// `freeze_layers` is 0) into trainable variables and returns them by name. Frozen layers
+    /// stay plain tensors and keep the fast inference kernels.
+    pub fn make_trainable(
+        &mut self,
+        freeze_layers: usize,
+    ) -> Result<Vec<(String, candle_core::Var)>> {
+        if freeze_layers > self.layers.len() {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "cannot freeze {freeze_layers} layers: the model has {}",
+                self.layers.len()
+            )));
+        }
+        for l in self.layers.iter_mut().skip(freeze_layers) {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                // The packed copy would go stale as the weights change.
+                lin.packed = None;
+            }
+        }
+        let mut vars = vec![];
+        for (name, layer, slot) in self.slots() {
+            let trainable = match layer {
+                None => freeze_layers == 0,
+                Some(i) => i >= freeze_layers,
+            };
+            if trainable {
+                let var = candle_core::Var::from_tensor(slot)?;
+                *slot = var.as_tensor().clone();
+                vars.push((name, var));
+            }
+        }
+        Ok(vars)
+    }
+
     /// The word embedding matrix (the MLM decoder is tied to it).
     pub fn word_embeddings(&self) -> &Tensor {
         &self.embeddings.word
@@ -306,6 +477,23 @@ impl BertModel {
     /// Last hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` (u32) with
     /// `attention_mask` `[batch, seq]` (1 for tokens, 0 for padding). One text segment.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_with(input_ids, attention_mask, None)
+    }
+
+    /// [`Self::forward`] for fine-tuning: dropout where BERT applies it (embeddings, attention
+    /// probabilities, each sub-layer's output) when `dropout` is given.
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let drop = |x: Tensor, p: fn(&Dropout) -> f32| -> candle_core::Result<Tensor> {
+            match dropout {
+                Some(d) => d.apply(&x, p(d)),
+                None => Ok(x),
+            }
+        };
         let (b, t) = input_ids.dims2()?;
         let c = &self.config;
         let e = &self.embeddings;
@@ -318,7 +506,7 @@ impl BertModel {
         let x = words
             .broadcast_add(&positions)?
             .broadcast_add(&token_type)?;
-        let mut x = e.norm.forward(&x)?;
+        let mut x = drop(e.norm.forward(&x)?, |d| d.hidden)?;
 
         // Additive mask: 0 where attended, a very large negative where padded.
         let neg = match self.dtype {
@@ -338,6 +526,7 @@ impl BertModel {
         // Short inputs (queries) keep candle's path: their score tensor is tiny, and the fused
         // kernel's many small tasks only pay off on longer sequences.
         let fast_attention = self.device.is_cpu()
+            && dropout.is_none()
             && self.dtype == DType::F32
             && t >= 32
             && super::kernels::fast_elementwise();
@@ -378,20 +567,18 @@ impl BertModel {
                 _ => {
                     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
                     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-                    let probs = softmax_last_dim(&scores)?;
+                    let probs = drop(softmax_last_dim(&scores)?, |d| d.attention)?;
                     probs
                         .matmul(&v)?
                         .transpose(1, 2)?
                         .reshape((b, t, c.hidden_size))?
                 }
             };
-            let attn = layer
-                .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let attn_out = drop(layer.attn_out.forward(&ctx)?, |d| d.hidden)?;
+            let attn = layer.attn_norm.forward(&(attn_out + &x)?)?;
             let inter = activate(c.hidden_act, &layer.intermediate.forward(&attn)?)?;
-            x = layer
-                .out_norm
-                .forward(&(layer.output.forward(&inter)? + &attn)?)?;
+            let out = drop(layer.output.forward(&inter)?, |d| d.hidden)?;
+            x = layer.out_norm.forward(&(out + &attn)?)?;
         }
         Ok(x)
     }

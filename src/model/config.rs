@@ -70,6 +70,12 @@ struct RawConfig {
     position_embedding_type: Option<String>,
     #[serde(default)]
     num_labels: Option<usize>,
+    #[serde(default = "default_dropout")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default)]
+    classifier_dropout: Option<f64>,
     #[serde(default)]
     id2label: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -82,6 +88,9 @@ fn default_max_pos() -> usize {
 }
 fn default_type_vocab() -> usize {
     2
+}
+fn default_dropout() -> f64 {
+    0.1
 }
 fn default_eps() -> f64 {
     1e-12
@@ -104,6 +113,11 @@ pub struct BertConfig {
     pub pad_token_id: u32,
     /// Class labels of a sequence-classification checkpoint, in index order.
     pub labels: Vec<String>,
+    /// Dropout rates used when fine-tuning (inference never drops).
+    pub hidden_dropout: f64,
+    pub attention_dropout: f64,
+    /// BertForSequenceClassification's dropout before the classifier (`hidden_dropout` when unset).
+    pub classifier_dropout: f64,
 }
 
 /// Model types whose weights follow BERT's layout closely enough for this encoder.
@@ -167,6 +181,9 @@ impl BertConfig {
             layer_norm_eps: raw.layer_norm_eps,
             pad_token_id: raw.pad_token_id.unwrap_or(0),
             labels,
+            hidden_dropout: raw.hidden_dropout_prob,
+            attention_dropout: raw.attention_probs_dropout_prob,
+            classifier_dropout: raw.classifier_dropout.unwrap_or(raw.hidden_dropout_prob),
         })
     }
 

@@ -165,6 +165,17 @@ impl Weights {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// The tensor `name` as stored, whatever its shape.
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingWeights {
+                model: self.origin.clone(),
+                what: format!("the tensor {name}"),
+            })
+    }
+
     /// The tensor `name`, checked against `shape`, converted to `dtype` on `device`.
     pub fn get(
         &self,

@@ -9,3 +9,4 @@ mod hub;
 mod ingest;
 mod sample_corpus;
 mod server;
+mod train;
