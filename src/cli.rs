@@ -140,6 +140,26 @@ pub enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Fine-tune a model: a classification head, or the embedding model for retrieval.
+    Finetune {
+        #[command(subcommand)]
+        command: crate::cli_train::FinetuneCommand,
+    },
+    /// Classify texts with a model made by `finetune classify`; prints JSON.
+    Classify {
+        /// The fine-tuned classification folder (or Hub id).
+        #[arg(long)]
+        model: String,
+        /// Labels with probabilities per text.
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// cpu, cuda, cuda:N or metal.
+        #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "cpu")]
+        device: String,
+        /// Texts to classify ("-" reads one text per line from standard input).
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
     /// Inspect or download models.
     Model {
         #[command(subcommand)]
@@ -323,6 +343,9 @@ pub struct ServeArgs {
     /// hnsw search breadth [default: 64].
     #[arg(long)]
     pub ef_search: Option<usize>,
+    /// A folder made by `finetune classify`, served at POST /api/classify.
+    #[arg(long)]
+    pub classifier: Option<String>,
 }
 
 impl ServeArgs {
@@ -341,6 +364,7 @@ impl ServeArgs {
             query_batch: self.query_batch,
             workers: self.workers,
             ef_search: self.ef_search,
+            classifier: self.classifier.clone(),
         }
     }
 }
@@ -445,7 +469,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn read_texts(texts: Vec<String>) -> Result<Vec<String>> {
+pub(crate) fn read_texts(texts: Vec<String>) -> Result<Vec<String>> {
     if texts.len() == 1 && texts[0] == "-" {
         use std::io::BufRead;
         let stdin = std::io::stdin();
@@ -678,6 +702,28 @@ pub fn run(cli: Cli) -> Result<()> {
                 "store_bytes": engine.store.size_on_disk(),
             });
             println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+        Command::Finetune { command } => crate::cli_train::run(command)?,
+        Command::Classify {
+            model,
+            top_k,
+            device,
+            texts,
+        } => {
+            let texts = read_texts(texts)?;
+            let device = model::parse_device(&device)?;
+            let clf = crate::train::classify::Classifier::load(&model, &device)
+                .with_context(|| format!("loading classifier {model}"))?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let preds = clf.predict(&refs, top_k)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "model": model,
+                    "labels": clf.labels,
+                    "predictions": preds,
+                }))?
+            );
         }
         Command::Model { command } => match command {
             ModelCommand::Info { model, json } => {

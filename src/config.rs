@@ -38,6 +38,8 @@ pub struct Layer {
     pub workers: Option<usize>,
     /// hnsw search breadth.
     pub ef_search: Option<usize>,
+    /// A folder made by `clinsearch finetune classify`, served at `POST /api/classify`.
+    pub classifier: Option<String>,
 }
 
 impl Layer {
@@ -57,6 +59,7 @@ impl Layer {
             query_batch: over.query_batch.or(self.query_batch),
             workers: over.workers.or(self.workers),
             ef_search: over.ef_search.or(self.ef_search),
+            classifier: over.classifier.or(self.classifier),
         }
     }
 
@@ -93,6 +96,7 @@ impl Layer {
             query_batch: num("CLINSEARCH_QUERY_BATCH")?,
             workers: num("CLINSEARCH_WORKERS")?,
             ef_search: num("CLINSEARCH_EF_SEARCH")?,
+            classifier: env("CLINSEARCH_CLASSIFIER"),
         })
     }
 }
@@ -113,6 +117,7 @@ pub struct ServerConfig {
     pub query_batch: usize,
     pub workers: usize,
     pub ef_search: usize,
+    pub classifier: Option<String>,
 }
 
 /// Keys are never printed.
@@ -133,6 +138,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("query_batch", &self.query_batch)
             .field("workers", &self.workers)
             .field("ef_search", &self.ef_search)
+            .field("classifier", &self.classifier)
             .finish()
     }
 }
@@ -175,6 +181,7 @@ impl ServerConfig {
             query_batch: l.query_batch.unwrap_or(32).clamp(1, 256),
             workers: l.workers.unwrap_or(2).clamp(1, 64),
             ef_search: l.ef_search.unwrap_or(crate::search::MIN_EF).clamp(8, 4096),
+            classifier: nonempty(l.classifier),
         };
         if cfg.read_api_key.is_some() && cfg.api_key.is_none() {
             return Err(Error::InvalidInput(

@@ -14,6 +14,7 @@
 //! * [`config`]: the server's configuration (file < environment < flags).
 
 pub mod cli;
+mod cli_train;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -43,6 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/documents/{id}", web::delete().to(document_delete))
         .route("/api/embed", web::post().to(embed))
         .route("/api/fill-mask", web::post().to(fill_mask))
+        .route("/api/classify", web::post().to(classify))
         .route("/api/ingest", web::post().to(ingest_start))
         .route("/api/ingest", web::get().to(ingest_list))
         .route("/api/ingest/{job}", web::get().to(ingest_status))
@@ -108,6 +109,10 @@ async fn stats(state: State) -> ApiResult {
                 "window_size": info.window_size,
                 "stride": info.stride,
                 "fill_mask": st.encoder.has_mlm_head(),
+                "classifier": st.classifier.as_ref().map(|c| json!({
+                    "dir": c.dir,
+                    "labels": c.labels,
+                })),
                 "device": info.device,
                 "dtype": info.dtype,
             },
@@ -580,6 +585,70 @@ async fn fill_mask(state: State, body: web::Json<FillMaskBody>) -> ApiResult {
     let st = state.clone();
     let masks = web::block(move || st.encoder.fill_mask(&text, top_k)).await??;
     Ok(HttpResponse::Ok().json(json!({ "model": state.encoder.info().id, "masks": masks })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyBody {
+    /// One text, or several with `texts`.
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+    #[serde(default = "default_classify_top_k")]
+    top_k: usize,
+}
+
+fn default_classify_top_k() -> usize {
+    3
+}
+
+/// `POST /api/classify`: the configured fine-tuned classifier's labels for one or more texts.
+async fn classify(state: State, body: web::Json<ClassifyBody>) -> ApiResult {
+    let Some(clf) = state.classifier.clone() else {
+        return Err(ApiError::bad_request(
+            "no_classifier",
+            "no classifier is configured: fine-tune one with `clinsearch finetune classify` and serve it with --classifier DIR",
+        ));
+    };
+    let ClassifyBody { text, texts, top_k } = body.into_inner();
+    let texts = match (text, texts) {
+        (Some(t), None) => vec![t],
+        (None, Some(ts)) => ts,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "text: give exactly one of text or texts",
+            ))
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: give between 1 and {MAX_EMBED_TEXTS} texts"),
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: text {} is empty", i + 1),
+        ));
+    }
+    if !(1..=100).contains(&top_k) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "top_k: must be between 1 and 100",
+        ));
+    }
+    let c = clf.clone();
+    let preds = web::block(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        c.predict(&refs, top_k)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(json!({
+        "model": clf.dir,
+        "labels": clf.labels,
+        "predictions": preds,
+    })))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ pub struct AppState {
     pub evals: jobs::EvalJobs,
     pub config: ServerConfig,
     pub started: Instant,
+    /// The fine-tuned classifier behind `POST /api/classify`, when one is configured.
+    pub classifier: Option<Arc<crate::train::classify::Classifier>>,
 }
 
 impl AppState {
@@ -54,7 +56,14 @@ impl AppState {
             evals: jobs::EvalJobs::default(),
             config,
             started: Instant::now(),
+            classifier: None,
         }
+    }
+
+    /// Serves `classifier` at `POST /api/classify`.
+    pub fn with_classifier(mut self, classifier: crate::train::classify::Classifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
     }
 }
 
@@ -272,7 +281,18 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let addr = config.addr;
     let workers = config.workers;
-    let state = web::Data::new(AppState::new(engine.clone(), Arc::new(encoder), config));
+    let classifier = match &config.classifier {
+        Some(spec) => Some(
+            crate::train::classify::Classifier::load(spec, &opts.device)
+                .with_context(|| format!("loading classifier {spec}"))?,
+        ),
+        None => None,
+    };
+    let mut state = AppState::new(engine.clone(), Arc::new(encoder), config);
+    if let Some(c) = classifier {
+        state = state.with_classifier(c);
+    }
+    let state = web::Data::new(state);
     let st = state.clone();
     actix_web::rt::System::new().block_on(async move {
         let server = actix_web::HttpServer::new(move || app(st.clone()))

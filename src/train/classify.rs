@@ -490,7 +490,16 @@ pub fn finetune(
         dev: tokenize(&dev)?,
     };
     let history = super::run(
-        &task, &base, optimizer, frozen, opts, &args.out, resume, on_event,
+        &task,
+        &base,
+        super::Start {
+            optimizer,
+            frozen,
+            resume,
+        },
+        opts,
+        &args.out,
+        on_event,
     )?;
     Ok(ClassifyOutcome {
         labels,

@@ -424,19 +424,30 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Where a run starts: the optimiser over the trained variables, how many parameter tensors
+/// stay frozen, and the checkpoint being resumed (with its state).
+pub(crate) struct Start {
+    pub optimizer: AdamW,
+    pub frozen: usize,
+    pub resume: Option<(PathBuf, TrainerState)>,
+}
+
 /// The shared loop: epochs of shuffled batches, AdamW on the schedule, a checkpoint and dev
 /// metrics after each epoch, the final model in `out`. `optimizer` already holds the trained
 /// variables; `resume` is the state of the checkpoint it was restored from.
 pub(crate) fn run<T: Task>(
     task: &T,
     base: &Base,
-    mut optimizer: AdamW,
-    frozen: usize,
+    start: Start,
     opts: &TrainOptions,
     out: &Path,
-    resume: Option<(PathBuf, TrainerState)>,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<Vec<EpochReport>> {
+    let Start {
+        mut optimizer,
+        frozen,
+        resume,
+    } = start;
     let steps_per_epoch = task.len().div_ceil(opts.batch_size);
     let mut total = steps_per_epoch * opts.epochs;
     if let Some(max) = opts.max_steps {

@@ -333,7 +333,16 @@ pub fn finetune(
         max_len: base.window,
     };
     let history = super::run(
-        &task, &base, optimizer, frozen, opts, &args.out, resume, on_event,
+        &task,
+        &base,
+        super::Start {
+            optimizer,
+            frozen,
+            resume,
+        },
+        opts,
+        &args.out,
+        on_event,
     )?;
     Ok(RetrievalOutcome {
         pairs: pairs.len(),

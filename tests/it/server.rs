@@ -777,6 +777,116 @@ async fn fill_mask_without_an_mlm_head_says_so() {
     assert_eq!(v["error"]["code"], "no_mlm_head");
 }
 
+/// `POST /api/classify` serves a classifier made by `finetune classify`; a read-only key may
+/// use it, and a server without one says how to get one.
+#[actix_web::test]
+async fn classify_serves_the_fine_tuned_classifier() {
+    use clinsearch::train::classify::{self, Classifier, ClassifyArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let rows: String = [
+        ("atrial fibrillation on warfarin", "cardiology"),
+        ("copd on albuterol", "pulmonology"),
+        ("chest pain ecg normal", "cardiology"),
+        ("asthma with cough albuterol", "pulmonology"),
+        ("heart failure chf on metoprolol", "cardiology"),
+        ("pneumonia chest xray lung", "pulmonology"),
+    ]
+    .iter()
+    .map(|(t, l)| format!("{}\n", json!({"text": t, "label": l})))
+    .collect();
+    std::fs::write(&train, rows).unwrap();
+    let out = dir.path().join("clf");
+    let args = ClassifyArgs {
+        base: fixture("tiny-mlm-uncased").display().to_string(),
+        train,
+        dev: None,
+        text_field: "text".into(),
+        label_field: "label".into(),
+        out: out.clone(),
+        resume: None,
+        device: candle_core::Device::Cpu,
+        options: clinsearch::train::TrainOptions {
+            epochs: 2,
+            batch_size: 3,
+            lr: 1e-2,
+            ..Default::default()
+        },
+    };
+    classify::finetune(&args, &mut |_| {}).unwrap();
+    let clf = Classifier::load(&out.display().to_string(), &candle_core::Device::Cpu).unwrap();
+    let want = clf.predict(&["afib on warfarin"], 2).unwrap();
+
+    let enc = tiny_encoder();
+    let data = dir.path().join("data");
+    let engine = Engine::open(
+        &data,
+        Some(&ModelIdentity::from_info(enc.info())),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let config = ServerConfig::from_layer(Layer {
+        data: Some(data),
+        api_key: Some("writer".into()),
+        read_api_key: Some("reader".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let state = AppState::new(Arc::new(engine), Arc::new(enc), config).with_classifier(clf);
+    let app = test::init_service(server::app(web::Data::new(state))).await;
+    let post = |body: Value| {
+        TestRequest::post()
+            .uri("/api/classify")
+            .insert_header(("authorization", "Bearer reader"))
+            .set_json(body)
+    };
+    let (s, v) = call(&app, post(json!({"text": "afib on warfarin", "top_k": 2}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["labels"], json!(["cardiology", "pulmonology"]));
+    let p = &v["predictions"][0];
+    assert_eq!(p["label"], want[0].label.as_str());
+    assert!((p["score"].as_f64().unwrap() - want[0].score as f64).abs() < 1e-6);
+    assert_eq!(p["top"].as_array().unwrap().len(), 2);
+    let (s, v) = call(&app, post(json!({"texts": ["copd", "chest pain"]}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+    for (body, param) in [
+        (json!({"text": "a", "texts": ["b"]}), "text"),
+        (json!({"texts": []}), "texts"),
+        (json!({"texts": ["ok", "  "]}), "texts"),
+        (json!({"text": "a", "top_k": 0}), "top_k"),
+    ] {
+        let (s, v) = call(&app, post(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with(param),
+            "{v}"
+        );
+    }
+    let (s, v) = call(&app, post(json!({"txt": "a"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = call(
+        &app,
+        TestRequest::post()
+            .uri("/api/classify")
+            .set_json(json!({"text": "afib"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // No classifier configured.
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    let (s, v) = call(
+        &app,
+        TestRequest::post()
+            .uri("/api/classify")
+            .set_json(json!({"text": "afib"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "no_classifier");
+}
+
 #[actix_web::test]
 async fn an_uploaded_file_is_ingested_in_the_background_with_errors_by_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -648,3 +648,134 @@ fn python_transformers_and_sentence_transformers_load_the_output_with_the_same_o
         assert!(max_abs_diff(v, &theirs) < 1e-4);
     }
 }
+
+/// The command line end to end: `finetune classify` prints one JSON line per epoch, then
+/// `classify` uses the folder; `finetune retrieval` makes a folder `embed --model` uses.
+#[test]
+fn cli_fine_tunes_and_classifies() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_clinsearch");
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.jsonl");
+    write_jsonl(&train, &labelled_rows());
+    let out = tmp.path().join("clf");
+    let run = Command::new(bin)
+        .args(["finetune", "classify", "--base"])
+        .arg(fixture(TINY))
+        .arg("--train")
+        .arg(&train)
+        .arg("--dev")
+        .arg(&train)
+        .args([
+            "--epochs",
+            "6",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-2",
+            "--seed",
+            "7",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 6);
+    assert_eq!(epochs[5]["dev"]["accuracy"], 1.0, "{:?}", epochs[5]);
+    assert!(
+        stderr.contains("2 labels, 16 training and 16 dev examples"),
+        "{stderr}"
+    );
+
+    let run = Command::new(bin)
+        .args(["classify", "--top-k", "2", "--model"])
+        .arg(&out)
+        .args(["afib on warfarin", "copd with cough"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["predictions"][0]["label"], "cardiology", "{v}");
+    assert_eq!(v["predictions"][1]["label"], "pulmonology", "{v}");
+    assert_eq!(v["predictions"][0]["top"].as_array().unwrap().len(), 2);
+
+    // A CLI error names the file and line, and nothing is written.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"copd\"}\n").unwrap();
+    let run = Command::new(bin)
+        .args(["finetune", "classify", "--base"])
+        .arg(fixture(TINY))
+        .arg("--train")
+        .arg(&bad)
+        .arg("--out")
+        .arg(tmp.path().join("never"))
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("bad.jsonl:1") && stderr.contains("no field \"label\""),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("never").exists());
+
+    // A classification folder is refused where a classifier is not what it is.
+    let run = Command::new(bin)
+        .args(["classify", "--model"])
+        .arg(fixture(TINY))
+        .arg("afib")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("sequence-classification head"));
+
+    let pairs = tmp.path().join("pairs.jsonl");
+    write_jsonl(&pairs, &pair_rows());
+    let emb = tmp.path().join("emb");
+    let run = Command::new(bin)
+        .args(["finetune", "retrieval", "--base"])
+        .arg(fixture(TINY))
+        .arg("--pairs")
+        .arg(&pairs)
+        .args([
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--out",
+        ])
+        .arg(&emb)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run = Command::new(bin)
+        .args(["embed", "--model"])
+        .arg(&emb)
+        .arg("afib")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["dim"], 32);
+}

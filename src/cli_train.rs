@@ -1,0 +1,286 @@
+//! `clinsearch finetune classify|retrieval`: flags, a progress bar, one line per epoch.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::model;
+use crate::train::{classify, retrieval, TrainEvent, TrainOptions};
+
+#[derive(Subcommand, Debug)]
+pub enum FinetuneCommand {
+    /// Train a classification head (BertForSequenceClassification) on labelled texts.
+    Classify {
+        /// Base model folder or Hub id.
+        #[arg(long)]
+        base: String,
+        /// Training file: JSON Lines, or CSV with a header.
+        #[arg(long)]
+        train: PathBuf,
+        /// Dev file (same format): accuracy and macro-F1 after each epoch.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        #[arg(long, default_value = "label")]
+        label_field: String,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
+    /// Tune the embedding model on (query, relevant note[, hard negative]) pairs with
+    /// in-batch negatives; the output is a model folder for `ingest/serve --model`.
+    Retrieval {
+        /// Base model folder or Hub id.
+        #[arg(long)]
+        base: String,
+        /// Pairs file: JSON Lines, or CSV with a header.
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Dev pairs: MRR@10 and recall over the dev notes after each epoch.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        #[arg(long, default_value = "query")]
+        query_field: String,
+        #[arg(long, default_value = "positive")]
+        positive_field: String,
+        /// Optional hard negative per pair.
+        #[arg(long, default_value = "negative")]
+        negative_field: String,
+        /// Softmax temperature over cosine similarities (0.05 = sentence-transformers' scale 20).
+        #[arg(long, default_value_t = 0.05)]
+        temperature: f64,
+        /// Tokens per query, including [CLS]/[SEP].
+        #[arg(long, default_value_t = 64)]
+        query_max_len: usize,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
+}
+
+/// Flags both tasks share.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Output folder (Hugging Face layout; checkpoints under checkpoints/epoch-N).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    /// Fraction of the steps spent warming up (then linear decay to 0).
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip the global gradient norm (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Keep the embeddings and the first N transformer layers fixed.
+    #[arg(long, default_value_t = 0)]
+    freeze_layers: usize,
+    /// Tokens per text including [CLS]/[SEP] [default: the model's window].
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Resume from a checkpoint folder, or from an output folder's latest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Print one JSON object per epoch instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TrainArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup_ratio: self.warmup_ratio,
+            weight_decay: self.weight_decay,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            freeze_layers: self.freeze_layers,
+            max_len: self.max_len,
+            seed: self.seed,
+            no_dropout: false,
+            max_steps: self.max_steps,
+        }
+    }
+}
+
+/// Draws the progress bar and prints each epoch's summary.
+struct Reporter {
+    bar: indicatif::ProgressBar,
+    json: bool,
+    running: f64,
+}
+
+impl Reporter {
+    fn new(json: bool) -> Self {
+        Reporter {
+            bar: indicatif::ProgressBar::hidden(),
+            json,
+            running: f64::NAN,
+        }
+    }
+
+    fn on(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Start {
+                epochs,
+                steps_per_epoch,
+                first_epoch,
+                trainable,
+                frozen,
+            } => {
+                eprintln!(
+                    "training {trainable} parameter tensors ({frozen} frozen), {steps_per_epoch} steps per epoch, epochs {}..={epochs}",
+                    first_epoch + 1
+                );
+                if !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    self.bar = indicatif::ProgressBar::new(
+                        (steps_per_epoch * (epochs - first_epoch)) as u64,
+                    );
+                    self.bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                }
+            }
+            TrainEvent::Step {
+                epoch, loss, lr, ..
+            } => {
+                self.running = if self.running.is_nan() {
+                    *loss
+                } else {
+                    0.95 * self.running + 0.05 * loss
+                };
+                self.bar.set_message(format!(
+                    "epoch {epoch}  loss {:.4}  lr {lr:.2e}",
+                    self.running
+                ));
+                self.bar.inc(1);
+            }
+            TrainEvent::Epoch(r) => {
+                if self.json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                    return;
+                }
+                let dev: Vec<String> = r
+                    .dev
+                    .iter()
+                    .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                    .collect();
+                let line = format!(
+                    "epoch {}: train loss {:.4}{}  ({:.0} s, {} steps) -> {}",
+                    r.epoch,
+                    r.train_loss,
+                    if dev.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", dev {}", dev.join(", "))
+                    },
+                    r.seconds,
+                    r.steps,
+                    r.checkpoint.display()
+                );
+                if self.bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    self.bar.println(line);
+                }
+            }
+        }
+    }
+}
+
+pub fn run(command: FinetuneCommand) -> Result<()> {
+    match command {
+        FinetuneCommand::Classify {
+            base,
+            train,
+            dev,
+            text_field,
+            label_field,
+            common,
+        } => {
+            let args = classify::ClassifyArgs {
+                base,
+                train,
+                dev,
+                text_field,
+                label_field,
+                out: common.out.clone(),
+                resume: common.resume.clone(),
+                device: model::parse_device(&common.device)?,
+                options: common.options(),
+            };
+            let mut rep = Reporter::new(common.json);
+            let outcome = classify::finetune(&args, &mut |e| rep.on(e))
+                .context("fine-tuning the classifier")?;
+            rep.bar.finish_and_clear();
+            eprintln!(
+                "{} labels, {} training and {} dev examples; model saved to {} (clinsearch classify --model {} TEXT)",
+                outcome.labels.len(),
+                outcome.train_examples,
+                outcome.dev_examples,
+                args.out.display(),
+                args.out.display()
+            );
+        }
+        FinetuneCommand::Retrieval {
+            base,
+            pairs,
+            dev,
+            query_field,
+            positive_field,
+            negative_field,
+            temperature,
+            query_max_len,
+            common,
+        } => {
+            let args = retrieval::RetrievalArgs {
+                base,
+                pairs,
+                dev,
+                fields: retrieval::PairFields {
+                    query: query_field,
+                    positive: positive_field,
+                    negative: negative_field,
+                },
+                out: common.out.clone(),
+                resume: common.resume.clone(),
+                device: model::parse_device(&common.device)?,
+                options: common.options(),
+                temperature,
+                query_max_len,
+            };
+            let mut rep = Reporter::new(common.json);
+            let outcome = retrieval::finetune(&args, &mut |e| rep.on(e))
+                .context("tuning the embedding model")?;
+            rep.bar.finish_and_clear();
+            eprintln!(
+                "{} pairs ({} with a hard negative), {} dev pairs; model saved to {} (use it with --model {})",
+                outcome.pairs,
+                outcome.with_negative,
+                outcome.dev_pairs,
+                args.out.display(),
+                args.out.display()
+            );
+        }
+    }
+    Ok(())
+}
