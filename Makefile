@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test model build bench fixtures sample-corpus
+.PHONY: run test model build bench bench-finetune fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -41,6 +41,10 @@ bench: model
 	$(CARGO) bench --bench embed
 	$(CARGO) bench --bench ingest
 	$(CARGO) bench --bench serve
+
+# Fine-tuning against frozen-embedding baselines on MTSamples (about an hour on 2 cores).
+bench-finetune: model
+	$(CARGO) bench --bench finetune
 
 # Regenerates the tiny test models and golden outputs (needs torch, transformers and
 # sentence-transformers from PyPI). The results are committed.

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust on a fresh Debian machine: headless Chromium
-# and its WebDriver for the browser tests, and pytrec_eval (trec_eval's code, the reference the
-# evaluation tests compare against). Idempotent: does nothing when all are present.
+# and its WebDriver for the browser tests, pytrec_eval (trec_eval's code, the reference the
+# evaluation tests compare against), and torch + transformers + sentence-transformers (the
+# fine-tuning tests load clinsearch's output folders with them). Idempotent: does nothing when
+# all are present.
 set -euo pipefail
 if ! python3 -c "import pytrec_eval" 2> /dev/null; then
   echo "install_test_deps: installing pytrec_eval-terrier (trec_eval for the evaluation tests)" >&2
   python3 -m pip install --quiet pytrec_eval-terrier
+fi
+if ! python3 -c "import torch, transformers, sentence_transformers" 2> /dev/null; then
+  echo "install_test_deps: installing torch, transformers and sentence-transformers (fine-tuning tests)" >&2
+  python3 -m pip install --quiet torch transformers sentence-transformers
 fi
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0

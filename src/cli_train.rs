@@ -93,8 +93,9 @@ pub struct TrainArgs {
     /// Resume from a checkpoint folder, or from an output folder's latest checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// auto (a GPU when this build has its feature and the machine has one, else the CPU),
     /// cpu, cuda, cuda:N or metal.
-    #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "cpu")]
+    #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "auto")]
     device: String,
     /// Print one JSON object per epoch instead of a progress bar.
     #[arg(long)]

@@ -4,8 +4,9 @@ use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `metal`. A GPU device in a build without its cargo
-/// feature is a clear error naming the feature.
+/// Parses `cpu`, `cuda`, `cuda:N`, `metal` or `auto` (the first GPU this build supports and
+/// the machine has, else the CPU). A GPU device in a build without its cargo feature is a
+/// clear error naming the feature.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     let (kind, ordinal) = match spec.split_once(':') {
@@ -19,6 +20,20 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match kind.as_str() {
         "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            // A build with the feature on a machine without the GPU falls back to the CPU.
+            if cfg!(feature = "cuda") {
+                if let Ok(d) = Device::new_cuda(ordinal) {
+                    return Ok(d);
+                }
+            }
+            if cfg!(feature = "metal") {
+                if let Ok(d) = Device::new_metal(ordinal) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
         "cuda" | "gpu" => {
             if !cfg!(feature = "cuda") {
                 return Err(Error::InvalidInput(
@@ -36,7 +51,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             Ok(Device::new_metal(ordinal)?)
         }
         other => Err(Error::InvalidInput(format!(
-            "device {other:?} (expected cpu, cuda, cuda:N or metal)"
+            "device {other:?} (expected cpu, cuda, cuda:N, metal or auto)"
         ))),
     }
 }
@@ -76,5 +91,19 @@ pub fn tune_allocator() {
         libc::mallopt(-3, 32 * 1024 * 1024);
         libc::mallopt(-1, 512 * 1024 * 1024);
         libc::mallopt(-2, 64 * 1024 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_to_the_cpu_without_a_gpu_back_end() {
+        if cfg!(not(any(feature = "cuda", feature = "metal"))) {
+            assert!(parse_device("auto").unwrap().is_cpu());
+        }
+        let e = parse_device("tpu").unwrap_err().to_string();
+        assert!(e.contains("auto"), "{e}");
     }
 }
