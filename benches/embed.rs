@@ -7,13 +7,19 @@
 //! median of `BENCH_REPEATS` (default 3) timed runs after a warm-up.
 //!
 //! Environment: `BENCH_MODEL` (default models/all-MiniLM-L6-v2), `BENCH_SEQS` ("128,256"),
-//! `BENCH_BATCHES` ("1,8,32"), `BENCH_TEXTS` (64), `BENCH_DTYPES` ("f32"), `BENCH_PEER=0`
+//! `BENCH_BATCHES` ("1,8,32"), `BENCH_TEXTS` (64), `BENCH_DTYPES` ("f32,int8"), `BENCH_PEER=0`
 //! to skip PyTorch.
+//!
+//! Also printed: each reduced-precision variant's cosine to the f32 embeddings of the same
+//! texts (minimum and median), one short query's latency, and the machine's f32 peak: the
+//! nominal one (threads x 16 lanes x 2 FMA units x 2 flops x the clock /proc/cpuinfo reports)
+//! and the one measured with independent AVX-512 FMAs on every thread, against which the
+//! "% peak" column is computed.
 
 use std::process::Command;
 use std::time::Instant;
 
-use clinsearch::model::{parse_dtype, tune_allocator, Encoder, EncoderOptions, WindowConfig};
+use clinsearch::model::{parse_precision, tune_allocator, Encoder, EncoderOptions, WindowConfig};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -75,7 +81,7 @@ fn main() {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-    let dtypes = env_list("BENCH_DTYPES", "f32");
+    let dtypes = env_list("BENCH_DTYPES", "f32,int8");
     let repeats: usize = std::env::var("BENCH_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -89,6 +95,10 @@ fn main() {
 
     // Ours.
     let mut rows: Vec<(String, usize, usize, f64)> = vec![];
+    // f32 embeddings per seq, the reference for the other variants' cosines.
+    let mut reference: std::collections::HashMap<usize, Vec<Vec<f32>>> = Default::default();
+    let mut fidelity: Vec<(String, usize, f32, f32)> = vec![];
+    let mut latency: Vec<(String, f64)> = vec![];
     let mut dims = (0.0, 0.0, 0.0);
     for dtype in &dtypes {
         for &seq in &seqs {
@@ -100,10 +110,47 @@ fn main() {
                         max_windows: None,
                     },
                     batch_size: batch,
-                    dtype: parse_dtype(dtype).unwrap(),
+                    dtype: parse_precision(dtype).unwrap().0,
+                    int8: parse_precision(dtype).unwrap().1,
                     ..Default::default()
                 };
                 let enc = Encoder::load(&model, &opts).expect("load the model (make model)");
+                if enc.info().dtype != *dtype {
+                    eprintln!(
+                        "{dtype} is not available on this machine (runs as {}); skipped",
+                        enc.info().dtype
+                    );
+                    continue;
+                }
+                if batch == *batches.last().unwrap() {
+                    let vecs = enc.embed(&refs).unwrap();
+                    match reference.get(&seq) {
+                        None => {
+                            reference.insert(seq, vecs);
+                        }
+                        Some(want) => {
+                            let mut cos: Vec<f32> = vecs
+                                .iter()
+                                .zip(want)
+                                .map(|(a, b)| clinsearch::search::cosine(a, b))
+                                .collect();
+                            cos.sort_by(|a, b| a.total_cmp(b));
+                            fidelity.push((dtype.clone(), seq, cos[0], cos[cos.len() / 2]));
+                        }
+                    }
+                }
+                if seq == seqs[0] && batch == batches[0] {
+                    let q = "chest pain radiating to the left arm with elevated troponin";
+                    enc.embed(&[q]).unwrap();
+                    let times: Vec<f64> = (0..50)
+                        .map(|_| {
+                            let t = Instant::now();
+                            enc.embed(&[q]).unwrap();
+                            t.elapsed().as_secs_f64() * 1e3
+                        })
+                        .collect();
+                    latency.push((dtype.clone(), median(times)));
+                }
                 let info = enc.info();
                 dims = (
                     info.hidden_size as f64,
@@ -184,22 +231,28 @@ fn main() {
         }
     }
 
+    let (nominal, measured, threads, mhz) = peak_gflops();
+    println!(
+        "\nf32 peak: nominal {nominal:.0} GFLOP/s ({threads} threads x 16 lanes x 2 FMA units x 2 flops x {mhz:.0} MHz); measured {measured:.0} GFLOP/s (independent AVX-512 FMAs on {threads} threads)"
+    );
     println!("\nEmbedding throughput, {source}, model {model}, CPU, median of {repeats} runs");
     println!(
-        "{:<22} {:>5} {:>5} {:>10} {:>9} {:>10} {:>8}",
-        "variant", "seq", "batch", "tokens/s", "emb/s", "vs torch", "GFLOP/s"
+        "{:<22} {:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>7}",
+        "variant", "seq", "batch", "tokens/s", "emb/s", "vs torch", "GFLOP/s", "% peak"
     );
     let (h, inter, layers) = dims;
     for (seq, batch, eps) in &peer {
+        let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1}",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>6.0}%",
             "pytorch (2 threads)",
             seq,
             batch,
             eps * *seq as f64,
             eps,
             "1.00x",
-            eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9
+            gf,
+            100.0 * gf / measured
         );
     }
     for (variant, seq, batch, eps) in &rows {
@@ -208,15 +261,83 @@ fn main() {
             .find(|(s, b, _)| s == seq && b == batch)
             .map(|(_, _, p)| format!("{:.2}x", eps / p))
             .unwrap_or_else(|| "-".into());
+        let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1}",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>6.0}%",
             variant,
             seq,
             batch,
             eps * *seq as f64,
             eps,
             ratio,
-            eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9
+            gf,
+            100.0 * gf / measured
         );
     }
+    println!("(GFLOP/s counts the model's multiply-adds x 2 whatever the precision: for int8 it is an f32-equivalent rate.)");
+    for (dtype, seq, min, med) in &fidelity {
+        println!(
+            "{dtype} vs f32 at seq {seq}: cosine min {min:.5}, median {med:.5} over {} texts",
+            refs.len()
+        );
+    }
+    for (dtype, ms) in &latency {
+        println!("one short query (10 words), {dtype}: {ms:.2} ms median of 50");
+    }
+}
+
+/// The f32 peak: nominal from the reported clock, and measured with 12 independent FMA chains
+/// per thread on every thread of the pool (AVX-512; 0 without it).
+fn peak_gflops() -> (f64, f64, usize, f64) {
+    let threads = rayon::current_num_threads();
+    let mhz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let nominal = threads as f64 * 16.0 * 2.0 * 2.0 * mhz / 1e3;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            use rayon::prelude::*;
+            const ITERS: usize = 50_000_000;
+            let mut best = 0f64;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let s: f32 = (0..threads)
+                    .into_par_iter()
+                    // SAFETY: AVX-512 was detected.
+                    .map(|_| unsafe { fma_loop(ITERS) })
+                    .sum();
+                let secs = t.elapsed().as_secs_f64();
+                std::hint::black_box(s);
+                best = best.max((threads * ITERS * 12 * 16 * 2) as f64 / secs / 1e9);
+            }
+            return (nominal, best, threads, mhz);
+        }
+    }
+    (nominal, 0.0, threads, mhz)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 12];
+    let x = _mm512_set1_ps(1.000_000_1);
+    let y = _mm512_set1_ps(0.999_999);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(x, y, *a);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for a in acc {
+        s = _mm512_add_ps(s, a);
+    }
+    _mm512_reduce_add_ps(s)
 }

@@ -46,7 +46,10 @@ const DOC_TYPES: &[&str] = &[
 const MIN_CLASS: usize = 80;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Row {
@@ -59,7 +62,11 @@ fn read_mtsamples(path: &Path) -> Vec<Row> {
     let mut r = csv::Reader::from_path(path).expect("read mtsamples.csv");
     let h = r.headers().unwrap().clone();
     let col = |n: &str| h.iter().position(|x| x == n).unwrap();
-    let (d, s, t) = (col("description"), col("medical_specialty"), col("transcription"));
+    let (d, s, t) = (
+        col("description"),
+        col("medical_specialty"),
+        col("transcription"),
+    );
     r.records()
         .map(|rec| {
             let rec = rec.unwrap();
@@ -143,7 +150,9 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
     let ambiguous = by_text.values().filter(|(_, l)| l.len() > 1).count();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for (_, labels) in by_text.values().filter(|(_, l)| l.len() == 1) {
-        *counts.entry(labels.iter().next().unwrap().clone()).or_default() += 1;
+        *counts
+            .entry(labels.iter().next().unwrap().clone())
+            .or_default() += 1;
     }
     let mut per_class: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (text, labels) in by_text.values() {
@@ -152,7 +161,10 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         }
         let label = labels.iter().next().unwrap();
         if counts[label] >= MIN_CLASS {
-            per_class.entry(label.clone()).or_default().push(text.clone());
+            per_class
+                .entry(label.clone())
+                .or_default()
+                .push(text.clone());
         }
     }
     // Stratified 70/10/20 split with a fixed seed.
@@ -162,7 +174,10 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         let mut texts = texts.clone();
         rng.shuffle(&mut texts);
         let n = texts.len();
-        let (n_test, n_dev) = ((n as f64 * 0.2).round() as usize, (n as f64 * 0.1).round() as usize);
+        let (n_test, n_dev) = (
+            (n as f64 * 0.2).round() as usize,
+            (n as f64 * 0.1).round() as usize,
+        );
         for (i, t) in texts.into_iter().enumerate() {
             let row = json!({"text": t, "label": label});
             if i < n_test {
@@ -187,7 +202,11 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         println!("  {:>4}  {l}", t.len());
     }
     let labels: Vec<String> = per_class.keys().cloned().collect();
-    let label_of = |r: &serde_json::Value| labels.binary_search(&r["label"].as_str().unwrap().to_string()).unwrap();
+    let label_of = |r: &serde_json::Value| {
+        labels
+            .binary_search(&r["label"].as_str().unwrap().to_string())
+            .unwrap()
+    };
     let text_of = |r: &serde_json::Value| r["text"].as_str().unwrap().to_string();
     write_jsonl(&dir.join("train.jsonl"), train.clone());
     write_jsonl(&dir.join("dev.jsonl"), dev.clone());
@@ -202,7 +221,11 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         enc.embed(&refs).unwrap()
     };
     let (xtr, xdev, xte) = (embed(&train), embed(&dev), embed(&test));
-    eprintln!("embedded {} notes for the baselines in {:.0} s", train.len() + dev.len() + test.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "embedded {} notes for the baselines in {:.0} s",
+        train.len() + dev.len() + test.len(),
+        started.elapsed().as_secs_f64()
+    );
     let ytr: Vec<usize> = train.iter().map(label_of).collect();
     let ydev: Vec<usize> = dev.iter().map(label_of).collect();
     let yte: Vec<usize> = test.iter().map(label_of).collect();
@@ -241,7 +264,11 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         .map(|p| (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap())
         .collect();
 
-    println!("\nMTSamples specialty, test split ({} notes, {} classes), model {model}:", test.len(), labels.len());
+    println!(
+        "\nMTSamples specialty, test split ({} notes, {} classes), model {model}:",
+        test.len(),
+        labels.len()
+    );
     println!("{:<48} {:>9} {:>9}", "method", "accuracy", "macro-F1");
     let mut results = vec![];
     for (name, pred) in [
@@ -256,7 +283,8 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
     println!("fine-tuning took {:.0} s ({epochs} epochs)", train_secs);
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"results": results, "train_seconds": train_secs})).unwrap(),
+        serde_json::to_string_pretty(&json!({"results": results, "train_seconds": train_secs}))
+            .unwrap(),
     )
     .unwrap();
 }
@@ -276,7 +304,10 @@ fn nearest_centroid(x: &[Vec<f32>], y: &[usize], classes: usize, test: &[Vec<f32
     test.iter()
         .map(|v| {
             (0..classes)
-                .max_by(|&a, &b| clinsearch::search::cosine(v, &c[a]).total_cmp(&clinsearch::search::cosine(v, &c[b])))
+                .max_by(|&a, &b| {
+                    clinsearch::search::cosine(v, &c[a])
+                        .total_cmp(&clinsearch::search::cosine(v, &c[b]))
+                })
                 .unwrap()
         })
         .collect()
@@ -295,21 +326,43 @@ fn logistic_regression(
     let d = x[0].len();
     let t = |m: &[Vec<f32>]| Tensor::from_vec(m.concat(), (m.len(), d), &dev).unwrap();
     let (xt, xd, xe) = (t(x), t(xdev), t(test));
-    let yt = Tensor::from_vec(y.iter().map(|&l| l as u32).collect::<Vec<_>>(), y.len(), &dev).unwrap();
+    let yt = Tensor::from_vec(
+        y.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+        y.len(),
+        &dev,
+    )
+    .unwrap();
     let w = Var::zeros((d, classes), DType::F32, &dev).unwrap();
     let b = Var::zeros(classes, DType::F32, &dev).unwrap();
     let mut opt = candle_nn::AdamW::new(
         vec![w.clone(), b.clone()],
-        candle_nn::ParamsAdamW { lr: 0.05, weight_decay: 1e-4, ..Default::default() },
+        candle_nn::ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
     )
     .unwrap();
     let predict = |m: &Tensor| -> Vec<usize> {
-        m.matmul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap().argmax(1).unwrap()
-            .to_vec1::<u32>().unwrap().into_iter().map(|v| v as usize).collect()
+        m.matmul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as usize)
+            .collect()
     };
     let (mut best, mut best_pred) = (-1.0, vec![]);
     for step in 1..=1000 {
-        let logits = xt.matmul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+        let logits = xt
+            .matmul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &yt).unwrap();
         opt.backward_step(&loss).unwrap();
         if step % 25 == 0 {
@@ -379,10 +432,19 @@ fn retrieval(rows: &[Row], model: &str, dir: &Path) {
         .arg(dir.join("pairs-train.jsonl"))
         .arg("--dev")
         .arg(dir.join("pairs-dev.jsonl"))
-        .args(["--epochs", &env_or("FT_EPOCHS_RETRIEVAL", 1usize).to_string()])
-        .args(["--batch-size", &env_or("FT_BATCH_RETRIEVAL", 32usize).to_string()])
+        .args([
+            "--epochs",
+            &env_or("FT_EPOCHS_RETRIEVAL", 1usize).to_string(),
+        ])
+        .args([
+            "--batch-size",
+            &env_or("FT_BATCH_RETRIEVAL", 32usize).to_string(),
+        ])
         .args(["--lr", &env_or("FT_LR_RETRIEVAL", 2e-5f64).to_string()])
-        .args(["--max-len", &env_or("FT_MAX_LEN_RETRIEVAL", 256usize).to_string()])
+        .args([
+            "--max-len",
+            &env_or("FT_MAX_LEN_RETRIEVAL", 256usize).to_string(),
+        ])
         .arg("--out")
         .arg(&out));
     let train_secs = started.elapsed().as_secs_f64();
@@ -390,9 +452,19 @@ fn retrieval(rows: &[Row], model: &str, dir: &Path) {
         println!("  {line}");
     }
     let mut results = vec![];
-    println!("\nMTSamples description -> note, {} held-out notes, {} queries:", test.len(), queries.len());
-    println!("{:<10} {:<9} {:>10} {:>10} {:>8}", "encoder", "mode", "Recall@10", "nDCG@10", "MRR@10");
-    for (name, m) in [("base", model.to_string()), ("tuned", out.display().to_string())] {
+    println!(
+        "\nMTSamples description -> note, {} held-out notes, {} queries:",
+        test.len(),
+        queries.len()
+    );
+    println!(
+        "{:<10} {:<9} {:>10} {:>10} {:>8}",
+        "encoder", "mode", "Recall@10", "nDCG@10", "MRR@10"
+    );
+    for (name, m) in [
+        ("base", model.to_string()),
+        ("tuned", out.display().to_string()),
+    ] {
         let data = dir.join(format!("data-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         run(Command::new(bin())
@@ -421,7 +493,8 @@ fn retrieval(rows: &[Row], model: &str, dir: &Path) {
     println!("retrieval tuning took {train_secs:.0} s");
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"results": results, "train_seconds": train_secs})).unwrap(),
+        serde_json::to_string_pretty(&json!({"results": results, "train_seconds": train_secs}))
+            .unwrap(),
     )
     .unwrap();
 }

@@ -433,7 +433,8 @@ impl ModelArgs {
             },
             batch_size: self.batch_size,
             device: model::parse_device(&self.device)?,
-            dtype: model::parse_dtype(&self.dtype)?,
+            dtype: model::parse_precision(&self.dtype)?.0,
+            int8: model::parse_precision(&self.dtype)?.1,
         })
     }
 

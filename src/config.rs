@@ -209,7 +209,8 @@ impl ServerConfig {
             },
             batch_size: self.batch_size,
             device: crate::model::parse_device(&self.device)?,
-            dtype: crate::model::parse_dtype(&self.dtype)?,
+            dtype: crate::model::parse_precision(&self.dtype)?.0,
+            int8: crate::model::parse_precision(&self.dtype)?.1,
         })
     }
 }

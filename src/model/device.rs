@@ -68,6 +68,21 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
     }
 }
 
+/// Parses what `--dtype` accepts: a candle dtype, or `int8` (f32 with int8 dense layers).
+pub fn parse_precision(spec: &str) -> Result<(DType, bool)> {
+    if spec.trim().eq_ignore_ascii_case("int8") {
+        return Ok((DType::F32, true));
+    }
+    parse_dtype(spec)
+        .map_err(|_| {
+            Error::InvalidInput(format!(
+                "dtype {:?} (expected f32, f16, bf16 or int8)",
+                spec.trim()
+            ))
+        })
+        .map(|d| (d, false))
+}
+
 pub fn device_name(d: &Device) -> String {
     match d {
         Device::Cpu => "cpu".into(),

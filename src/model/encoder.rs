@@ -42,6 +42,10 @@ pub struct EncoderOptions {
     pub batch_size: usize,
     pub device: Device,
     pub dtype: DType,
+    /// Dense layers in int8 (CPU with AVX-512 VNNI; `--dtype int8`): weights quantised at
+    /// load, activations per row as each layer runs (see [`super::quant`]). Elsewhere the
+    /// model stays f32 and a warning says so.
+    pub int8: bool,
 }
 
 impl Default for EncoderOptions {
@@ -53,6 +57,7 @@ impl Default for EncoderOptions {
             batch_size: 32,
             device: Device::Cpu,
             dtype: DType::F32,
+            int8: false,
         }
     }
 }
@@ -154,8 +159,14 @@ impl Encoder {
         let config = BertConfig::from_file(&config_path)?;
         let weights = Weights::load(dir)?;
         let tokenizer = TextTokenizer::load(dir)?;
-        let model = BertModel::load(&weights, &config, opts.dtype, &opts.device)?;
+        let mut model = BertModel::load(&weights, &config, opts.dtype, &opts.device)?;
         let mlm = MlmHead::load(&weights, &model)?;
+        let int8 = opts.int8 && model.quantize_int8()?;
+        if opts.int8 && !int8 {
+            tracing::warn!(
+                "--dtype int8 needs f32 on a CPU with AVX-512 VNNI; running the model in f32"
+            );
+        }
 
         let pooling = match opts.pooling {
             Some(p) => p,
@@ -211,7 +222,11 @@ impl Encoder {
             tokenizer: tokenizer.source.into(),
             lowercase: tokenizer.lowercase,
             files,
-            dtype: format!("{:?}", opts.dtype).to_lowercase(),
+            dtype: if int8 {
+                "int8".into()
+            } else {
+                format!("{:?}", opts.dtype).to_lowercase()
+            },
             device: super::device::device_name(&opts.device),
         };
         Ok(Encoder {

@@ -9,11 +9,12 @@ pub mod encoder;
 pub mod hub;
 pub mod kernels;
 pub mod pickle;
+pub mod quant;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{BertConfig, Pooling};
-pub use device::{parse_device, parse_dtype, tune_allocator};
+pub use device::{parse_device, parse_dtype, parse_precision, tune_allocator};
 pub use encoder::{
     Encoder, EncoderOptions, MaskPrediction, ModelInfo, TokenScore, Window, WindowConfig,
 };
