@@ -19,6 +19,11 @@
 //! note(s) it describes. The base and the tuned encoder each ingest the held-out notes into a
 //! data directory and `clinsearch eval` measures them.
 //!
+//! Settings (environment): classification `FT_EPOCHS` (5), `FT_LR` (1e-4), `FT_BATCH` (16),
+//! `FT_MAX_LEN` (256); retrieval `FT_EPOCHS_RETRIEVAL` (1), `FT_LR_RETRIEVAL` (2e-5),
+//! `FT_BATCH_RETRIEVAL` (32), `FT_MAX_LEN_RETRIEVAL` (128 tokens of the note in training;
+//! the notes are still embedded in full, in windows of 256, for the evaluation).
+//!
 //! Everything goes through the `clinsearch` binary (finetune, ingest, eval) except the
 //! baselines and the classifier's test predictions (library calls).
 
@@ -234,7 +239,7 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
 
     // Fine-tuning through the CLI.
     let out = dir.join("model");
-    let epochs: usize = env_or("FT_EPOCHS", 3);
+    let epochs: usize = env_or("FT_EPOCHS", 5);
     let started = Instant::now();
     let log = run(Command::new(bin())
         .args(["finetune", "classify", "--base", model, "--json"])
@@ -244,7 +249,7 @@ fn classify(rows: &[Row], model: &str, dir: &Path) {
         .arg(dir.join("dev.jsonl"))
         .args(["--epochs", &epochs.to_string()])
         .args(["--batch-size", &env_or("FT_BATCH", 16usize).to_string()])
-        .args(["--lr", &env_or("FT_LR", 5e-5f64).to_string()])
+        .args(["--lr", &env_or("FT_LR", 1e-4f64).to_string()])
         .args(["--max-len", &env_or("FT_MAX_LEN", 256usize).to_string()])
         .arg("--out")
         .arg(&out));
@@ -443,7 +448,7 @@ fn retrieval(rows: &[Row], model: &str, dir: &Path) {
         .args(["--lr", &env_or("FT_LR_RETRIEVAL", 2e-5f64).to_string()])
         .args([
             "--max-len",
-            &env_or("FT_MAX_LEN_RETRIEVAL", 256usize).to_string(),
+            &env_or("FT_MAX_LEN_RETRIEVAL", 128usize).to_string(),
         ])
         .arg("--out")
         .arg(&out));
