@@ -3,7 +3,16 @@ use clinsearch::model::{Encoder, EncoderOptions};
 use std::time::Instant;
 fn main() {
     clinsearch::model::tune_allocator();
-    let enc = Encoder::load("models/all-MiniLM-L6-v2", &EncoderOptions::default()).unwrap();
+    // INT8=1: int8 dense layers (--dtype int8).
+    let int8 = std::env::var("INT8").is_ok_and(|v| v == "1");
+    let enc = Encoder::load(
+        "models/all-MiniLM-L6-v2",
+        &EncoderOptions {
+            int8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let base = "The patient is a 67-year-old male with a history of coronary artery disease, hypertension and type 2 diabetes who presents with two days of progressive shortness of breath, orthopnea and bilateral leg swelling. He was started on intravenous furosemide and his symptoms improved overnight with a net negative fluid balance";
     // REPEAT=n repeats the base text n times (longer sequences).
     let repeat: usize = std::env::var("REPEAT")
@@ -30,7 +39,8 @@ fn main() {
         .map(|e| e.ids.len())
         .unwrap_or(0);
     eprintln!(
-        "batch 32 x ~{toks} tokens: {:.1} ms/batch, {:.1} emb/s",
+        "{}: batch 32 x ~{toks} tokens: {:.1} ms/batch, {:.1} emb/s",
+        enc.info().dtype,
         per * 1e3,
         32.0 / per
     );

@@ -60,6 +60,28 @@ impl Linear {
         })
     }
 
+    /// Several layers over the same input as one (outputs side by side), packed for our
+    /// AVX-512 kernel.
+    fn fused(parts: &[&Linear]) -> Result<Linear> {
+        let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
+        let bias = parts
+            .iter()
+            .map(|l| l.bias.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|b| Tensor::cat(&b, 0))
+            .transpose()?;
+        let (n, k) = weight.dims2()?;
+        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+        let packed = super::kernels::PackedWeights::pack(&flat, n, k);
+        let bias_vec = bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+        Ok(Linear {
+            weight,
+            bias,
+            packed: Some(std::sync::Arc::new((packed, bias_vec))),
+            int8: None,
+        })
+    }
+
     /// Quantises the weight for the int8 kernel and drops the f32 packed copy. `act` is the
     /// expected magnitude of each input feature when it can be told from the weights (see
     /// [`BertModel::quantize_int8`]): the smoothing then moves the range of large input
@@ -309,6 +331,9 @@ struct Embeddings {
 
 #[derive(Debug, Clone)]
 struct Layer {
+    /// Query, key and value as one `[3h, h]` layer for the CPU inference kernels (one pass
+    /// over the input, one copy, one quantisation instead of three); None elsewhere.
+    qkv: Option<Linear>,
     query: Linear,
     key: Linear,
     value: Linear,
@@ -358,6 +383,7 @@ impl BertModel {
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
+                qkv: None,
                 query: Linear::load(w, &format!("{p}.attention.self.query"), h, h, dtype, device)?,
                 key: Linear::load(w, &format!("{p}.attention.self.key"), h, h, dtype, device)?,
                 value: Linear::load(w, &format!("{p}.attention.self.value"), h, h, dtype, device)?,
@@ -403,6 +429,11 @@ impl BertModel {
                 )?,
             });
         }
+        if device.is_cpu() && dtype == DType::F32 && super::kernels::has_avx512() {
+            for l in &mut layers {
+                l.qkv = Some(Linear::fused(&[&l.query, &l.key, &l.value])?);
+            }
+        }
         Ok(BertModel {
             embeddings,
             layers,
@@ -433,6 +464,9 @@ impl BertModel {
             l.query.quantize_int8(Some(&prev))?;
             l.key.quantize_int8(Some(&prev))?;
             l.value.quantize_int8(Some(&prev))?;
+            if let Some(qkv) = l.qkv.as_mut() {
+                qkv.quantize_int8(Some(&prev))?;
+            }
             l.attn_out.quantize_int8(None)?;
             l.intermediate.quantize_int8(Some(&inner))?;
             l.output.quantize_int8(None)?;
@@ -517,6 +551,7 @@ impl BertModel {
             )));
         }
         for l in self.layers.iter_mut().skip(freeze_layers) {
+            l.qkv = None;
             for lin in [
                 &mut l.query,
                 &mut l.key,
@@ -620,6 +655,33 @@ impl BertModel {
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
                 y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
             };
+            let fused = match (&mask_vec, &layer.qkv) {
+                (Some(m), Some(qkv)) if !x.track_op() => Some((m, qkv)),
+                _ => None,
+            };
+            if let Some((m, qkv)) = fused {
+                // One projection for query, key and value; attention reads its columns.
+                let h = c.hidden_size;
+                let all = qkv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+                let out = super::kernels::attention_strided(
+                    &all,
+                    &all[h..],
+                    &all[2 * h..],
+                    3 * h,
+                    m,
+                    b,
+                    t,
+                    heads,
+                    hd,
+                );
+                let ctx = Tensor::from_vec(out, (b, t, h), &self.device)?;
+                let attn_out = drop(layer.attn_out.forward(&ctx)?, |d| d.hidden)?;
+                let attn = layer.attn_norm.forward(&(attn_out + &x)?)?;
+                let inter = activate(c.hidden_act, &layer.intermediate.forward(&attn)?)?;
+                let out = drop(layer.output.forward(&inter)?, |d| d.hidden)?;
+                x = layer.out_norm.forward(&(out + &attn)?)?;
+                continue;
+            }
             let (q, k, v) = (
                 layer.query.forward(&x)?,
                 layer.key.forward(&x)?,
