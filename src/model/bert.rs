@@ -464,9 +464,10 @@ impl BertModel {
             l.query.quantize_int8(Some(&prev))?;
             l.key.quantize_int8(Some(&prev))?;
             l.value.quantize_int8(Some(&prev))?;
-            if let Some(qkv) = l.qkv.as_mut() {
-                qkv.quantize_int8(Some(&prev))?;
-            }
+            // Separate int8 projections, each smoothed by its own weights: fused, the shared
+            // smoothing lowered the cosine to f32 (lowest 0.9987 against 0.9990) for no
+            // measurable speed.
+            l.qkv = None;
             l.attn_out.quantize_int8(None)?;
             l.intermediate.quantize_int8(Some(&inner))?;
             l.output.quantize_int8(None)?;

@@ -762,7 +762,9 @@ pub fn attention_strided(
         unsafe {
             match level {
                 #[cfg(target_arch = "x86_64")]
-                2 if hd % 16 == 0 => attention_tiled_avx512(q, k, v, mask, bi, head, t, h, ld, hd, p.0),
+                2 if hd.is_multiple_of(16) => {
+                    attention_tiled_avx512(q, k, v, mask, bi, head, t, h, ld, hd, p.0)
+                }
                 #[cfg(target_arch = "x86_64")]
                 2 => attention_avx512(q, k, v, mask, bi, head, t, h, ld, hd, p.0),
                 #[cfg(target_arch = "x86_64")]
@@ -889,10 +891,14 @@ unsafe fn attention_tiled_avx512(
     let mut i = 0;
     while i < t {
         if t - i >= 8 {
-            attention_rows::<8>(q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out);
+            attention_rows::<8>(
+                q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out,
+            );
             i += 8;
         } else {
-            attention_rows::<1>(q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out);
+            attention_rows::<1>(
+                q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out,
+            );
             i += 1;
         }
     }
@@ -1011,10 +1017,20 @@ mod attention_tests {
         for row in 0..b * t {
             fused[row * 3 * h..row * 3 * h + h].copy_from_slice(&q[row * h..(row + 1) * h]);
             fused[row * 3 * h + h..row * 3 * h + 2 * h].copy_from_slice(&k[row * h..(row + 1) * h]);
-            fused[row * 3 * h + 2 * h..(row + 1) * 3 * h].copy_from_slice(&v[row * h..(row + 1) * h]);
+            fused[row * 3 * h + 2 * h..(row + 1) * 3 * h]
+                .copy_from_slice(&v[row * h..(row + 1) * h]);
         }
-        let strided =
-            attention_strided(&fused, &fused[h..], &fused[2 * h..], 3 * h, &mask, b, t, heads, hd);
+        let strided = attention_strided(
+            &fused,
+            &fused[h..],
+            &fused[2 * h..],
+            3 * h,
+            &mask,
+            b,
+            t,
+            heads,
+            hd,
+        );
         assert_eq!(strided, got, "t{t} hd{hd}: strided inputs");
         for bi in 0..b {
             for head in 0..heads {

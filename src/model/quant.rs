@@ -222,7 +222,10 @@ unsafe fn quantize_group_avx512(part: &[f32], lo: f32, inv: f32, out: &mut [u8])
         let v = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vlo), vinv);
         // Round to nearest (the default rounding mode), clamp, narrow to bytes.
         let q = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), zero), max);
-        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(i) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
         i += 16;
     }
     for (o, v) in out[i..].iter_mut().zip(chunks.remainder()) {
