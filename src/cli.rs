@@ -325,7 +325,7 @@ pub struct ServeArgs {
     /// cpu, cuda[:N] or metal [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
-    /// f32, f16 or bf16 [default: f32].
+    /// f32, f16, bf16 or int8 (int8 dense layers, CPU with AVX-512 VNNI) [default: f32].
     #[arg(long)]
     pub dtype: Option<String>,
     /// Sequences per forward pass when ingesting [default: 32].
@@ -400,7 +400,7 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// f32, f16 or bf16.
+    /// f32, f16, bf16 or int8 (int8 dense layers, CPU with AVX-512 VNNI).
     #[arg(long, env = "CLINSEARCH_DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Tokens per window including [CLS]/[SEP] (default: the model's limit).
