@@ -536,27 +536,38 @@ pub fn linear_packed(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]
     assert_eq!(x.len(), m * k);
     let panels = n.div_ceil(NR);
     let mut out = vec![0f32; m * n];
-    // Each task owns a contiguous range of panels and writes its columns of `out`, which
-    // never overlap between tasks.
+    for_each_panel(panels, &mut out, |p, out| {
+        let panel = &w.data[p * k * NR..(p + 1) * k * NR];
+        let cols = (n - p * NR).min(NR);
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(MR);
+            // SAFETY: AVX-512 is present (asserted above); the tile writes rows i..i+rows
+            // and columns p*NR..p*NR+cols of `out`, inside its bounds: its own panel's.
+            unsafe {
+                tile_avx512(x, i, rows, k, panel, out, n, p * NR, cols, bias);
+            }
+            i += rows;
+        }
+    });
+    out
+}
+
+/// Runs `panel(p, out)` for every output panel `p` in `0..panels`, the panels split into one
+/// contiguous range per thread of the pool. Each call must write only its own panel's
+/// columns of `out` (which is what makes sharing the pointer sound).
+pub(crate) fn for_each_panel(
+    panels: usize,
+    out: &mut [f32],
+    panel: impl Fn(usize, *mut f32) + Sync,
+) {
     let out_ptr = SendPtr(out.as_mut_ptr());
     let tasks = rayon::current_num_threads().min(panels).max(1);
     let per = panels.div_ceil(tasks);
     let work = |t: usize| {
         let ptr = out_ptr;
         for p in t * per..((t + 1) * per).min(panels) {
-            let panel = &w.data[p * k * NR..(p + 1) * k * NR];
-            let cols = (n - p * NR).min(NR);
-            let mut i = 0;
-            while i < m {
-                let rows = (m - i).min(MR);
-                // SAFETY: AVX-512 is present (asserted above); the tile writes rows
-                // i..i+rows and columns p*NR..p*NR+cols of `out`, inside its bounds and
-                // disjoint from every other task's panels.
-                unsafe {
-                    tile_avx512(x, i, rows, k, panel, ptr.0, n, p * NR, cols, bias);
-                }
-                i += rows;
-            }
+            panel(p, ptr.0);
         }
     };
     if tasks > 1 {
@@ -565,12 +576,11 @@ pub fn linear_packed(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]
     } else {
         work(0);
     }
-    out
 }
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (see `linear_packed`).
+// SAFETY: tasks write disjoint regions (see `for_each_panel` and `attention`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 

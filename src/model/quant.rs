@@ -233,12 +233,6 @@ unsafe fn quantize_group_avx512(part: &[f32], lo: f32, inv: f32, out: &mut [u8])
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see `linear_i8`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// `x` `[m, k]` times the quantised weights' transpose, plus `bias`: `[m, n]` row-major.
 /// Panics without VNNI (check [`has_vnni`]).
 pub fn linear_i8(x: &[f32], m: usize, w: &PackedI8, bias: Option<&[f32]>) -> Vec<f32> {
@@ -248,39 +242,27 @@ pub fn linear_i8(x: &[f32], m: usize, w: &PackedI8, bias: Option<&[f32]>) -> Vec
     let (q, sx, mins) = quantize_rows(x, m, k, k4, w.inv_smooth.as_deref());
     let panels = n.div_ceil(NR);
     let mut out = vec![0f32; m * n];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let tasks = rayon::current_num_threads().min(panels).max(1);
-    let per = panels.div_ceil(tasks);
-    let work = |t: usize| {
-        let ptr = out_ptr;
-        for p in t * per..((t + 1) * per).min(panels) {
-            let panel = &w.data[p * k4 * NR..(p + 1) * k4 * NR];
-            let cols = (n - p * NR).min(NR);
-            let mut i = 0;
-            while i < m {
-                let rows = (m - i).min(MR);
-                let tile = Tile {
-                    q: &q,
-                    k4,
-                    i0: i,
-                    panel,
-                    j0: p * NR,
-                    cols,
-                    n,
-                };
-                // SAFETY: VNNI is present (asserted above); the tile writes rows i..i+rows and
-                // columns p*NR..p*NR+cols of `out`, disjoint from every other task's panels.
-                unsafe { tile_i8(&tile, rows, ptr.0, &sx, &mins, w, bias) };
-                i += rows;
-            }
+    super::kernels::for_each_panel(panels, &mut out, |p, out| {
+        let panel = &w.data[p * k4 * NR..(p + 1) * k4 * NR];
+        let cols = (n - p * NR).min(NR);
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(MR);
+            let tile = Tile {
+                q: &q,
+                k4,
+                i0: i,
+                panel,
+                j0: p * NR,
+                cols,
+                n,
+            };
+            // SAFETY: VNNI is present (asserted above); the tile writes rows i..i+rows and
+            // columns p*NR..p*NR+cols of `out`: its own panel's.
+            unsafe { tile_i8(&tile, rows, out, &sx, &mins, w, bias) };
+            i += rows;
         }
-    };
-    if tasks > 1 {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(work);
-    } else {
-        work(0);
-    }
+    });
     out
 }
 
