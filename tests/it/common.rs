@@ -65,3 +65,22 @@ pub fn default_model() -> PathBuf {
     );
     dir
 }
+
+/// Whether `python3` can import `modules` (comma-separated). When it cannot: a panic naming
+/// `install` if the run requires the test dependencies (`make test` sets
+/// CLINSEARCH_REQUIRE_TEST_DEPS), otherwise a SKIPPED message naming `what` and false.
+pub fn python_has(modules: &str, what: &str, install: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("CLINSEARCH_REQUIRE_TEST_DEPS").is_some() {
+            panic!("python3 with {modules} is required ({install}; make test does)");
+        }
+        eprintln!(
+            "SKIPPED: {what} needs python3 with {modules} ({install}; make test installs it)"
+        );
+    }
+    ok
+}

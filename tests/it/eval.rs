@@ -17,15 +17,11 @@ use crate::server::shared;
 /// pytrec_eval's scores for a run file, or None (with a message) when it is not installed
 /// and the run does not require it.
 fn reference(qrels: &Path, run: &Path, ks: &[usize]) -> Option<Value> {
-    let ok = Command::new("python3")
-        .args(["-c", "import pytrec_eval"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CLINSEARCH_REQUIRE_TEST_DEPS").is_some() {
-            panic!("python3 with pytrec_eval is required (pip install pytrec_eval-terrier; make test does)");
-        }
-        eprintln!("SKIPPED: the pytrec_eval comparison needs `pip install pytrec_eval-terrier` (make test installs it)");
+    if !python_has(
+        "pytrec_eval",
+        "the pytrec_eval comparison",
+        "pip install pytrec_eval-terrier",
+    ) {
         return None;
     }
     let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();

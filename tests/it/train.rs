@@ -580,15 +580,11 @@ fn bad_retrieval_input_is_refused_before_training() {
 /// sentence-transformers (retrieval) and give clinsearch's outputs.
 #[test]
 fn python_transformers_and_sentence_transformers_load_the_output_with_the_same_outputs() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import torch, transformers, sentence_transformers"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CLINSEARCH_REQUIRE_TEST_DEPS").is_some() {
-            panic!("python3 with torch, transformers and sentence-transformers is required (make test installs them)");
-        }
-        eprintln!("SKIPPED: the Python comparison needs torch, transformers and sentence-transformers (make test installs them)");
+    if !python_has(
+        "torch, transformers, sentence_transformers",
+        "the Python comparison",
+        "pip install torch transformers sentence-transformers",
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
