@@ -8,7 +8,8 @@
 //!
 //! Environment: `BENCH_MODEL` (default models/all-MiniLM-L6-v2), `BENCH_SEQS` ("128,256"),
 //! `BENCH_BATCHES` ("1,8,32"), `BENCH_TEXTS` (64), `BENCH_DTYPES` ("f32,int8"), `BENCH_PEER=0`
-//! to skip PyTorch.
+//! to skip PyTorch, `BENCH_DEVICE` (cpu; `cuda` in a build with that feature: both sides on
+//! the GPU, PyTorch in each dtype asked for, default dtypes f32,f16, no % of peak).
 //!
 //! Also printed: each reduced-precision variant's cosine to the f32 embeddings of the same
 //! texts (minimum and median), one short query's latency, and the machine's f32 peak: the
@@ -19,7 +20,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use clinsearch::model::{parse_precision, tune_allocator, Encoder, EncoderOptions, WindowConfig};
+use clinsearch::model::{
+    parse_device, parse_precision, tune_allocator, Encoder, EncoderOptions, WindowConfig,
+};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -81,7 +84,10 @@ fn main() {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-    let dtypes = env_list("BENCH_DTYPES", "f32,int8");
+    let device_spec = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = parse_device(&device_spec).expect("BENCH_DEVICE");
+    let on_cpu = device.is_cpu();
+    let dtypes = env_list("BENCH_DTYPES", if on_cpu { "f32,int8" } else { "f32,f16" });
     let repeats: usize = std::env::var("BENCH_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -112,6 +118,7 @@ fn main() {
                     batch_size: batch,
                     dtype: parse_precision(dtype).unwrap().0,
                     int8: parse_precision(dtype).unwrap().1,
+                    device: device.clone(),
                     ..Default::default()
                 };
                 let enc = Encoder::load(&model, &opts).expect("load the model (make model)");
@@ -182,7 +189,7 @@ fn main() {
     }
 
     // The peer, on the same texts.
-    let mut peer: Vec<(usize, usize, f64)> = vec![];
+    let mut peer: Vec<(usize, usize, String, f64)> = vec![];
     if std::env::var("BENCH_PEER")
         .map(|v| v != "0")
         .unwrap_or(true)
@@ -199,12 +206,14 @@ fn main() {
         };
         let out = Command::new("python3")
             .args([
-                &script,
+                script.as_str(),
                 &model,
                 tmp.to_str().unwrap(),
                 &join(&seqs),
                 &join(&batches),
                 &repeats.to_string(),
+                if on_cpu { "cpu" } else { "cuda" },
+                &dtypes.join(","),
             ])
             .output();
         let _ = std::fs::remove_file(&tmp);
@@ -215,6 +224,7 @@ fn main() {
                         peer.push((
                             v["seq"].as_u64().unwrap() as usize,
                             v["batch"].as_u64().unwrap() as usize,
+                            v["dtype"].as_str().unwrap_or("f32").to_string(),
                             v["emb_per_s"].as_f64().unwrap(),
                         ));
                     }
@@ -231,39 +241,65 @@ fn main() {
         }
     }
 
-    let (nominal, measured, threads, mhz) = peak_gflops();
+    let measured = if on_cpu {
+        let (nominal, measured, threads, mhz) = peak_gflops();
+        println!(
+            "\nf32 peak: nominal {nominal:.0} GFLOP/s ({threads} threads x 16 lanes x 2 FMA units x 2 flops x {mhz:.0} MHz); measured {measured:.0} GFLOP/s (independent AVX-512 FMAs on {threads} threads)"
+        );
+        measured
+    } else {
+        f64::NAN
+    };
+    let peer_name = |dtype: &str| {
+        if on_cpu {
+            "pytorch (2 threads)".to_string()
+        } else {
+            format!("pytorch {device_spec} {dtype}")
+        }
+    };
     println!(
-        "\nf32 peak: nominal {nominal:.0} GFLOP/s ({threads} threads x 16 lanes x 2 FMA units x 2 flops x {mhz:.0} MHz); measured {measured:.0} GFLOP/s (independent AVX-512 FMAs on {threads} threads)"
+        "\nEmbedding throughput, {source}, model {model}, {device_spec}, median of {repeats} runs"
     );
-    println!("\nEmbedding throughput, {source}, model {model}, CPU, median of {repeats} runs");
     println!(
         "{:<22} {:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>7}",
         "variant", "seq", "batch", "tokens/s", "emb/s", "vs torch", "GFLOP/s", "% peak"
     );
     let (h, inter, layers) = dims;
-    for (seq, batch, eps) in &peer {
+    let pct = |gf: f64| {
+        if measured.is_finite() {
+            format!("{:.0}%", 100.0 * gf / measured)
+        } else {
+            "-".into()
+        }
+    };
+    for (seq, batch, dtype, eps) in &peer {
         let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>6.0}%",
-            "pytorch (2 threads)",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>7}",
+            peer_name(dtype),
             seq,
             batch,
             eps * *seq as f64,
             eps,
             "1.00x",
             gf,
-            100.0 * gf / measured
+            pct(gf)
         );
     }
     for (variant, seq, batch, eps) in &rows {
-        let ratio = peer
-            .iter()
-            .find(|(s, b, _)| s == seq && b == batch)
-            .map(|(_, _, p)| format!("{:.2}x", eps / p))
+        // Against PyTorch in the same dtype where it ran one (on a GPU), else its f32.
+        let dtype = variant.rsplit(' ').next().unwrap_or("f32");
+        let find = |d: &str| {
+            peer.iter()
+                .find(|(s, b, pd, _)| s == seq && b == batch && pd == d)
+        };
+        let ratio = find(dtype)
+            .or_else(|| find("f32"))
+            .map(|(_, _, _, p)| format!("{:.2}x", eps / p))
             .unwrap_or_else(|| "-".into());
         let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>6.0}%",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>7}",
             variant,
             seq,
             batch,
@@ -271,7 +307,7 @@ fn main() {
             eps,
             ratio,
             gf,
-            100.0 * gf / measured
+            pct(gf)
         );
     }
     println!("(GFLOP/s counts the model's multiply-adds x 2 whatever the precision: for int8 it is an f32-equivalent rate.)");

@@ -13,33 +13,52 @@ fn opts(pooling: Pooling) -> EncoderOptions {
     }
 }
 
-/// Hidden states, pooled embeddings (mean and CLS) and MLM top-5 of a fixture agree with
-/// transformers to 1e-4.
 fn check_against_transformers(model_dir: &str, golden_name: &str) {
+    check_against_transformers_on(model_dir, golden_name, &candle_core::Device::Cpu, 1e-4);
+}
+
+/// Hidden states, pooled embeddings (mean and CLS) and MLM top-5 of a fixture computed on
+/// `device` agree with transformers to `tol`.
+pub(crate) fn check_against_transformers_on(
+    model_dir: &str,
+    golden_name: &str,
+    device: &candle_core::Device,
+    tol: f32,
+) {
     let dir = fixture(model_dir);
     let g = golden(golden_name);
-    let mean = load(&dir, opts(Pooling::Mean));
-    let cls = load(&dir, opts(Pooling::Cls));
+    let on = |pooling| EncoderOptions {
+        device: device.clone(),
+        ..opts(pooling)
+    };
+    let mean = load(&dir, on(Pooling::Mean));
+    let cls = load(&dir, on(Pooling::Cls));
     for case in g["embeddings"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let (ids, hidden) = mean.hidden_states(text).unwrap();
         assert_eq!(ids, ints(&case["input_ids"]), "token ids of {text:?}");
-        let hidden: Vec<f32> = hidden.flatten_all().unwrap().to_vec1().unwrap();
+        let hidden: Vec<f32> = hidden
+            .flatten_all()
+            .unwrap()
+            .to_device(&candle_core::Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let d = max_abs_diff(&hidden, &floats(&case["last_hidden_state"]));
         assert!(
-            d < 1e-4,
+            d < tol,
             "{model_dir}: hidden states of {text:?} differ by {d}"
         );
         let m = &mean.embed(&[text]).unwrap()[0];
         let d = max_abs_diff(m, &floats(&case["mean"]));
         assert!(
-            d < 1e-4,
+            d < tol,
             "{model_dir}: mean embedding of {text:?} differs by {d}"
         );
         let c = &cls.embed(&[text]).unwrap()[0];
         let d = max_abs_diff(c, &floats(&case["cls"]));
         assert!(
-            d < 1e-4,
+            d < tol,
             "{model_dir}: CLS embedding of {text:?} differs by {d}"
         );
     }
@@ -58,7 +77,7 @@ fn check_against_transformers(model_dir: &str, golden_name: &str) {
             assert_eq!(ids, ints(&want["ids"]), "top-5 ids for {text:?}");
             let probs: Vec<f32> = p.candidates.iter().map(|c| c.score).collect();
             let d = max_abs_diff(&probs, &floats(&want["probs"]));
-            assert!(d < 1e-4, "top-5 probabilities for {text:?} differ by {d}");
+            assert!(d < tol, "top-5 probabilities for {text:?} differ by {d}");
         }
     }
 }

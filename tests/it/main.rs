@@ -3,10 +3,12 @@
 mod browser;
 mod common;
 mod crash;
-mod encoder;
+pub(crate) mod encoder;
 mod eval;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod gpu;
 mod hub;
 mod ingest;
 mod sample_corpus;
 mod server;
-mod train;
+pub(crate) mod train;

@@ -44,7 +44,7 @@ const PULM: &[&str] = &[
     "pneumonia fever cough",
 ];
 
-fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
+pub(crate) fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(path, text).unwrap();
 }
@@ -70,7 +70,7 @@ fn quick_options(epochs: usize) -> TrainOptions {
     }
 }
 
-fn classify_args(dir: &Path, epochs: usize) -> ClassifyArgs {
+pub(crate) fn classify_args(dir: &Path, epochs: usize) -> ClassifyArgs {
     std::fs::create_dir_all(dir).unwrap();
     let train = dir.join("train.jsonl");
     if !train.exists() {
@@ -89,7 +89,7 @@ fn classify_args(dir: &Path, epochs: usize) -> ClassifyArgs {
     }
 }
 
-fn quiet(_: &TrainEvent) {}
+pub(crate) fn quiet(_: &TrainEvent) {}
 
 /// The trap this guards against: candle's fused LayerNorm and softmax have no backward pass,
 /// so a stock BERT trains only the head on top. Here every encoder tensor of the checkpoint
@@ -439,7 +439,7 @@ fn resuming_onto_a_different_base_model_is_refused() {
     assert!(err.contains("classify checkpoint, not retrieval"), "{err}");
 }
 
-fn pair_rows() -> Vec<serde_json::Value> {
+pub(crate) fn pair_rows() -> Vec<serde_json::Value> {
     let pairs = [
         ("afib", "atrial fibrillation on warfarin and metoprolol"),
         ("copd", "copd with cough on albuterol"),
@@ -469,7 +469,7 @@ fn pair_rows() -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn retrieval_args(dir: &Path, pairs: &Path, epochs: usize) -> RetrievalArgs {
+pub(crate) fn retrieval_args(dir: &Path, pairs: &Path, epochs: usize) -> RetrievalArgs {
     RetrievalArgs {
         base: tiny(),
         pairs: pairs.to_path_buf(),
