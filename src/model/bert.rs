@@ -161,6 +161,39 @@ impl Linear {
         y.reshape(out_dims)
     }
 
+    /// Whether [`Self::forward_slice`] has a kernel for this layer.
+    fn has_kernel(&self) -> bool {
+        self.int8.is_some() || self.packed.is_some()
+    }
+
+    /// `x` `[rows, in]` through our CPU kernels (int8 when quantised, else packed f32), with
+    /// `epi` applied to the outputs; None when neither kernel applies (see `has_kernel`).
+    fn forward_slice(
+        &self,
+        x: &[f32],
+        rows: usize,
+        epi: super::kernels::Epilogue,
+    ) -> Option<Vec<f32>> {
+        if let Some(q) = &self.int8 {
+            let (qw, bias) = &**q;
+            return Some(super::quant::linear_i8_with(
+                x,
+                rows,
+                qw,
+                bias.as_deref(),
+                epi,
+            ));
+        }
+        let (pw, bias) = &**self.packed.as_ref()?;
+        Some(super::kernels::linear_packed_with(
+            x,
+            rows,
+            pw,
+            bias.as_deref(),
+            epi,
+        ))
+    }
+
     /// A few rows (a short query) on the CPU in f32, outside autograd: our dot-product kernel
     /// instead of the GEMM (see [`super::kernels`]). None when the case does not apply.
     fn few_rows(
@@ -346,6 +379,96 @@ struct Embeddings {
     position: Tensor,
     token_type: Tensor,
     norm: LayerNorm,
+}
+
+impl Layer {
+    /// Whether every dense layer has a CPU kernel, so that [`Self::forward_fast`] applies.
+    fn fast_ready(&self) -> bool {
+        let qkv = match &self.qkv {
+            Some(l) => l.has_kernel(),
+            None => [&self.query, &self.key, &self.value]
+                .iter()
+                .all(|l| l.has_kernel()),
+        };
+        qkv && [&self.attn_out, &self.intermediate, &self.output]
+            .iter()
+            .all(|l| l.has_kernel())
+    }
+
+    /// One layer of CPU inference on plain buffers: the hidden state `x` `[b * t, h]` never
+    /// becomes a tensor, the residual adds and BERT's GELU run inside the dense kernels'
+    /// output tiles, and the LayerNorms run in place. Before this, each layer made four
+    /// tensor round trips (a copy each for GELU and the two residual adds, an allocation for
+    /// each LayerNorm).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_fast(
+        &self,
+        x: Vec<f32>,
+        mask: &[f32],
+        b: usize,
+        t: usize,
+        heads: usize,
+        hd: usize,
+        act: Activation,
+    ) -> candle_core::Result<Vec<f32>> {
+        use super::kernels::{attention, attention_strided, layer_norm_rows_inplace, Epilogue};
+        let (h, rows) = (heads * hd, b * t);
+        let missing = || candle_core::Error::Msg("layer without a CPU kernel".into());
+        let ctx = match &self.qkv {
+            Some(qkv) => {
+                let all = qkv
+                    .forward_slice(&x, rows, Epilogue::None)
+                    .ok_or_else(missing)?;
+                attention_strided(&all, &all[h..], &all[2 * h..], 3 * h, mask, b, t, heads, hd)
+            }
+            None => {
+                let run = |l: &Linear| {
+                    l.forward_slice(&x, rows, Epilogue::None)
+                        .ok_or_else(missing)
+                };
+                attention(
+                    &run(&self.query)?,
+                    &run(&self.key)?,
+                    &run(&self.value)?,
+                    mask,
+                    b,
+                    t,
+                    heads,
+                    hd,
+                )
+            }
+        };
+        let mut attn = self
+            .attn_out
+            .forward_slice(&ctx, rows, Epilogue::Residual(&x))
+            .ok_or_else(missing)?;
+        drop((x, ctx));
+        let norm = |v: &mut Vec<f32>, n: &LayerNorm| -> candle_core::Result<()> {
+            let (g, bt) = (n.weight.to_vec1::<f32>()?, n.bias.to_vec1::<f32>()?);
+            layer_norm_rows_inplace(v, h, &g, &bt, n.eps as f32);
+            Ok(())
+        };
+        norm(&mut attn, &self.attn_norm)?;
+        let inter = match act {
+            Activation::Gelu => self.intermediate.forward_slice(&attn, rows, Epilogue::Gelu),
+            _ => self.intermediate.forward_slice(&attn, rows, Epilogue::None),
+        }
+        .ok_or_else(missing)?;
+        let inter = if matches!(act, Activation::Gelu) {
+            inter
+        } else {
+            let n = inter.len() / rows;
+            activate(act, &Tensor::from_vec(inter, (rows, n), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+        };
+        let mut out = self
+            .output
+            .forward_slice(&inter, rows, Epilogue::Residual(&attn))
+            .ok_or_else(missing)?;
+        norm(&mut out, &self.out_norm)?;
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -671,38 +794,19 @@ impl BertModel {
         } else {
             None
         };
+        if let Some(m) = &mask_vec {
+            if !x.track_op() && self.layers.iter().all(Layer::fast_ready) {
+                let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+                for layer in &self.layers {
+                    xs = layer.forward_fast(xs, m, b, t, heads, hd, c.hidden_act)?;
+                }
+                return Ok(Tensor::from_vec(xs, (b, t, c.hidden_size), &self.device)?);
+            }
+        }
         for layer in &self.layers {
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
                 y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
             };
-            let fused = match (&mask_vec, &layer.qkv) {
-                (Some(m), Some(qkv)) if !x.track_op() => Some((m, qkv)),
-                _ => None,
-            };
-            if let Some((m, qkv)) = fused {
-                // One projection for query, key and value; attention reads its columns.
-                let h = c.hidden_size;
-                let out = with_f32_slice(&qkv.forward(&x)?, |all| {
-                    super::kernels::attention_strided(
-                        all,
-                        &all[h..],
-                        &all[2 * h..],
-                        3 * h,
-                        m,
-                        b,
-                        t,
-                        heads,
-                        hd,
-                    )
-                })?;
-                let ctx = Tensor::from_vec(out, (b, t, h), &self.device)?;
-                let attn_out = drop(layer.attn_out.forward(&ctx)?, |d| d.hidden)?;
-                let attn = layer.attn_norm.forward(&(attn_out + &x)?)?;
-                let inter = activate(c.hidden_act, &layer.intermediate.forward(&attn)?)?;
-                let out = drop(layer.output.forward(&inter)?, |d| d.hidden)?;
-                x = layer.out_norm.forward(&(out + &attn)?)?;
-                continue;
-            }
             let (q, k, v) = (
                 layer.query.forward(&x)?,
                 layer.key.forward(&x)?,

@@ -528,128 +528,209 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// Floats of `x` per block of rows (128 KB): the block stays in L2 (2 MB per core here) while
+/// every panel of the thread streams past it. Without blocking, `x` (7 to 27 MB for a batch
+/// of 32 windows) was read again from L3 for each of the layer's panels: blocking took the
+/// kernel from 179-266 to 255-271 GFLOP/s on MiniLM's shapes (examples/probe_gemm; 16K, 96K
+/// and 192K floats measured within noise of this or below it). Packing the block's rows so
+/// that the broadcasts read consecutive floats was slower: each thread re-packs all of `x`.
+const A_BLOCK: usize = 32 * 1024;
+
+/// What a dense kernel does to each output tile after the bias, while the tile is still in
+/// registers or L1: a separate pass over a `[m, n]` buffer costs a read and a write of it
+/// from memory (27 MB for a batch's FFN activations).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Epilogue<'a> {
+    #[default]
+    None,
+    /// BERT's GELU (erf form).
+    Gelu,
+    /// Adds a `[m, n]` residual (the sub-layer's input).
+    Residual(&'a [f32]),
+}
+
 /// `x` `[m, k]` times the packed weights' transpose, plus `bias`: `[m, n]` row-major.
 /// Panels are split across the thread pool. Panics without AVX-512 (check [`has_avx512`]).
 pub fn linear_packed(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
+    linear_packed_with(x, m, w, bias, Epilogue::None)
+}
+
+/// [`linear_packed`] followed by `epi` on each output.
+pub fn linear_packed_with(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epi: Epilogue,
+) -> Vec<f32> {
     assert!(has_avx512(), "linear_packed needs AVX-512");
     let (n, k) = (w.n, w.k);
     assert_eq!(x.len(), m * k);
+    if let Epilogue::Residual(r) = epi {
+        assert_eq!(r.len(), m * n, "residual shape");
+    }
     let panels = n.div_ceil(NR);
-    let mut out = vec![0f32; m * n];
-    for_each_panel(panels, &mut out, |p, out| {
-        let panel = &w.data[p * k * NR..(p + 1) * k * NR];
-        let cols = (n - p * NR).min(NR);
-        let mut i = 0;
-        while i < m {
-            let rows = (m - i).min(MR);
-            // SAFETY: AVX-512 is present (asserted above); the tile writes rows i..i+rows
-            // and columns p*NR..p*NR+cols of `out`, inside its bounds: its own panel's.
-            unsafe {
-                tile_avx512(x, i, rows, k, panel, out, n, p * NR, cols, bias);
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // Rows per block of `x`, a multiple of the tile height.
+    let mc = ((A_BLOCK / k.max(1)) / MR).max(1) * MR;
+    for_each_panel_range(panels, out.as_mut_ptr(), |range, out| {
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(mc);
+            for p in range.clone() {
+                let panel = &w.data[p * k * NR..(p + 1) * k * NR];
+                let cols = (n - p * NR).min(NR);
+                let mut i = i0;
+                while i < i0 + rows {
+                    let at = TileAt {
+                        out,
+                        n,
+                        i0: i,
+                        rows: (i0 + rows - i).min(MR),
+                        j0: p * NR,
+                        cols,
+                    };
+                    // SAFETY: AVX-512 is present (asserted above); the tile reads rows
+                    // i..i+at.rows of x and writes the same rows of its own panel's columns
+                    // p*NR..p*NR+cols of `out`, inside the m x n buffer.
+                    unsafe { tile_avx512(&x[i * k..], k, panel, &at, bias, epi) };
+                    i += at.rows;
+                }
             }
-            i += rows;
+            i0 += rows;
         }
     });
+    // SAFETY: the tiles above wrote every row of every panel's columns: all m x n values.
+    unsafe { out.set_len(m * n) };
     out
 }
 
-/// Runs `panel(p, out)` for every output panel `p` in `0..panels`, the panels split into one
-/// contiguous range per thread of the pool. Each call must write only its own panel's
-/// columns of `out` (which is what makes sharing the pointer sound).
-pub(crate) fn for_each_panel(
+/// Runs `work(range, out)` for the output panels `0..panels` split into one contiguous range
+/// per thread of the pool (a thread packs its block of rows once for all its panels). Each
+/// call must write only its own panels' columns of `out` (which is what makes sharing the
+/// pointer sound); `out` may be a vector's uninitialised capacity that the calls fill.
+pub(crate) fn for_each_panel_range(
     panels: usize,
-    out: &mut [f32],
-    panel: impl Fn(usize, *mut f32) + Sync,
+    out: *mut f32,
+    work: impl Fn(std::ops::Range<usize>, *mut f32) + Sync,
 ) {
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out);
     let tasks = rayon::current_num_threads().min(panels).max(1);
     let per = panels.div_ceil(tasks);
-    let work = |t: usize| {
+    let run = |t: usize| {
         let ptr = out_ptr;
-        for p in t * per..((t + 1) * per).min(panels) {
-            panel(p, ptr.0);
+        let range = t * per..((t + 1) * per).min(panels);
+        if !range.is_empty() {
+            work(range, ptr.0);
         }
     };
     if tasks > 1 {
         use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(work);
+        (0..tasks).into_par_iter().for_each(run);
     } else {
-        work(0);
+        run(0);
     }
 }
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (see `for_each_panel` and `attention`).
+// SAFETY: tasks write disjoint regions (see `for_each_panel_range` and `attention`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512(
-    x: &[f32],
-    i0: usize,
-    rows: usize,
-    k: usize,
-    panel: &[f32],
-    out: *mut f32,
-    n: usize,
-    j0: usize,
-    cols: usize,
-    bias: Option<&[f32]>,
-) {
-    // The row count as a constant: loops unroll and the 16 accumulators stay in registers.
-    match rows {
-        8 => tile_rows::<8>(x, i0, k, panel, out, n, j0, cols, bias),
-        7 => tile_rows::<7>(x, i0, k, panel, out, n, j0, cols, bias),
-        6 => tile_rows::<6>(x, i0, k, panel, out, n, j0, cols, bias),
-        5 => tile_rows::<5>(x, i0, k, panel, out, n, j0, cols, bias),
-        4 => tile_rows::<4>(x, i0, k, panel, out, n, j0, cols, bias),
-        3 => tile_rows::<3>(x, i0, k, panel, out, n, j0, cols, bias),
-        2 => tile_rows::<2>(x, i0, k, panel, out, n, j0, cols, bias),
-        _ => tile_rows::<1>(x, i0, k, panel, out, n, j0, cols, bias),
+/// Where a tile's outputs go: rows `i0..i0 + rows`, columns `j0..j0 + cols` of an `n`-wide
+/// row-major buffer.
+pub(crate) struct TileAt {
+    pub out: *mut f32,
+    pub n: usize,
+    pub i0: usize,
+    pub rows: usize,
+    pub j0: usize,
+    pub cols: usize,
+}
+
+impl TileAt {
+    /// Applies `epi` to row `r` of the tile, just stored (so in L1).
+    ///
+    /// # Safety
+    /// The tile must lie inside the buffer and be written by this thread alone.
+    #[inline(always)]
+    pub(crate) unsafe fn finish_row(&self, r: usize, epi: Epilogue) {
+        let at = (self.i0 + r) * self.n + self.j0;
+        let row = std::slice::from_raw_parts_mut(self.out.add(at), self.cols);
+        match epi {
+            Epilogue::None => {}
+            Epilogue::Gelu => gelu_body(row),
+            Epilogue::Residual(res) => {
+                for (o, x) in row.iter_mut().zip(&res[at..at + self.cols]) {
+                    *o += x;
+                }
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tile_avx512(
+    x: &[f32],
+    k: usize,
+    panel: &[f32],
+    at: &TileAt,
+    bias: Option<&[f32]>,
+    epi: Epilogue,
+) {
+    // The row count as a constant: loops unroll and the accumulators stay in registers.
+    match at.rows {
+        8 => tile_rows::<8>(x, k, panel, at, bias, epi),
+        7 => tile_rows::<7>(x, k, panel, at, bias, epi),
+        6 => tile_rows::<6>(x, k, panel, at, bias, epi),
+        5 => tile_rows::<5>(x, k, panel, at, bias, epi),
+        4 => tile_rows::<4>(x, k, panel, at, bias, epi),
+        3 => tile_rows::<3>(x, k, panel, at, bias, epi),
+        2 => tile_rows::<2>(x, k, panel, at, bias, epi),
+        _ => tile_rows::<1>(x, k, panel, at, bias, epi),
+    }
+}
+
+/// R rows x 32 columns: 2R zmm accumulators; per input, two weight loads and R broadcasts
+/// from the R rows of `x` (which the row blocking keeps in L2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
 #[inline]
 unsafe fn tile_rows<const R: usize>(
     x: &[f32],
-    i0: usize,
     k: usize,
     panel: &[f32],
-    out: *mut f32,
-    n: usize,
-    j0: usize,
-    cols: usize,
+    at: &TileAt,
     bias: Option<&[f32]>,
+    epi: Epilogue,
 ) {
     use std::arch::x86_64::*;
+    debug_assert!(x.len() >= R * k);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let pp = panel.as_ptr();
-    let xp = x.as_ptr().add(i0 * k);
+    let xp = x.as_ptr();
     for kk in 0..k {
         let w0 = _mm512_loadu_ps(pp.add(kk * NR));
         let w1 = _mm512_loadu_ps(pp.add(kk * NR + 16));
-        for (r, a) in acc.iter_mut().enumerate() {
+        for (r, acc) in acc.iter_mut().enumerate() {
             let v = _mm512_set1_ps(*xp.add(r * k + kk));
-            a[0] = _mm512_fmadd_ps(v, w0, a[0]);
-            a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+            acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
         }
     }
+    let (j0, cols) = (at.j0, at.cols);
     let mut b = [0f32; NR];
     if let Some(bias) = bias {
         b[..cols].copy_from_slice(&bias[j0..j0 + cols]);
     }
     let b0 = _mm512_loadu_ps(b.as_ptr());
     let b1 = _mm512_loadu_ps(b.as_ptr().add(16));
-    for (r, a) in acc.iter().enumerate() {
-        let dst = out.add((i0 + r) * n + j0);
-        let v0 = _mm512_add_ps(a[0], b0);
-        let v1 = _mm512_add_ps(a[1], b1);
+    for (r, acc) in acc.iter().enumerate() {
+        let dst = at.out.add((at.i0 + r) * at.n + j0);
+        let v0 = _mm512_add_ps(acc[0], b0);
+        let v1 = _mm512_add_ps(acc[1], b1);
         if cols == NR {
             _mm512_storeu_ps(dst, v0);
             _mm512_storeu_ps(dst.add(16), v1);
@@ -659,24 +740,81 @@ unsafe fn tile_rows<const R: usize>(
             _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v1);
             std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
         }
+        at.finish_row(r, epi);
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[f32],
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: Option<&[f32]>,
-) {
+unsafe fn tile_avx512(_: &[f32], _: usize, _: &[f32], _: &TileAt, _: Option<&[f32]>, _: Epilogue) {
     unreachable!("checked by has_avx512")
+}
+
+/// LayerNorm over each row of `n` values, in place (statistics in f32 like candle's op and
+/// PyTorch's CPU kernel: mean, then the mean of squared deviations).
+pub fn layer_norm_rows_inplace(v: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    use rayon::prelude::*;
+    assert_eq!(gamma.len(), n);
+    assert_eq!(beta.len(), n);
+    let level = simd_level();
+    let run = |rows: &mut [f32]| match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features these functions are compiled with.
+        2 => unsafe { layer_norm_avx512(rows, n, gamma, beta, eps) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { layer_norm_avx2(rows, n, gamma, beta, eps) },
+        _ => layer_norm_body(rows, n, gamma, beta, eps),
+    };
+    let rows_per_task = (1 << 14) / n.max(1) + 1;
+    if v.len() >= 1 << 16 {
+        v.par_chunks_mut(rows_per_task * n).for_each(run);
+    } else {
+        run(v);
+    }
+}
+
+#[inline(always)]
+fn layer_norm_body(v: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    for row in v.chunks_exact_mut(n) {
+        let mut lanes = [0f32; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for (l, x) in lanes.iter_mut().zip(c) {
+                *l += x;
+            }
+        }
+        let mut sum = reduce(lanes);
+        sum += chunks.remainder().iter().sum::<f32>();
+        let mean = sum / n as f32;
+        let mut lanes = [0f32; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for (l, x) in lanes.iter_mut().zip(c) {
+                *l += (x - mean) * (x - mean);
+            }
+        }
+        let mut ss = reduce(lanes);
+        ss += chunks
+            .remainder()
+            .iter()
+            .map(|x| (x - mean) * (x - mean))
+            .sum::<f32>();
+        let inv = 1.0 / (ss / n as f32 + eps).sqrt();
+        for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * inv * g + b;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn layer_norm_avx512(v: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    layer_norm_body(v, n, gamma, beta, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(v: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    layer_norm_body(v, n, gamma, beta, eps)
 }
 
 #[cfg(test)]
@@ -689,7 +827,14 @@ mod packed_tests {
             eprintln!("SKIPPED: no AVX-512 on this CPU");
             return;
         }
-        for (m, k, n) in [(1, 5, 3), (8, 64, 32), (13, 37, 70), (33, 384, 100)] {
+        // The last shape spans three blocks of rows (85 rows of 384 fit one), the last ragged.
+        for (m, k, n) in [
+            (1, 5, 3),
+            (8, 64, 32),
+            (13, 37, 70),
+            (33, 384, 100),
+            (203, 384, 70),
+        ] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
                 .collect();
@@ -711,6 +856,64 @@ mod packed_tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn epilogues_equal_the_separate_passes() {
+        if !has_avx512() {
+            eprintln!("SKIPPED: no AVX-512 on this CPU");
+            return;
+        }
+        let (m, k, n) = (203, 96, 70);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 11.0)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.3).collect();
+        let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let pw = PackedWeights::pack(&w, n, k);
+        let plain = linear_packed(&x, m, &pw, Some(&b));
+
+        let mut gelu = plain.clone();
+        gelu_erf_inplace(&mut gelu);
+        assert_eq!(
+            linear_packed_with(&x, m, &pw, Some(&b), Epilogue::Gelu),
+            gelu
+        );
+
+        let added: Vec<f32> = plain.iter().zip(&res).map(|(a, r)| a + r).collect();
+        let got = linear_packed_with(&x, m, &pw, Some(&b), Epilogue::Residual(&res));
+        assert_eq!(got, added);
+    }
+
+    #[test]
+    fn layer_norm_in_place_matches_the_definition() {
+        let n = 70;
+        let mut v: Vec<f32> = (0..203 * n)
+            .map(|i| ((i * 13 % 29) as f32 - 9.0) * 0.7)
+            .collect();
+        let gamma: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let beta: Vec<f32> = (0..n).map(|i| i as f32 * -0.02).collect();
+        let want: Vec<f64> = v
+            .chunks(n)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+                let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                let inv = 1.0 / (var + 1e-12).sqrt();
+                row.iter()
+                    .enumerate()
+                    .map(move |(j, &x)| (x as f64 - mean) * inv)
+                    .collect::<Vec<_>>()
+            })
+            .enumerate()
+            .map(|(i, y)| y * gamma[i % n] as f64 + beta[i % n] as f64)
+            .collect();
+        layer_norm_rows_inplace(&mut v, n, &gamma, &beta, 1e-12);
+        for (i, (g, w)) in v.iter().zip(&want).enumerate() {
+            assert!((*g as f64 - w).abs() < 1e-5, "at {i}: {g} vs {w}");
         }
     }
 }

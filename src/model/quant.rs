@@ -15,6 +15,8 @@
 //! `y = s_w sum_g (s_xg sum(q_x q_w) + min_xg sum(q_w)) + b`.
 //! LayerNorm, GELU, softmax and attention stay f32.
 
+use super::kernels::{Epilogue, TileAt};
+
 /// Columns per packed panel.
 const NR: usize = 32;
 /// Rows per register tile (2 x 8 = 16 accumulators).
@@ -236,33 +238,52 @@ unsafe fn quantize_group_avx512(part: &[f32], lo: f32, inv: f32, out: &mut [u8])
 /// `x` `[m, k]` times the quantised weights' transpose, plus `bias`: `[m, n]` row-major.
 /// Panics without VNNI (check [`has_vnni`]).
 pub fn linear_i8(x: &[f32], m: usize, w: &PackedI8, bias: Option<&[f32]>) -> Vec<f32> {
+    linear_i8_with(x, m, w, bias, Epilogue::None)
+}
+
+/// [`linear_i8`] followed by `epi` on each output (see [`Epilogue`]).
+pub fn linear_i8_with(
+    x: &[f32],
+    m: usize,
+    w: &PackedI8,
+    bias: Option<&[f32]>,
+    epi: Epilogue,
+) -> Vec<f32> {
     assert!(has_vnni(), "linear_i8 needs AVX-512 VNNI");
     let (n, k, k4) = (w.n, w.k, w.k4);
     assert_eq!(x.len(), m * k);
+    if let Epilogue::Residual(r) = epi {
+        assert_eq!(r.len(), m * n, "residual shape");
+    }
     let (q, sx, mins) = quantize_rows(x, m, k, k4, w.inv_smooth.as_deref());
     let panels = n.div_ceil(NR);
-    let mut out = vec![0f32; m * n];
-    super::kernels::for_each_panel(panels, &mut out, |p, out| {
-        let panel = &w.data[p * k4 * NR..(p + 1) * k4 * NR];
-        let cols = (n - p * NR).min(NR);
-        let mut i = 0;
-        while i < m {
-            let rows = (m - i).min(MR);
-            let tile = Tile {
-                q: &q,
-                k4,
-                i0: i,
-                panel,
-                j0: p * NR,
-                cols,
-                n,
-            };
-            // SAFETY: VNNI is present (asserted above); the tile writes rows i..i+rows and
-            // columns p*NR..p*NR+cols of `out`: its own panel's.
-            unsafe { tile_i8(&tile, rows, out, &sx, &mins, w, bias) };
-            i += rows;
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    super::kernels::for_each_panel_range(panels, out.as_mut_ptr(), |range, out| {
+        for p in range {
+            let panel = &w.data[p * k4 * NR..(p + 1) * k4 * NR];
+            let cols = (n - p * NR).min(NR);
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(MR);
+                let tile = Tile {
+                    q: &q,
+                    k4,
+                    i0: i,
+                    panel,
+                    j0: p * NR,
+                    cols,
+                    n,
+                    epi,
+                };
+                // SAFETY: VNNI is present (asserted above); the tile writes rows i..i+rows and
+                // columns p*NR..p*NR+cols of `out`: its own panel's.
+                unsafe { tile_i8(&tile, rows, out, &sx, &mins, w, bias) };
+                i += rows;
+            }
         }
     });
+    // SAFETY: the tiles above wrote every row of every panel's columns: all m x n values.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -274,6 +295,7 @@ struct Tile<'a> {
     j0: usize,
     cols: usize,
     n: usize,
+    epi: Epilogue<'a>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -369,6 +391,15 @@ unsafe fn tile_rows<const R: usize>(
             _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v1);
             std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, t.cols);
         }
+        let at = TileAt {
+            out,
+            n: t.n,
+            i0: t.i0,
+            rows: R,
+            j0: t.j0,
+            cols: t.cols,
+        };
+        at.finish_row(r, t.epi);
     }
 }
 
@@ -436,5 +467,30 @@ mod tests {
                 }
             }
         }
+    }
+    #[test]
+    fn int8_epilogues_equal_the_separate_passes() {
+        if !has_vnni() {
+            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let (m, k, n) = (19, 128, 70);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 4.0) / 5.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0)
+            .collect();
+        let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let qw = PackedI8::pack(&w, n, k);
+        let plain = linear_i8(&x, m, &qw, None);
+        let mut gelu = plain.clone();
+        super::super::kernels::gelu_erf_inplace(&mut gelu);
+        assert_eq!(linear_i8_with(&x, m, &qw, None, Epilogue::Gelu), gelu);
+        let added: Vec<f32> = plain.iter().zip(&res).map(|(a, r)| a + r).collect();
+        assert_eq!(
+            linear_i8_with(&x, m, &qw, None, Epilogue::Residual(&res)),
+            added
+        );
     }
 }
