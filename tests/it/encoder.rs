@@ -127,10 +127,10 @@ fn sharded_sentence_transformers_folder_matches_sentence_transformers() {
     }
 }
 
-/// `--dtype int8` (int8 dense layers on AVX-512 VNNI) stays within cosine 0.998 of
-/// sentence-transformers' f32 embeddings (measured: median 0.9994, lowest 0.9989; the CPU
-/// speed issue's goal of 0.999 everywhere is not met yet); without VNNI it runs in f32 and
-/// says so.
+/// `--dtype int8` (int8 dense layers on AVX-512 VNNI) stays within cosine 0.999 of
+/// sentence-transformers' f32 embeddings (measured on 64 MTSamples notes: median 0.9996,
+/// lowest 0.9994, with per-group weight scales; 0.9988 with one scale per output feature);
+/// without VNNI it runs in f32 and says so.
 #[test]
 fn int8_embeddings_stay_close_to_f32() {
     let dir = default_model();
@@ -153,7 +153,7 @@ fn int8_embeddings_stay_close_to_f32() {
     let got = enc.embed(&texts).unwrap();
     for (case, v) in cases.iter().zip(&got) {
         let c = cosine(v, &floats(&case["embedding"]));
-        assert!(c >= 0.998, "int8 cosine {c} for {:?}", case["text"]);
+        assert!(c >= 0.999, "int8 cosine {c} for {:?}", case["text"]);
     }
     // Windows of a long note too.
     let note = "Patient admitted with community acquired pneumonia, started on ceftriaxone and azithromycin. ".repeat(40);
@@ -163,7 +163,7 @@ fn int8_embeddings_stay_close_to_f32() {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         let c = cosine(&x.vector, &y.vector);
-        assert!(c >= 0.998, "window {}: cosine {c}", x.index);
+        assert!(c >= 0.999, "window {}: cosine {c}", x.index);
     }
 }
 
