@@ -1088,7 +1088,7 @@ unsafe fn attention_tiled_avx512(
     let obase = bi * t * h + head * hd;
     let keys: Vec<usize> = (0..t).filter(|&j| mask[bi * t + j] != 0.0).collect();
     let nk = keys.len();
-    let nkp = nk.div_ceil(16) * 16;
+    let nkp = nk.div_ceil(32) * 32;
     // Keys transposed (hd x nkp, zero-padded) and values gathered (nk x hd), both unit stride.
     let mut kt = vec![0f32; hd * nkp];
     let mut vv = vec![0f32; nk * hd];
@@ -1103,17 +1103,28 @@ unsafe fn attention_tiled_avx512(
     let mut sc = vec![0f32; 8 * nkp];
     let mut i = 0;
     while i < t {
-        if t - i >= 8 {
-            attention_rows::<8>(
-                q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out,
-            );
-            i += 8;
-        } else {
-            attention_rows::<1>(
-                q, i, base, obase, h, ld, hd, scale, &kt, &vv, nk, nkp, &mut qs, &mut sc, out,
-            );
-            i += 1;
+        let step = match t - i {
+            8.. => 8,
+            4..=7 => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let (kt, vv, qs, sc) = (&kt[..], &vv[..], &mut qs[..], &mut sc[..]);
+        match step {
+            8 => attention_rows::<8>(
+                q, i, base, obase, h, ld, hd, scale, kt, vv, nk, nkp, qs, sc, out,
+            ),
+            4 => attention_rows::<4>(
+                q, i, base, obase, h, ld, hd, scale, kt, vv, nk, nkp, qs, sc, out,
+            ),
+            2 => attention_rows::<2>(
+                q, i, base, obase, h, ld, hd, scale, kt, vv, nk, nkp, qs, sc, out,
+            ),
+            _ => attention_rows::<1>(
+                q, i, base, obase, h, ld, hd, scale, kt, vv, nk, nkp, qs, sc, out,
+            ),
         }
+        i += step;
     }
 }
 
@@ -1145,28 +1156,51 @@ unsafe fn attention_rows<const R: usize>(
             *d = x * scale;
         }
     }
-    // Scores: R x nkp.
+    // Scores: R x nkp, 32 keys at a time (2R independent accumulators: with R alone, the
+    // FMAs' latency was barely covered).
     let ktp = kt.as_ptr();
     let qsp = qs.as_ptr();
-    for jb in (0..nkp).step_by(16) {
-        let mut acc = [_mm512_setzero_ps(); R];
+    for jb in (0..nkp).step_by(32) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for c in 0..hd {
-            let kv = _mm512_loadu_ps(ktp.add(c * nkp + jb));
+            let k0 = _mm512_loadu_ps(ktp.add(c * nkp + jb));
+            let k1 = _mm512_loadu_ps(ktp.add(c * nkp + jb + 16));
             for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*qsp.add(r * hd + c)), kv, *a);
+                let qv = _mm512_set1_ps(*qsp.add(r * hd + c));
+                a[0] = _mm512_fmadd_ps(qv, k0, a[0]);
+                a[1] = _mm512_fmadd_ps(qv, k1, a[1]);
             }
         }
         for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(sc.as_mut_ptr().add(r * nkp + jb), *a);
+            _mm512_storeu_ps(sc.as_mut_ptr().add(r * nkp + jb), a[0]);
+            _mm512_storeu_ps(sc.as_mut_ptr().add(r * nkp + jb + 16), a[1]);
         }
     }
     for r in 0..R {
         softmax_body(&mut sc[r * nkp..r * nkp + nk], nk);
     }
-    // Context: R x hd, 16 columns at a time.
+    // Context: R x hd, 32 columns at a time where hd allows (as above), else 16.
     let vp = vv.as_ptr();
     let sp = sc.as_ptr();
-    for cb in (0..hd).step_by(16) {
+    let mut cb = 0;
+    while cb + 32 <= hd {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for j in 0..nk {
+            let v0 = _mm512_loadu_ps(vp.add(j * hd + cb));
+            let v1 = _mm512_loadu_ps(vp.add(j * hd + cb + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = _mm512_set1_ps(*sp.add(r * nkp + j));
+                a[0] = _mm512_fmadd_ps(p, v0, a[0]);
+                a[1] = _mm512_fmadd_ps(p, v1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(obase + (i0 + r) * h + cb), a[0]);
+            _mm512_storeu_ps(out.add(obase + (i0 + r) * h + cb + 16), a[1]);
+        }
+        cb += 32;
+    }
+    for cb in (cb..hd).step_by(16) {
         let mut acc = [_mm512_setzero_ps(); R];
         for j in 0..nk {
             let vj = _mm512_loadu_ps(vp.add(j * hd + cb));
