@@ -904,8 +904,7 @@ mod packed_tests {
                 let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
                 let inv = 1.0 / (var + 1e-12).sqrt();
                 row.iter()
-                    .enumerate()
-                    .map(move |(j, &x)| (x as f64 - mean) * inv)
+                    .map(move |&x| (x as f64 - mean) * inv)
                     .collect::<Vec<_>>()
             })
             .enumerate()
