@@ -55,6 +55,18 @@ pub fn load(dir: &std::path::Path, opts: EncoderOptions) -> Encoder {
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
+/// Runs `cmd` and returns its output, failing the test with its standard error unless it
+/// succeeded.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The default model folder; the README's test command fetches it first.
 pub fn default_model() -> PathBuf {
     let dir = repo_root().join("models").join("all-MiniLM-L6-v2");

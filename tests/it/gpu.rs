@@ -268,29 +268,18 @@ fn cli_ingest_and_search_on_the_gpu_rank_like_the_cpu() {
         let mut ingest = Command::new(bin);
         ingest.args(["ingest", "-q"]);
         common(&mut ingest);
-        let out = ingest.arg(root.join("notes.jsonl")).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(ingest.arg(root.join("notes.jsonl")));
         let dir = tmp.path().join(format!("runs-{device}"));
         let mut eval = Command::new(bin);
         eval.args(["eval", "--modes", "semantic"]);
         common(&mut eval);
-        let out = eval
-            .arg("--queries")
-            .arg(root.join("queries.jsonl"))
-            .arg("--qrels")
-            .arg(root.join("qrels.tsv"))
-            .arg("--runs-out")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            eval.arg("--queries")
+                .arg(root.join("queries.jsonl"))
+                .arg("--qrels")
+                .arg(root.join("qrels.tsv"))
+                .arg("--runs-out")
+                .arg(&dir),
         );
         runs.push(read_run(&dir.join("semantic.run")));
     }
