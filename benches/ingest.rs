@@ -1,13 +1,14 @@
 //! Ingest throughput on MTSamples (../shared/data/mtsamples/mtsamples.csv, 4,999 real
 //! transcribed reports) into a fresh data directory: notes/s, chunks/s and the time of each
 //! stage (parse, embed, sled, tantivy, hnsw). Goal: everything but embedding at most 10% of the
-//! wall time. `BENCH_NOTES=N` ingests only the first N notes (default: all).
+//! wall time. `BENCH_NOTES=N` ingests only the first N notes (default: all); `BENCH_DTYPE`
+//! picks the encoder's precision (f32 by default, or int8, f16, bf16).
 //!
 //! `cargo bench --bench ingest`.
 
 use clinsearch::engine::{Engine, OpenOptions};
 use clinsearch::ingest::{self, source, CsvMapping, Format, IngestOptions, OnError};
-use clinsearch::model::{tune_allocator, Encoder, EncoderOptions, WindowConfig};
+use clinsearch::model::{parse_precision, tune_allocator, Encoder, EncoderOptions, WindowConfig};
 use clinsearch::store::ModelIdentity;
 
 fn main() {
@@ -23,6 +24,9 @@ fn main() {
     let limit: Option<usize> = std::env::var("BENCH_NOTES")
         .ok()
         .and_then(|s| s.parse().ok());
+    let (dtype, int8) =
+        parse_precision(&std::env::var("BENCH_DTYPE").unwrap_or_else(|_| "f32".into()))
+            .expect("BENCH_DTYPE");
     let enc = Encoder::load(
         &model,
         &EncoderOptions {
@@ -30,6 +34,8 @@ fn main() {
                 max_windows: Some(256),
                 ..Default::default()
             },
+            dtype,
+            int8,
             ..Default::default()
         },
     )
@@ -69,7 +75,8 @@ fn main() {
     let s = &report.stages;
     let wall = report.seconds;
     println!(
-        "MTSamples ingest: {} notes, {} chunks, {} skipped (empty transcriptions)",
+        "MTSamples ingest ({}): {} notes, {} chunks, {} skipped (empty transcriptions)",
+        enc.info().dtype,
         report.notes,
         report.chunks,
         report.errors.len()
