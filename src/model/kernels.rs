@@ -1179,36 +1179,51 @@ unsafe fn attention_rows<const R: usize>(
         softmax_body(&mut sc[r * nkp..r * nkp + nk], nk);
     }
     // Context: R x hd, 32 columns at a time where hd allows (as above), else 16.
-    let vp = vv.as_ptr();
-    let sp = sc.as_ptr();
     let mut cb = 0;
     while cb + 32 <= hd {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for j in 0..nk {
-            let v0 = _mm512_loadu_ps(vp.add(j * hd + cb));
-            let v1 = _mm512_loadu_ps(vp.add(j * hd + cb + 16));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let p = _mm512_set1_ps(*sp.add(r * nkp + j));
-                a[0] = _mm512_fmadd_ps(p, v0, a[0]);
-                a[1] = _mm512_fmadd_ps(p, v1, a[1]);
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(obase + (i0 + r) * h + cb), a[0]);
-            _mm512_storeu_ps(out.add(obase + (i0 + r) * h + cb + 16), a[1]);
-        }
+        context_cols::<R, 2>(vv, sc, nk, nkp, hd, cb, out.add(obase + i0 * h + cb), h);
         cb += 32;
     }
-    for cb in (cb..hd).step_by(16) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for j in 0..nk {
-            let vj = _mm512_loadu_ps(vp.add(j * hd + cb));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(r * nkp + j)), vj, *a);
+    while cb < hd {
+        context_cols::<R, 1>(vv, sc, nk, nkp, hd, cb, out.add(obase + i0 * h + cb), h);
+        cb += 16;
+    }
+}
+
+/// Columns `cb..cb + 16 C` of R rows' context (probabilities `sc` times the values `vv`),
+/// written at `out` with rows `h` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn context_cols<const R: usize, const C: usize>(
+    vv: &[f32],
+    sc: &[f32],
+    nk: usize,
+    nkp: usize,
+    hd: usize,
+    cb: usize,
+    out: *mut f32,
+    h: usize,
+) {
+    use std::arch::x86_64::*;
+    let (vp, sp) = (vv.as_ptr(), sc.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    for j in 0..nk {
+        let mut v = [_mm512_setzero_ps(); C];
+        for (c, vc) in v.iter_mut().enumerate() {
+            *vc = _mm512_loadu_ps(vp.add(j * hd + cb + 16 * c));
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = _mm512_set1_ps(*sp.add(r * nkp + j));
+            for (ac, vc) in a.iter_mut().zip(&v) {
+                *ac = _mm512_fmadd_ps(p, *vc, *ac);
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(obase + (i0 + r) * h + cb), *a);
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (c, ac) in a.iter().enumerate() {
+            _mm512_storeu_ps(out.add(r * h + 16 * c), *ac);
         }
     }
 }
