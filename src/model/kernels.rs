@@ -1061,10 +1061,10 @@ unsafe fn attention_avx512(
     attention_body(q, k, v, mask, bi, head, t, h, ld, hd, out)
 }
 
-/// One (sequence, head) with register tiles: blocks of 8 query rows; scores as an 8 x 16
-/// tile per block of keys (one key load and 8 query broadcasts per step of `hd`), the
-/// context as an 8 x 16 tile per block of `hd` (one value load and 8 probability broadcasts
-/// per key). The simple row-at-a-time version reloaded and stored its score row (or context)
+/// One (sequence, head) with register tiles: blocks of 8 query rows (then 4, 2, 1); scores
+/// as an 8 x 32 tile per block of keys (two key loads and 8 query broadcasts per step of
+/// `hd`), the context as an 8 x 32 tile per 32 columns of `hd`, 8 x 16 for a remaining 16
+/// (see `context_cols`). The simple row-at-a-time version reloaded and stored its score row (or context)
 /// on every step and ran at ~23 GFLOP/s, 40% of an int8 forward pass at 139 tokens.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
@@ -1254,7 +1254,7 @@ mod attention_tests {
     #[test]
     fn matches_softmax_of_scaled_scores_times_values_with_padding() {
         // hd 20: the row-at-a-time kernel; hd 32 and 48 with 13 and 21 tokens: the tiled one
-        // (a block of 8 rows, then single rows; keys padded to 16).
+        // (blocks of 8 rows, then 4, 2 and 1; keys padded to 32).
         for (t, hd) in [(5, 20), (13, 32), (21, 48)] {
             check_attention(2, t, 3, hd);
         }
