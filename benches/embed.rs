@@ -3,8 +3,12 @@
 //!
 //! `cargo bench --bench embed` (or `make bench`). Texts are MTSamples transcriptions
 //! (../shared/data/mtsamples) cut to exactly `seq` tokens by both sides' truncation; without
-//! the dataset, synthetic clinical text is used and the table says so. Every figure is the
-//! median of `BENCH_REPEATS` (default 3) timed runs after a warm-up.
+//! the dataset, synthetic clinical text is used and the table says so. The whole comparison
+//! runs `BENCH_ROUNDS` times (default 3), ours and the peer alternating (the order swapped
+//! every round): on a shared machine whose speed drifts by tens of percent over minutes, a
+//! ratio between runs measured in the same round is steadier than one between runs minutes
+//! apart. Within a round every figure is the median of `BENCH_REPEATS` (default 3) timed runs
+//! after a warm-up; the table prints medians over rounds, and each ratio's range.
 //!
 //! Environment: `BENCH_MODEL` (default models/all-MiniLM-L6-v2), `BENCH_SEQS` ("128,256"),
 //! `BENCH_BATCHES` ("1,8,32"), `BENCH_TEXTS` (64), `BENCH_DTYPES` ("f32,int8"), `BENCH_PEER=0`
@@ -99,148 +103,147 @@ fn main() {
     let (texts, source) = load_texts(n_texts);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
-    // Ours.
-    let mut rows: Vec<(String, usize, usize, f64)> = vec![];
-    // f32 embeddings per seq, the reference for the other variants' cosines.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let run_peer_enabled = std::env::var("BENCH_PEER")
+        .map(|v| v != "0")
+        .unwrap_or(true);
+    // Per round: our rows and the peer's, measured one after the other (the order swapped
+    // every round), so that each round's ratio compares runs minutes apart at most.
+    let mut round_rows: Vec<Vec<(String, usize, usize, f64)>> = vec![];
+    let mut round_peer: Vec<Vec<(usize, usize, String, f64)>> = vec![];
     let mut reference: std::collections::HashMap<usize, Vec<Vec<f32>>> = Default::default();
     let mut fidelity: Vec<(String, usize, f32, f32)> = vec![];
     let mut latency: Vec<(String, f64)> = vec![];
     let mut dims = (0.0, 0.0, 0.0);
-    for dtype in &dtypes {
-        for &seq in &seqs {
-            for &batch in &batches {
-                let opts = EncoderOptions {
-                    window: WindowConfig {
-                        size: Some(seq),
-                        stride: None,
-                        max_windows: None,
-                    },
-                    batch_size: batch,
-                    dtype: parse_precision(dtype).unwrap().0,
-                    int8: parse_precision(dtype).unwrap().1,
-                    device: device.clone(),
-                    ..Default::default()
-                };
-                let enc = Encoder::load(&model, &opts).expect("load the model (make model)");
-                if enc.info().dtype != *dtype {
-                    eprintln!(
-                        "{dtype} is not available on this machine (runs as {}); skipped",
-                        enc.info().dtype
-                    );
-                    continue;
-                }
-                if batch == *batches.last().unwrap() {
-                    let vecs = enc.embed(&refs).unwrap();
-                    match reference.get(&seq) {
-                        None => {
-                            reference.insert(seq, vecs);
-                        }
-                        Some(want) => {
-                            let mut cos: Vec<f32> = vecs
-                                .iter()
-                                .zip(want)
-                                .map(|(a, b)| clinsearch::search::cosine(a, b))
-                                .collect();
-                            cos.sort_by(|a, b| a.total_cmp(b));
-                            fidelity.push((dtype.clone(), seq, cos[0], cos[cos.len() / 2]));
+    for round in 0..rounds {
+        let ours_first = round % 2 == 0;
+        if !ours_first && run_peer_enabled {
+            round_peer.push(run_peer(
+                &model, &texts, &seqs, &batches, repeats, on_cpu, &dtypes,
+            ));
+        }
+        let first = round == 0;
+        let (fid, lat) = (&mut fidelity, &mut latency);
+        // Ours.
+        let mut rows: Vec<(String, usize, usize, f64)> = vec![];
+        for dtype in &dtypes {
+            for &seq in &seqs {
+                for &batch in &batches {
+                    let opts = EncoderOptions {
+                        window: WindowConfig {
+                            size: Some(seq),
+                            stride: None,
+                            max_windows: None,
+                        },
+                        batch_size: batch,
+                        dtype: parse_precision(dtype).unwrap().0,
+                        int8: parse_precision(dtype).unwrap().1,
+                        device: device.clone(),
+                        ..Default::default()
+                    };
+                    let enc = Encoder::load(&model, &opts).expect("load the model (make model)");
+                    if enc.info().dtype != *dtype {
+                        eprintln!(
+                            "{dtype} is not available on this machine (runs as {}); skipped",
+                            enc.info().dtype
+                        );
+                        continue;
+                    }
+                    // f32 embeddings per seq: the reference for the other variants' cosines.
+                    if first && batch == *batches.last().unwrap() {
+                        let vecs = enc.embed(&refs).unwrap();
+                        match reference.get(&seq) {
+                            None => {
+                                reference.insert(seq, vecs);
+                            }
+                            Some(want) => {
+                                let mut cos: Vec<f32> = vecs
+                                    .iter()
+                                    .zip(want)
+                                    .map(|(a, b)| clinsearch::search::cosine(a, b))
+                                    .collect();
+                                cos.sort_by(|a, b| a.total_cmp(b));
+                                fid.push((dtype.clone(), seq, cos[0], cos[cos.len() / 2]));
+                            }
                         }
                     }
-                }
-                if seq == seqs[0] && batch == batches[0] {
-                    let q = "chest pain radiating to the left arm with elevated troponin";
-                    enc.embed(&[q]).unwrap();
-                    let times: Vec<f64> = (0..50)
+                    if first && seq == seqs[0] && batch == batches[0] {
+                        let q = "chest pain radiating to the left arm with elevated troponin";
+                        enc.embed(&[q]).unwrap();
+                        let times: Vec<f64> = (0..50)
+                            .map(|_| {
+                                let t = Instant::now();
+                                enc.embed(&[q]).unwrap();
+                                t.elapsed().as_secs_f64() * 1e3
+                            })
+                            .collect();
+                        lat.push((dtype.clone(), median(times)));
+                    }
+                    let info = enc.info();
+                    dims = (
+                        info.hidden_size as f64,
+                        (info.hidden_size * 4) as f64,
+                        info.num_layers as f64,
+                    );
+                    let n = if batch > 1 {
+                        refs.len()
+                    } else {
+                        (refs.len() / 4).max(8)
+                    };
+                    let sample = &refs[..n];
+                    enc.embed(&sample[..batch.max(2)]).unwrap(); // warm-up
+                    let times: Vec<f64> = (0..repeats)
                         .map(|_| {
                             let t = Instant::now();
-                            enc.embed(&[q]).unwrap();
-                            t.elapsed().as_secs_f64() * 1e3
+                            enc.embed(sample).unwrap();
+                            t.elapsed().as_secs_f64()
                         })
                         .collect();
-                    latency.push((dtype.clone(), median(times)));
+                    rows.push((
+                        format!("clinsearch {dtype}"),
+                        seq,
+                        batch,
+                        n as f64 / median(times),
+                    ));
                 }
-                let info = enc.info();
-                dims = (
-                    info.hidden_size as f64,
-                    (info.hidden_size * 4) as f64,
-                    info.num_layers as f64,
-                );
-                let n = if batch > 1 {
-                    refs.len()
-                } else {
-                    (refs.len() / 4).max(8)
-                };
-                let sample = &refs[..n];
-                enc.embed(&sample[..batch.max(2)]).unwrap(); // warm-up
-                let times: Vec<f64> = (0..repeats)
-                    .map(|_| {
-                        let t = Instant::now();
-                        enc.embed(sample).unwrap();
-                        t.elapsed().as_secs_f64()
-                    })
+            }
+        }
+
+        round_rows.push(rows);
+        if ours_first && run_peer_enabled {
+            round_peer.push(run_peer(
+                &model, &texts, &seqs, &batches, repeats, on_cpu, &dtypes,
+            ));
+        }
+    }
+    // Across rounds: the median of each variant's rates, and the median of its per-round
+    // ratios to the peer (with their range).
+    let rows: Vec<(String, usize, usize, f64)> = round_rows[0]
+        .iter()
+        .enumerate()
+        .map(|(i, (v, s, b, _))| {
+            let rates = round_rows.iter().map(|r| r[i].3).collect();
+            (v.clone(), *s, *b, median(rates))
+        })
+        .collect();
+    let peer: Vec<(usize, usize, String, f64)> = match round_peer.first() {
+        Some(first) => first
+            .iter()
+            .enumerate()
+            .map(|(i, (s, b, d, _))| {
+                let rates = round_peer
+                    .iter()
+                    .filter_map(|r| r.get(i).map(|x| x.3))
                     .collect();
-                rows.push((
-                    format!("clinsearch {dtype}"),
-                    seq,
-                    batch,
-                    n as f64 / median(times),
-                ));
-            }
-        }
-    }
-
-    // The peer, on the same texts.
-    let mut peer: Vec<(usize, usize, String, f64)> = vec![];
-    if std::env::var("BENCH_PEER")
-        .map(|v| v != "0")
-        .unwrap_or(true)
-    {
-        let tmp =
-            std::env::temp_dir().join(format!("clinsearch-bench-{}.json", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_string(&texts).unwrap()).unwrap();
-        let script = format!("{}/benches/embed_peer.py", env!("CARGO_MANIFEST_DIR"));
-        let join = |v: &[usize]| {
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let out = Command::new("python3")
-            .args([
-                script.as_str(),
-                &model,
-                tmp.to_str().unwrap(),
-                &join(&seqs),
-                &join(&batches),
-                &repeats.to_string(),
-                if on_cpu { "cpu" } else { "cuda" },
-                &dtypes.join(","),
-            ])
-            .output();
-        let _ = std::fs::remove_file(&tmp);
-        match out {
-            Ok(o) if o.status.success() => {
-                for line in String::from_utf8_lossy(&o.stdout).lines() {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                        peer.push((
-                            v["seq"].as_u64().unwrap() as usize,
-                            v["batch"].as_u64().unwrap() as usize,
-                            v["dtype"].as_str().unwrap_or("f32").to_string(),
-                            v["emb_per_s"].as_f64().unwrap(),
-                        ));
-                    }
-                }
-            }
-            Ok(o) => eprintln!(
-                "PyTorch peer failed (pip install torch sentence-transformers): {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
-            Err(e) => eprintln!("PyTorch peer not run: {e}"),
-        }
-    }
-
+                (*s, *b, d.clone(), median(rates))
+            })
+            .collect(),
+        None => vec![],
+    };
     let measured = if on_cpu {
         let (nominal, measured, threads, mhz) = peak_gflops();
         println!(
@@ -258,10 +261,10 @@ fn main() {
         }
     };
     println!(
-        "\nEmbedding throughput, {source}, model {model}, {device_spec}, median of {repeats} runs"
+        "\nEmbedding throughput, {source}, model {model}, {device_spec}: medians over {rounds} rounds (each the median of {repeats} runs; ours and the peer alternate), ratio ranges over rounds"
     );
     println!(
-        "{:<22} {:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>7}",
+        "{:<22} {:>5} {:>5} {:>10} {:>9} {:>19} {:>8} {:>7}",
         "variant", "seq", "batch", "tokens/s", "emb/s", "vs torch", "GFLOP/s", "% peak"
     );
     let (h, inter, layers) = dims;
@@ -275,7 +278,7 @@ fn main() {
     for (seq, batch, dtype, eps) in &peer {
         let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>7}",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>19} {:>8.1} {:>7}",
             peer_name(dtype),
             seq,
             batch,
@@ -293,13 +296,35 @@ fn main() {
             peer.iter()
                 .find(|(s, b, pd, _)| s == seq && b == batch && pd == d)
         };
-        let ratio = find(dtype)
-            .or_else(|| find("f32"))
-            .map(|(_, _, _, p)| format!("{:.2}x", eps / p))
-            .unwrap_or_else(|| "-".into());
+        let ratio = match find(dtype).or_else(|| find("f32")) {
+            Some((_, _, pd, _)) => {
+                let row = rows
+                    .iter()
+                    .position(|r| &r.0 == variant && r.1 == *seq && r.2 == *batch)
+                    .unwrap();
+                let per_round: Vec<f64> = round_rows
+                    .iter()
+                    .zip(&round_peer)
+                    .filter_map(|(ours, theirs)| {
+                        let p = theirs
+                            .iter()
+                            .find(|(s, b, d, _)| s == seq && b == batch && d == pd)?;
+                        Some(ours[row].3 / p.3)
+                    })
+                    .collect();
+                let lo = per_round.iter().cloned().fold(f64::INFINITY, f64::min);
+                let hi = per_round.iter().cloned().fold(0.0, f64::max);
+                if per_round.len() > 1 {
+                    format!("{:.2}x ({lo:.2}-{hi:.2})", median(per_round))
+                } else {
+                    format!("{:.2}x", median(per_round))
+                }
+            }
+            None => "-".into(),
+        };
         let gf = eps * flops_per_seq(*seq as f64, h, inter, layers) / 1e9;
         println!(
-            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>10} {:>8.1} {:>7}",
+            "{:<22} {:>5} {:>5} {:>10.0} {:>9.1} {:>19} {:>8.1} {:>7}",
             variant,
             seq,
             batch,
@@ -376,4 +401,66 @@ unsafe fn fma_loop(iters: usize) -> f32 {
         s = _mm512_add_ps(s, a);
     }
     _mm512_reduce_add_ps(s)
+}
+
+/// One run of the PyTorch peer (benches/embed_peer.py) on the same texts: (seq, batch,
+/// dtype, embeddings/s) per configuration; empty (with a message) when it cannot run.
+fn run_peer(
+    model: &str,
+    texts: &[String],
+    seqs: &[usize],
+    batches: &[usize],
+    repeats: usize,
+    on_cpu: bool,
+    dtypes: &[String],
+) -> Vec<(usize, usize, String, f64)> {
+    let mut peer: Vec<(usize, usize, String, f64)> = vec![];
+    {
+        let tmp =
+            std::env::temp_dir().join(format!("clinsearch-bench-{}.json", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_string(texts).unwrap()).unwrap();
+        let script = format!("{}/benches/embed_peer.py", env!("CARGO_MANIFEST_DIR"));
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let out = Command::new("python3")
+            .args([
+                script.as_str(),
+                model,
+                tmp.to_str().unwrap(),
+                &join(seqs),
+                &join(batches),
+                &repeats.to_string(),
+                if on_cpu { "cpu" } else { "cuda" },
+                &dtypes.join(","),
+            ])
+            .output();
+        let _ = std::fs::remove_file(&tmp);
+        match out {
+            Ok(o) if o.status.success() => {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                        peer.push((
+                            v["seq"].as_u64().unwrap() as usize,
+                            v["batch"].as_u64().unwrap() as usize,
+                            v["dtype"].as_str().unwrap_or("f32").to_string(),
+                            v["emb_per_s"].as_f64().unwrap(),
+                        ));
+                    }
+                }
+            }
+            Ok(o) => eprintln!(
+                "PyTorch peer failed (pip install torch sentence-transformers): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ),
+            Err(e) => eprintln!("PyTorch peer not run: {e}"),
+        }
+    }
+    peer
 }
