@@ -957,17 +957,49 @@ pub fn attention_strided(
     heads: usize,
     hd: usize,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
     let h = heads * hd;
     let need = (b * t).saturating_sub(1) * ld + h;
     assert!(
         ld >= h && q.len() >= need && k.len() >= need && v.len() >= need && mask.len() == b * t
     );
-    // Every (sequence, head) task writes all its rows' columns: no need to zero the buffer
-    // first (zeroing it cost a pass over memory the tasks then miss on again).
+    // A task per sequence needs a sequence per thread; below that (one query), per head.
+    let per_sequence = b >= rayon::current_num_threads();
+    attention_tasks(q, k, v, ld, mask, b, t, heads, hd, per_sequence)
+}
+
+/// [`attention_strided`] with the choice of tasks made: one per sequence (all its heads;
+/// the vector path only) or one per (sequence, head).
+#[allow(clippy::too_many_arguments)]
+fn attention_tasks(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ld: usize,
+    mask: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    hd: usize,
+    per_sequence: bool,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let h = heads * hd;
+    // Every task writes all its rows' columns: no need to zero the buffer first (zeroing it
+    // cost a pass over memory the tasks then miss on again).
     let mut out = Vec::<f32>::with_capacity(b * t * h);
     let ptr = SendPtr(out.as_mut_ptr());
     let level = simd_level();
+    #[cfg(target_arch = "x86_64")]
+    if level == 2 && hd.is_multiple_of(16) && per_sequence {
+        (0..b).into_par_iter().for_each(|bi| {
+            let p = ptr;
+            // SAFETY: task bi writes only the rows of sequence bi, inside `out`.
+            unsafe { attention_sequence_avx512(q, k, v, mask, bi, heads, t, h, ld, hd, p.0) }
+        });
+        // SAFETY: every sequence's rows were written, all columns.
+        unsafe { out.set_len(b * t * h) };
+        return out;
+    }
     (0..b * heads).into_par_iter().for_each(|task| {
         let p = ptr;
         let (bi, head) = (task / heads, task % heads);
@@ -1069,8 +1101,9 @@ unsafe fn attention_avx512(
 /// One (sequence, head) with register tiles: blocks of 8 query rows (then 4, 2, 1); scores
 /// as an 8 x 32 tile per block of keys (two key loads and 8 query broadcasts per step of
 /// `hd`), the context as an 8 x 32 tile per 32 columns of `hd`, 8 x 16 for a remaining 16
-/// (see `context_cols`). The simple row-at-a-time version reloaded and stored its score row (or context)
-/// on every step and ran at ~23 GFLOP/s, 40% of an int8 forward pass at 139 tokens.
+/// (see `context_cols`). The simple row-at-a-time version reloaded and stored its score row
+/// (or context) on every step and ran at ~23 GFLOP/s, 40% of an int8 forward pass at 139
+/// tokens.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -1087,62 +1120,138 @@ unsafe fn attention_tiled_avx512(
     hd: usize,
     out: *mut f32,
 ) {
+    let keys: Vec<usize> = (0..t).filter(|&j| mask[bi * t + j] != 0.0).collect();
+    let bufs = gather_heads(q, k, v, &keys, bi * t * ld, head..head + 1, t, ld, hd);
+    attend_head(&bufs, 0, t, h, hd, out.add(bi * t * h + head * hd));
+}
+
+/// One whole sequence, all heads: the gathering reads the sequence's rows in order (each
+/// 4.6 KB of fused projection for MiniLM, which the prefetchers follow) instead of one
+/// head's 128-byte slice of every row, a stride on which every row was a cache miss.
+/// For batches with a sequence per thread or more (tasks per (sequence, head) otherwise).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_sequence_avx512(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    bi: usize,
+    heads: usize,
+    t: usize,
+    h: usize,
+    ld: usize,
+    hd: usize,
+    out: *mut f32,
+) {
+    let keys: Vec<usize> = (0..t).filter(|&j| mask[bi * t + j] != 0.0).collect();
+    let bufs = gather_heads(q, k, v, &keys, bi * t * ld, 0..heads, t, ld, hd);
+    for head in 0..heads {
+        attend_head(&bufs, head, t, h, hd, out.add(bi * t * h + head * hd));
+    }
+}
+
+/// One sequence's queries (scaled by 1/sqrt(hd)), keys and values for a range of heads, in
+/// the layouts the tiles read with unit stride: per head, queries `t x hd`, keys transposed
+/// `hd x nkp` (zero-padded to a multiple of 32), values `nk x hd`.
+struct HeadBufs {
+    qa: Vec<f32>,
+    kt: Vec<f32>,
+    vv: Vec<f32>,
+    nk: usize,
+    nkp: usize,
+}
+
+/// Gathers [`HeadBufs`] for `heads` of the sequence whose rows start at `base`; only the
+/// `keys` (the unmasked positions) are kept.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gather_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: &[usize],
+    base: usize,
+    heads: std::ops::Range<usize>,
+    t: usize,
+    ld: usize,
+    hd: usize,
+) -> HeadBufs {
     use std::arch::x86_64::*;
     let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
-    let base = bi * t * ld + head * hd;
-    let obase = bi * t * h + head * hd;
-    let keys: Vec<usize> = (0..t).filter(|&j| mask[bi * t + j] != 0.0).collect();
+    let nh = heads.len();
     let nk = keys.len();
     let nkp = nk.div_ceil(32) * 32;
-    // One sweep over the sequence's rows first: the query, key and value rows of one head
-    // are `ld` floats apart (4.6 KB for MiniLM's fused projection), a stride the hardware
-    // prefetchers do not follow across pages, so every row was a cache miss paid in full
-    // (copying the values alone showed as 10% of the kernel in perf). The sweep asks for
-    // the rows a few ahead and keeps the scaled queries (t x hd, unit stride).
-    const AHEAD: usize = 8;
-    let mut qa = vec![0f32; t * hd];
+    let c0 = heads.start * hd;
+    let width = nh * hd;
+    // Queries, one sweep over the rows, asking for the rows a few ahead (their query, key
+    // and value parts: the keys and values are then read from L2 below).
+    const AHEAD: usize = 4;
+    let mut qa = vec![0f32; nh * t * hd];
     for i in 0..t {
         if i + AHEAD < t {
-            let row = base + (i + AHEAD) * ld;
-            prefetch_row(q.as_ptr().add(row), hd);
-            prefetch_row(k.as_ptr().add(row), hd);
-            prefetch_row(v.as_ptr().add(row), hd);
+            let row = base + (i + AHEAD) * ld + c0;
+            prefetch_row(q.as_ptr().add(row), width);
+            prefetch_row(k.as_ptr().add(row), width);
+            prefetch_row(v.as_ptr().add(row), width);
         }
-        let (src, dst) = (q.as_ptr().add(base + i * ld), qa.as_mut_ptr().add(i * hd));
-        for c in (0..hd).step_by(16) {
-            _mm512_storeu_ps(
-                dst.add(c),
-                _mm512_mul_ps(_mm512_loadu_ps(src.add(c)), scale),
-            );
+        let src = q.as_ptr().add(base + i * ld + c0);
+        for hh in 0..nh {
+            let dst = qa.as_mut_ptr().add((hh * t + i) * hd);
+            for c in (0..hd).step_by(16) {
+                let x = _mm512_loadu_ps(src.add(hh * hd + c));
+                _mm512_storeu_ps(dst.add(c), _mm512_mul_ps(x, scale));
+            }
         }
     }
-    // Keys transposed (hd x nkp, zero-padded) in 16 x 16 register blocks (scalar stores
-    // were vectorised by the compiler into scatters: 9% of the kernel), values gathered
-    // (nk x hd). Both unit stride.
-    let mut kt = vec![0f32; hd * nkp];
-    let mut vv = vec![0f32; nk * hd];
+    // Keys transposed in 16 x 16 register blocks (scalar stores were vectorised by the
+    // compiler into scatters: 9% of the kernel), values copied.
+    let mut kt = vec![0f32; nh * hd * nkp];
+    let mut vv = vec![0f32; nh * nk * hd];
     for jb in (0..nk).step_by(16) {
         let n = (nk - jb).min(16);
-        for cb in (0..hd).step_by(16) {
-            let mut rows = [_mm512_setzero_ps(); 16];
-            for (r, row) in rows.iter_mut().enumerate().take(n) {
-                *row = _mm512_loadu_ps(k.as_ptr().add(base + keys[jb + r] * ld + cb));
+        for hh in 0..nh {
+            let col = c0 + hh * hd;
+            for cb in (0..hd).step_by(16) {
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (r, row) in rows.iter_mut().enumerate().take(n) {
+                    *row = _mm512_loadu_ps(k.as_ptr().add(base + keys[jb + r] * ld + col + cb));
+                }
+                let cols = transpose16(rows);
+                let kth = kt.as_mut_ptr().add(hh * hd * nkp);
+                for (c, x) in cols.iter().enumerate() {
+                    _mm512_storeu_ps(kth.add((cb + c) * nkp + jb), *x);
+                }
             }
-            let cols = transpose16(rows);
-            for (c, col) in cols.iter().enumerate() {
-                _mm512_storeu_ps(kt.as_mut_ptr().add((cb + c) * nkp + jb), *col);
-            }
-        }
-        for r in 0..n {
-            let (src, dst) = (
-                v.as_ptr().add(base + keys[jb + r] * ld),
-                vv.as_mut_ptr().add((jb + r) * hd),
-            );
-            for c in (0..hd).step_by(16) {
-                _mm512_storeu_ps(dst.add(c), _mm512_loadu_ps(src.add(c)));
+            for r in 0..n {
+                let src = v.as_ptr().add(base + keys[jb + r] * ld + col);
+                let dst = vv.as_mut_ptr().add((hh * nk + jb + r) * hd);
+                for c in (0..hd).step_by(16) {
+                    _mm512_storeu_ps(dst.add(c), _mm512_loadu_ps(src.add(c)));
+                }
             }
         }
     }
+    HeadBufs {
+        qa,
+        kt,
+        vv,
+        nk,
+        nkp,
+    }
+}
+
+/// The context rows of head `hh` of `bufs` (all `t` queries), written at `out`, rows `h`
+/// apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn attend_head(bufs: &HeadBufs, hh: usize, t: usize, h: usize, hd: usize, out: *mut f32) {
+    let (nk, nkp) = (bufs.nk, bufs.nkp);
+    let qa = &bufs.qa[hh * t * hd..(hh + 1) * t * hd];
+    let kt = &bufs.kt[hh * hd * nkp..(hh + 1) * hd * nkp];
+    let vv = &bufs.vv[hh * nk * hd..(hh + 1) * nk * hd];
     let mut sc = vec![0f32; 8 * nkp];
     let mut i = 0;
     while i < t {
@@ -1152,8 +1261,8 @@ unsafe fn attention_tiled_avx512(
             2..=3 => 2,
             _ => 1,
         };
-        let (qa, kt, vv, sc) = (&qa[i * hd..], &kt[..], &vv[..], &mut sc[..]);
-        let out = out.add(obase + i * h);
+        let (qa, sc) = (&qa[i * hd..], &mut sc[..]);
+        let out = out.add(i * h);
         match step {
             8 => attention_rows::<8>(qa, h, hd, kt, vv, nk, nkp, sc, out),
             4 => attention_rows::<4>(qa, h, hd, kt, vv, nk, nkp, sc, out),
@@ -1420,6 +1529,22 @@ mod attention_tests {
             hd,
         );
         assert_eq!(strided, got, "t{t} hd{hd}: strided inputs");
+        // Both ways of splitting the work (per sequence, per head) give the same result.
+        for per_sequence in [false, true] {
+            let split = attention_tasks(
+                &fused,
+                &fused[h..],
+                &fused[2 * h..],
+                3 * h,
+                &mask,
+                b,
+                t,
+                heads,
+                hd,
+                per_sequence,
+            );
+            assert_eq!(split, got, "t{t} hd{hd}: per sequence {per_sequence}");
+        }
         for bi in 0..b {
             for head in 0..heads {
                 for i in 0..t {
