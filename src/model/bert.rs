@@ -449,6 +449,29 @@ impl Layer {
             Ok(())
         };
         norm(&mut attn, &self.attn_norm)?;
+        if let (Some(up), Some(down), Activation::Gelu) =
+            (&self.intermediate.int8, &self.output.int8, act)
+        {
+            // Enough rows for two blocks per thread: the fused int8 feed-forward block.
+            if rows >= 2 * super::quant::FFN_ROWS * rayon::current_num_threads() {
+                let (g, bt) = (
+                    self.out_norm.weight.to_vec1::<f32>()?,
+                    self.out_norm.bias.to_vec1::<f32>()?,
+                );
+                let ln = (&g[..], &bt[..], self.out_norm.eps as f32);
+                let (up, down) = (&**up, &**down);
+                return Ok(super::quant::ffn_i8(
+                    &attn,
+                    rows,
+                    &up.0,
+                    up.1.as_deref(),
+                    &down.0,
+                    down.1.as_deref(),
+                    true,
+                    ln,
+                ));
+            }
+        }
         let inter = match act {
             Activation::Gelu => self.intermediate.forward_slice(&attn, rows, Epilogue::Gelu),
             _ => self.intermediate.forward_slice(&attn, rows, Epilogue::None),

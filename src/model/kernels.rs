@@ -753,22 +753,32 @@ unsafe fn tile_avx512(_: &[f32], _: usize, _: &[f32], _: &TileAt, _: Option<&[f3
 /// PyTorch's CPU kernel: mean, then the mean of squared deviations).
 pub fn layer_norm_rows_inplace(v: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     use rayon::prelude::*;
-    assert_eq!(gamma.len(), n);
-    assert_eq!(beta.len(), n);
-    let level = simd_level();
-    let run = |rows: &mut [f32]| match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has the features these functions are compiled with.
-        2 => unsafe { layer_norm_avx512(rows, n, gamma, beta, eps) },
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { layer_norm_avx2(rows, n, gamma, beta, eps) },
-        _ => layer_norm_body(rows, n, gamma, beta, eps),
-    };
+    let run = |rows: &mut [f32]| layer_norm_rows_serial(rows, n, gamma, beta, eps);
     let rows_per_task = (1 << 14) / n.max(1) + 1;
     if v.len() >= 1 << 16 {
         v.par_chunks_mut(rows_per_task * n).for_each(run);
     } else {
         run(v);
+    }
+}
+
+/// [`layer_norm_rows_inplace`] on the calling thread.
+pub(crate) fn layer_norm_rows_serial(
+    v: &mut [f32],
+    n: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    assert_eq!(gamma.len(), n);
+    assert_eq!(beta.len(), n);
+    match simd_level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features these functions are compiled with.
+        2 => unsafe { layer_norm_avx512(v, n, gamma, beta, eps) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { layer_norm_avx2(v, n, gamma, beta, eps) },
+        _ => layer_norm_body(v, n, gamma, beta, eps),
     }
 }
 
