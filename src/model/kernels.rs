@@ -535,6 +535,8 @@ pub fn has_avx512() -> bool {
 /// and 192K floats measured within noise of this or below it). Packing the block's rows so
 /// that the broadcasts read consecutive floats was slower: each thread re-packs all of `x`.
 const A_BLOCK: usize = 32 * 1024;
+/// How many inputs ahead a tile asks for its panel's weights.
+pub(crate) const PANEL_AHEAD: usize = 16;
 
 /// What a dense kernel does to each output tile after the bias, while the tile is still in
 /// registers or L1: a separate pass over a `[m, n]` buffer costs a read and a write of it
@@ -712,6 +714,12 @@ unsafe fn tile_rows<const R: usize>(
     let pp = panel.as_ptr();
     let xp = x.as_ptr();
     for kk in 0..k {
+        // The panel (48 KB at k = 384) streams from L2 for every tile; asking for it 16
+        // steps ahead: +6-8% (probe_gemm, alternating runs). A hint, so running past the
+        // panel's end is harmless (wrapping_add: no out-of-bounds pointer arithmetic).
+        let ahead = pp.wrapping_add((kk + PANEL_AHEAD) * NR) as *const i8;
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead.wrapping_add(64), _MM_HINT_T0);
         let w0 = _mm512_loadu_ps(pp.add(kk * NR));
         let w1 = _mm512_loadu_ps(pp.add(kk * NR + 16));
         for (r, acc) in acc.iter_mut().enumerate() {
