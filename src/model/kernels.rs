@@ -573,34 +573,10 @@ pub fn linear_packed_with(
     }
     let panels = n.div_ceil(NR);
     let mut out = Vec::<f32>::with_capacity(m * n);
-    // Rows per block of `x`, a multiple of the tile height.
-    let mc = ((A_BLOCK / k.max(1)) / MR).max(1) * MR;
     for_each_panel_range(panels, out.as_mut_ptr(), |range, out| {
-        let mut i0 = 0;
-        while i0 < m {
-            let rows = (m - i0).min(mc);
-            for p in range.clone() {
-                let panel = &w.data[p * k * NR..(p + 1) * k * NR];
-                let cols = (n - p * NR).min(NR);
-                let mut i = i0;
-                while i < i0 + rows {
-                    let at = TileAt {
-                        out,
-                        n,
-                        i0: i,
-                        rows: (i0 + rows - i).min(MR),
-                        j0: p * NR,
-                        cols,
-                    };
-                    // SAFETY: AVX-512 is present (asserted above); the tile reads rows
-                    // i..i+at.rows of x and writes the same rows of its own panel's columns
-                    // p*NR..p*NR+cols of `out`, inside the m x n buffer.
-                    unsafe { tile_avx512(&x[i * k..], k, panel, &at, bias, epi) };
-                    i += at.rows;
-                }
-            }
-            i0 += rows;
-        }
+        // SAFETY: AVX-512 is present (asserted above); this thread's panels' columns of all
+        // m rows: its own part of `out`.
+        unsafe { run_tiles(x, 0..m, range, w, bias, epi, out) };
     });
     // SAFETY: the tiles above wrote every row of every panel's columns: all m x n values.
     unsafe { out.set_len(m * n) };
@@ -611,6 +587,50 @@ pub fn linear_packed_with(
 /// per thread of the pool (a thread packs its block of rows once for all its panels). Each
 /// call must write only its own panels' columns of `out` (which is what makes sharing the
 /// pointer sound); `out` may be a vector's uninitialised capacity that the calls fill.
+/// Output rows `rows` x the columns of `panels` of `x w^T + bias`, then `epi`, into `out`
+/// (`[.., w.n]`; `x` and `out` indexed by the same row numbers). Rows run in blocks of
+/// [`A_BLOCK`] floats, each against all the panels before the next block.
+///
+/// # Safety
+/// AVX-512 must be present; `out` must hold those rows and columns, written by no one else.
+unsafe fn run_tiles(
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epi: Epilogue,
+    out: *mut f32,
+) {
+    let (n, k) = (w.n, w.k);
+    // Rows per block of `x`, a multiple of the tile height.
+    let mc = ((A_BLOCK / k.max(1)) / MR).max(1) * MR;
+    let mut i0 = rows.start;
+    while i0 < rows.end {
+        let iend = (i0 + mc).min(rows.end);
+        for p in panels.clone() {
+            let panel = &w.data[p * k * NR..(p + 1) * k * NR];
+            let cols = (n - p * NR).min(NR);
+            let mut i = i0;
+            while i < iend {
+                let at = TileAt {
+                    out,
+                    n,
+                    i0: i,
+                    rows: (iend - i).min(MR),
+                    j0: p * NR,
+                    cols,
+                };
+                // The tile reads rows i..i+at.rows of x and writes the same rows of its
+                // panel's columns.
+                tile_avx512(&x[i * k..], k, panel, &at, bias, epi);
+                i += at.rows;
+            }
+        }
+        i0 = iend;
+    }
+}
+
 pub(crate) fn for_each_panel_range(
     panels: usize,
     out: *mut f32,
