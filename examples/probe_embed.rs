@@ -3,7 +3,13 @@ use clinsearch::model::{Encoder, EncoderOptions};
 use std::time::Instant;
 fn main() {
     clinsearch::model::tune_allocator();
-    let enc = Encoder::load("models/all-MiniLM-L6-v2", &EncoderOptions::default()).unwrap();
+    // INT8=1: int8 dense layers (--dtype int8).
+    let int8 = std::env::var("INT8").is_ok_and(|v| v == "1");
+    let opts = EncoderOptions {
+        int8,
+        ..Default::default()
+    };
+    let enc = Encoder::load("models/all-MiniLM-L6-v2", &opts).unwrap();
     let qs = [
         "heart attack treated with a stent",
         "lung infection with fever",
