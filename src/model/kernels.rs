@@ -655,8 +655,15 @@ pub(crate) fn for_each_panel_range(
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (see `for_each_panel_range` and `attention`).
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, which is `Sync`).
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: tasks write disjoint regions (see `for_each_panel_range`, `attention`, `ffn_i8`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
