@@ -965,9 +965,10 @@ mod packed_tests {
 // ---------------------------------------------------------------------------------------
 // Attention without the [batch, heads, t, t] score tensor: at 256 tokens and batch 32 that
 // tensor is 100 MB per layer, allocated, page-faulted in and copied around (perf: 12% of the
-// time in page faults). Here each (sequence, head) pair is one task that keeps one row of
-// scores at a time and writes its context vectors straight into the [batch, t, hidden]
-// output, so no head split/merge copies are needed either.
+// time in page faults). Here each task (a sequence with all its heads, or one (sequence,
+// head) pair when there are fewer sequences than threads) keeps a block of 8 score rows at a
+// time and writes its context vectors straight into the [batch, t, hidden] output, so no
+// head split/merge copies are needed either.
 
 /// Scaled dot-product self-attention for inference. `q`, `k`, `v` and the result are
 /// `[b, t, heads * hd]` row-major; `mask` is `[b, t]` (non-zero: attend). Padded keys are
