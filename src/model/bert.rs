@@ -467,7 +467,6 @@ impl Layer {
                     up.1.as_deref(),
                     &down.0,
                     down.1.as_deref(),
-                    true,
                     ln,
                 ));
             }

@@ -26,7 +26,7 @@ const MR: usize = 8;
 /// scale and minimum, so one large feature costs resolution only in its own group.
 pub const GROUP: usize = 128;
 const G4: usize = GROUP / 4;
-/// Bytes of quantised input rows per row block (see `linear_i8_with`).
+/// Bytes of quantised input rows per row block (see `run_tiles`).
 const Q_BLOCK: usize = 8 * 1024;
 
 /// Whether [`linear_i8`] can run here: AVX-512 with VNNI.
@@ -189,6 +189,7 @@ fn quantize_block(
     mins: &mut [f32],
 ) {
     let groups = k.div_ceil(GROUP);
+    #[cfg(not(target_arch = "x86_64"))]
     let mut smoothed = vec![0f32; if inv_smooth.is_some() { k } else { 0 }];
     let mut rq = vec![0u32; k4];
     for r in 0..rows {
@@ -200,7 +201,7 @@ fn quantize_block(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: callers asserted VNNI, which implies AVX-512F.
         unsafe {
-            quantize_row_avx512(row, inv_smooth, &mut smoothed, &mut rq, rs, rm)
+            quantize_row_avx512(row, inv_smooth, &mut rq, rs, rm)
         };
         #[cfg(not(target_arch = "x86_64"))]
         quantize_row(row, inv_smooth, &mut smoothed, &mut rq, rs, rm);
@@ -251,7 +252,6 @@ fn quantize_row(
 unsafe fn quantize_row_avx512(
     row: &[f32],
     inv_smooth: Option<&[f32]>,
-    _smoothed: &mut [f32],
     q: &mut [u32],
     scales: &mut [f32],
     mins: &mut [f32],
@@ -375,8 +375,8 @@ pub fn linear_i8_with(
 /// Rows per block of [`ffn_i8`].
 pub const FFN_ROWS: usize = 32;
 
-/// A transformer feed-forward block in int8: `LN(x + down(act(up(x))))` over `x` `[m, h]`,
-/// where `act` is GELU (`gelu`) or none; `ln` is LayerNorm's (gamma, beta, eps).
+/// A transformer feed-forward block in int8: `LN(x + down(gelu(up(x))))` over `x` `[m, h]`
+/// (GELU in its erf form, BERT's); `ln` is LayerNorm's (gamma, beta, eps).
 ///
 /// Why fused: as separate layers, the `[m, 4h]` GELU output (27 MB at batch 32 x 139) went
 /// to memory and back for its quantisation, whose loads were then 12% of an int8 forward
@@ -392,7 +392,6 @@ pub fn ffn_i8(
     up_bias: Option<&[f32]>,
     down: &PackedI8,
     down_bias: Option<&[f32]>,
-    gelu: bool,
     ln: (&[f32], &[f32], f32),
 ) -> Vec<f32> {
     use rayon::prelude::*;
@@ -419,7 +418,6 @@ pub fn ffn_i8(
         let (q, sx, mins) = quantise(xb, up);
         // Written whole by the tiles below before anything reads it.
         let mut hidden = Vec::<f32>::with_capacity(rows * inter);
-        let epi = if gelu { Epilogue::Gelu } else { Epilogue::None };
         let x1 = Quantised {
             q: &q,
             sx: &sx,
@@ -434,7 +432,7 @@ pub fn ffn_i8(
                 0..inter.div_ceil(NR),
                 up,
                 up_bias,
-                epi,
+                Epilogue::Gelu,
                 hidden.as_mut_ptr(),
             )
         };
@@ -721,7 +719,7 @@ mod tests {
                         (vec![0u32; k4], vec![0f32; groups], vec![0f32; groups]);
                     if vector {
                         // SAFETY: VNNI (checked above) implies AVX-512F.
-                        unsafe { quantize_row_avx512(&row, inv, &mut sm, &mut q, &mut s, &mut m) };
+                        unsafe { quantize_row_avx512(&row, inv, &mut q, &mut s, &mut m) };
                     } else {
                         quantize_row(&row, inv, &mut sm, &mut q, &mut s, &mut m);
                     }
@@ -753,16 +751,7 @@ mod tests {
         let up = PackedI8::pack(&wu, inter, h);
         let down = PackedI8::pack_smoothed(&wd, h, inter, Some(&smooth));
         let (g, b) = (gen(h, 17), gen(h, 19));
-        let fused = ffn_i8(
-            &x,
-            m,
-            &up,
-            Some(&bu),
-            &down,
-            Some(&bd),
-            true,
-            (&g, &b, 1e-12),
-        );
+        let fused = ffn_i8(&x, m, &up, Some(&bu), &down, Some(&bd), (&g, &b, 1e-12));
         let hidden = linear_i8_with(&x, m, &up, Some(&bu), Epilogue::Gelu);
         let mut want = linear_i8_with(&hidden, m, &down, Some(&bd), Epilogue::Residual(&x));
         super::super::kernels::layer_norm_rows_inplace(&mut want, h, &g, &b, 1e-12);
