@@ -238,26 +238,35 @@ mod tests {
 // calls (`erff`, `expf`): 13% and 7% of a batch's time in perf. Written branch-free so the
 // compiler vectorises them (AVX-512 or AVX2 chosen at run time).
 
+/// ln 2 in two parts for the exponential's range reduction (`LN2_HI` has trailing zero bits,
+/// so `n * LN2_HI` is exact for the n that occur).
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// Taylor coefficients 1/k! of `e^r`, highest degree (6) first, for Horner's scheme on
+/// |r| <= ln2/2: error < 3e-8 relative. Shared by [`exp_f32`] and the attention softmax.
+const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
 /// `e^x` for f32, accurate to about 2 ulp on [-87, 88]: range reduction by ln 2 in two
 /// parts, a degree-6 polynomial, and the exponent set by bits. Below the range it is 0 (as a
 /// masked attention score must give), above it saturates.
 #[inline(always)]
 fn exp_f32(x_in: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x_in.clamp(-87.3, 88.3);
     // Ties-to-even: one instruction (vrndscaleps); `round` would be a library call per lane.
-    let n = (x * LOG2E).round_ties_even();
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    // Taylor coefficients 1/k! to degree 6 on |r| <= ln2/2: error < 3e-8 relative.
-    let mut p = 1.0 / 720.0f32;
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
     // SAFETY: x was clamped, so n is a finite integer in [-126, 128]. (`as i32` would be a
     // saturating conversion, which does not vectorise.)
     let ni: i32 = unsafe { n.to_int_unchecked() };
@@ -1422,9 +1431,10 @@ unsafe fn attention_rows<const R: usize>(
 }
 
 /// `e^(x - max)` over the `n` scores at `row`, in place; returns 1 / their sum. The
-/// exponential is [`exp_f32`]'s (same reduction and polynomial) with the power of two put in
-/// by `vscalefps`, which needs no integer conversion, bit shift or range mask: 11 vector
-/// operations per 16 scores instead of ~17, and the sum is taken in the same pass.
+/// exponential is [`exp_f32`]'s (same constants: `LN2_HI`, `LN2_LO`, `EXP_POLY`) with the
+/// power of two put in by `vscalefps`, which needs no integer conversion, bit shift or range
+/// mask: 11 vector operations per 16 scores instead of ~17, and the sum is taken in the same
+/// pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
@@ -1447,11 +1457,11 @@ unsafe fn exp_shifted_row_avx512(row: *mut f32, n: usize) -> f32 {
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         _mm512_scalef_ps(p, n)
     };
