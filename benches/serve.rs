@@ -293,7 +293,7 @@ fn main() {
     })
     .unwrap();
     let _ = enc.embed(&["warm up"]);
-    let state = web::Data::new(AppState::new(engine.clone(), Arc::new(enc), config));
+    let state = web::Data::new(AppState::new(engine.clone(), Arc::new(enc), config).unwrap());
     let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

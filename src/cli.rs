@@ -160,6 +160,14 @@ pub enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Manage the server's API keys (named principals with roles) in its configuration file.
+    Keys {
+        #[command(subcommand)]
+        command: crate::cli_access::KeysCommand,
+    },
+    /// Who accessed which notes: report from the access audit of a data directory, or
+    /// `audit verify` to check its hash chain.
+    Audit(crate::cli_access::AuditArgs),
     /// Inspect or download models.
     Model {
         #[command(subcommand)]
@@ -365,6 +373,7 @@ impl ServeArgs {
             workers: self.workers,
             ef_search: self.ef_search,
             classifier: self.classifier.clone(),
+            ..Default::default()
         }
     }
 }
@@ -726,6 +735,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 }))?
             );
         }
+        Command::Keys { command } => crate::cli_access::keys(command)?,
+        Command::Audit(args) => crate::cli_access::audit(args)?,
         Command::Model { command } => match command {
             ModelCommand::Info { model, json } => {
                 let enc = model.load()?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{KeyEntry, KeyRing};
 use crate::error::{Error, Result};
 use crate::model::{EncoderOptions, Pooling, WindowConfig};
 
@@ -40,6 +41,50 @@ pub struct Layer {
     pub ef_search: Option<usize>,
     /// A folder made by `clinsearch finetune classify`, served at `POST /api/classify`.
     pub classifier: Option<String>,
+    /// Named keys (`[[keys]]` tables: name, role, sha256, optional filter). File only.
+    pub keys: Option<Vec<KeyEntry>>,
+    /// The host name browsers use to reach this server when it is not a loopback name
+    /// (checked against the `Host` header: DNS rebinding).
+    pub public_name: Option<String>,
+    /// Record query text in the audit log instead of only its SHA-256.
+    pub audit_query_text: Option<bool>,
+    /// Bounds on the work one request, one principal and the server may ask for.
+    pub limits: Option<Limits>,
+}
+
+/// Bounds on work, each answered with a clear 4xx when exceeded (`[limits]` in the file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Windows (model passes of one window each) in one `/api/embed` or `/api/documents`
+    /// request, all texts together: 413 `too_many_windows` above it.
+    pub max_windows_per_request: usize,
+    /// `offset + k` of a search: 400 above it.
+    pub max_offset_k: usize,
+    /// Candidates a `group_by=patient` search may read (it reads 5 x (offset + k)).
+    pub max_group_depth: usize,
+    /// Running evaluation and ingest jobs per principal (each kind): 429 above it.
+    pub max_jobs_per_principal: usize,
+    /// Running evaluation and ingest jobs in all (each kind): 429 above it.
+    pub max_jobs: usize,
+    /// Query embeddings waiting for the batching worker: 429 above it.
+    pub max_queued_queries: usize,
+    /// Errors a job keeps in its error list (the rest are counted).
+    pub max_job_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_windows_per_request: 2048,
+            max_offset_k: 1000,
+            max_group_depth: 5000,
+            max_jobs_per_principal: 2,
+            max_jobs: 4,
+            max_queued_queries: 512,
+            max_job_errors: 100,
+        }
+    }
 }
 
 impl Layer {
@@ -60,6 +105,10 @@ impl Layer {
             workers: over.workers.or(self.workers),
             ef_search: over.ef_search.or(self.ef_search),
             classifier: over.classifier.or(self.classifier),
+            keys: over.keys.or(self.keys),
+            public_name: over.public_name.or(self.public_name),
+            audit_query_text: over.audit_query_text.or(self.audit_query_text),
+            limits: over.limits.or(self.limits),
         }
     }
 
@@ -97,6 +146,18 @@ impl Layer {
             workers: num("CLINSEARCH_WORKERS")?,
             ef_search: num("CLINSEARCH_EF_SEARCH")?,
             classifier: env("CLINSEARCH_CLASSIFIER"),
+            keys: None,
+            public_name: env("CLINSEARCH_PUBLIC_NAME"),
+            audit_query_text: env("CLINSEARCH_AUDIT_QUERY_TEXT")
+                .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" | "" => Ok(false),
+                    _ => Err(Error::InvalidInput(format!(
+                        "CLINSEARCH_AUDIT_QUERY_TEXT={v:?}: use true or false"
+                    ))),
+                })
+                .transpose()?,
+            limits: None,
         })
     }
 }
@@ -118,6 +179,12 @@ pub struct ServerConfig {
     pub workers: usize,
     pub ef_search: usize,
     pub classifier: Option<String>,
+    pub keys: Vec<KeyEntry>,
+    /// The file the configuration came from: keys are re-read from it when it changes.
+    pub config_file: Option<PathBuf>,
+    pub public_name: Option<String>,
+    pub audit_query_text: bool,
+    pub limits: Limits,
 }
 
 /// Keys are never printed.
@@ -139,6 +206,18 @@ impl std::fmt::Debug for ServerConfig {
             .field("workers", &self.workers)
             .field("ef_search", &self.ef_search)
             .field("classifier", &self.classifier)
+            .field(
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| (k.name.as_str(), k.role.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("config_file", &self.config_file)
+            .field("public_name", &self.public_name)
+            .field("audit_query_text", &self.audit_query_text)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -150,7 +229,9 @@ impl ServerConfig {
             Some(p) => Layer::from_file(p)?,
             None => Layer::default(),
         };
-        Self::from_layer(base.under(env).under(flags))
+        let mut cfg = Self::from_layer(base.under(env).under(flags))?;
+        cfg.config_file = file.map(Path::to_path_buf);
+        Ok(cfg)
     }
 
     pub fn from_layer(l: Layer) -> Result<ServerConfig> {
@@ -182,20 +263,31 @@ impl ServerConfig {
             workers: l.workers.unwrap_or(2).clamp(1, 64),
             ef_search: l.ef_search.unwrap_or(crate::search::MIN_EF).clamp(8, 4096),
             classifier: nonempty(l.classifier),
+            keys: l.keys.unwrap_or_default(),
+            config_file: None,
+            public_name: nonempty(l.public_name).map(|n| n.trim().to_ascii_lowercase()),
+            audit_query_text: l.audit_query_text.unwrap_or(false),
+            limits: l.limits.unwrap_or_default(),
         };
-        if cfg.read_api_key.is_some() && cfg.api_key.is_none() {
-            return Err(Error::InvalidInput(
-                "read_api_key needs api_key too (otherwise writes would be open to everyone)"
-                    .into(),
-            ));
-        }
-        if !cfg.addr.ip().is_loopback() && cfg.api_key.is_none() {
+        // Any key at all turns authentication on for every protected route; a bad entry
+        // stops the server from starting.
+        let ring = cfg.key_ring()?;
+        if !cfg.addr.ip().is_loopback() && ring.is_empty() {
             return Err(Error::InvalidInput(format!(
-                "refusing to serve clinical notes on {} without authentication: set CLINSEARCH_API_KEY (or api_key in the config file), or bind to 127.0.0.1",
+                "refusing to serve clinical notes on {} without authentication: add a key (clinsearch keys new NAME --role admin --config FILE, or CLINSEARCH_API_KEY), or bind to 127.0.0.1",
                 cfg.addr
             )));
         }
         Ok(cfg)
+    }
+
+    /// The keys of this configuration, checked.
+    pub fn key_ring(&self) -> Result<KeyRing> {
+        KeyRing::new(
+            &self.keys,
+            self.api_key.as_deref(),
+            self.read_api_key.as_deref(),
+        )
     }
 
     pub fn encoder_options(&self) -> Result<EncoderOptions> {

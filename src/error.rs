@@ -54,6 +54,10 @@ pub enum Error {
     #[error("index: {0}")]
     Index(String),
 
+    /// A queue is full: the caller should retry shortly (HTTP 429).
+    #[error("busy: {0}")]
+    Busy(String),
+
     /// The data directory was built with another model.
     #[error("{0}")]
     ModelMismatch(String),

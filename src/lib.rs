@@ -12,8 +12,13 @@
 //! * [`eval`]: judged queries through each mode, trec_eval metrics, significance, run files.
 //! * [`train`]: fine-tuning (classification head, contrastive retrieval) in the HF layout.
 //! * [`config`]: the server's configuration (file < environment < flags).
+//! * [`auth`]: named keys (principals) with roles and document-level restrictions.
+//! * [`audit`]: the access audit: append-only, hash-chained JSON lines; verify; reports.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
+mod cli_access;
 mod cli_train;
 pub mod config;
 pub mod engine;

@@ -245,6 +245,8 @@ pub struct EvalOptions {
     pub ks: Vec<usize>,
     pub fusion: Fusion,
     pub ef: usize,
+    /// Evaluate as if only the notes passing this filter existed (a restricted key's view).
+    pub restrict: Option<crate::index::Filter>,
 }
 
 impl Default for EvalOptions {
@@ -254,6 +256,7 @@ impl Default for EvalOptions {
             ks: vec![1, 5, 10, 20, 100],
             fusion: Fusion::default(),
             ef: crate::search::MIN_EF,
+            restrict: None,
         }
     }
 }
@@ -337,6 +340,9 @@ pub fn evaluate(
         }
         req.fusion = opts.fusion;
         req.details = false;
+        if let Some(r) = &opts.restrict {
+            req.filter = req.filter.and(r);
+        }
         // A query the engine rejects (empty after trimming) is an empty run, not a failure.
         let resp = if req.check().is_ok() {
             Some(searcher.search(&req, qv.as_deref())?)

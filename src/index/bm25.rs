@@ -220,6 +220,9 @@ impl Bm25Index {
     }
 
     fn filtered(&self, query: Box<dyn Query>, filter: &Filter) -> Box<dyn Query> {
+        if filter.matches_nothing {
+            return Box::new(tantivy::query::EmptyQuery);
+        }
         if filter.is_empty() {
             return query;
         }
@@ -367,6 +370,13 @@ impl Bm25Index {
     /// with their note counts, most frequent first: suggestions for the UI's filters. Counts
     /// may include replaced notes until tantivy merges their segments.
     pub fn facet_values(&self, field: &str) -> Result<Vec<(String, u64)>> {
+        self.facet_values_under(field, &Filter::default())
+    }
+
+    /// [`Self::facet_values`] counting only the notes that pass `filter` (a key's restriction:
+    /// a restricted key must not learn how many notes of other specialties exist). Values with
+    /// no passing note are left out.
+    pub fn facet_values_under(&self, field: &str, filter: &Filter) -> Result<Vec<(String, u64)>> {
         let field = match field {
             "note_type" => self.f.note_type,
             "specialty" => self.f.specialty,
@@ -382,6 +392,20 @@ impl Bm25Index {
                 let key = String::from_utf8_lossy(stream.key()).into_owned();
                 *counts.entry(key).or_default() += stream.value().doc_freq as u64;
             }
+        }
+        if !filter.is_empty() {
+            // Count exactly under the filter, one query per value (facets have few values).
+            for (value, n) in counts.iter_mut() {
+                let q = self.filtered(
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(field, value),
+                        IndexRecordOption::Basic,
+                    )),
+                    filter,
+                );
+                *n = searcher.search(&*q, &tantivy::collector::Count)? as u64;
+            }
+            counts.retain(|_, n| *n > 0);
         }
         let mut out: Vec<(String, u64)> = counts.into_iter().collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

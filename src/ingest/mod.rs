@@ -122,6 +122,14 @@ pub fn embedding_input(note: &crate::note::Note) -> (std::borrow::Cow<'_, str>, 
 /// Embeds the windows of each note (title included, see [`embedding_input`]); window spans
 /// point into the note's text. A note the encoder rejects gets its own error; the others are
 /// still embedded.
+/// The windows [`embed_notes`] would embed for `notes`, without running the model.
+pub fn count_windows(encoder: &Encoder, notes: &[&crate::note::Note]) -> Result<usize> {
+    let inputs: Vec<std::borrow::Cow<'_, str>> =
+        notes.iter().map(|n| embedding_input(n).0).collect();
+    let texts: Vec<&str> = inputs.iter().map(|t| t.as_ref()).collect();
+    encoder.count_windows(&texts)
+}
+
 pub fn embed_notes(
     encoder: &Encoder,
     notes: &[&crate::note::Note],

@@ -321,6 +321,23 @@ impl Encoder {
         out
     }
 
+    /// How many windows [`Self::embed_windows`] would embed for `texts` (the window cap
+    /// applied), without running the model: the server bounds a request's work by it.
+    /// Texts that cannot be embedded count nothing (embedding reports them).
+    pub fn count_windows(&self, texts: &[&str]) -> Result<usize> {
+        use rayon::prelude::*;
+        Ok(texts
+            .par_iter()
+            .map(|t| match self.tokens_of(t, "text") {
+                Ok(tokens) => {
+                    let n = self.window_ranges(tokens.ids.len()).len();
+                    self.max_windows.map_or(n, |cap| n.min(cap))
+                }
+                Err(_) => 0,
+            })
+            .sum())
+    }
+
     /// Splits each text into overlapping windows and embeds every window: one vector per
     /// window with its span in the text. An empty text is an error.
     pub fn embed_windows(&self, texts: &[&str]) -> Result<Vec<Vec<Window>>> {

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::routes::Caller;
+use super::{disclose, disclose_query, ApiError, AppState};
 use crate::error::Error;
 use crate::index::Filter;
 use crate::ingest::source::note_from_json;
@@ -30,28 +31,6 @@ pub const MAX_NOTES_PER_REQUEST: usize = 1000;
 pub const MAX_EMBED_TEXTS: usize = 256;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/health", web::get().to(health))
-        .route("/api/stats", web::get().to(stats))
-        .route("/api/facets", web::get().to(facets))
-        .route("/api/openapi.json", web::get().to(openapi))
-        .route("/api/search", web::get().to(search_get))
-        .route("/api/search", web::post().to(search_post))
-        .route("/api/documents", web::post().to(documents_post))
-        .route("/api/documents/{id}", web::get().to(document_get))
-        .route("/api/documents/{id}", web::delete().to(document_delete))
-        .route("/api/embed", web::post().to(embed))
-        .route("/api/fill-mask", web::post().to(fill_mask))
-        .route("/api/classify", web::post().to(classify))
-        .route("/api/ingest", web::post().to(ingest_start))
-        .route("/api/ingest", web::get().to(ingest_list))
-        .route("/api/ingest/{job}", web::get().to(ingest_status))
-        .route("/api/eval", web::post().to(eval_start))
-        .route("/api/eval/sets", web::get().to(eval_sets))
-        .route("/api/eval/{job}", web::get().to(eval_status))
-        .route("/metrics", web::get().to(metrics));
-}
 
 /// The JSON extractor's failures in the API's error shape.
 pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
@@ -70,7 +49,7 @@ pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiErr
     }
 }
 
-async fn health(state: State) -> ApiResult {
+pub async fn health(state: State) -> ApiResult {
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         // The index's count: the store's is a scan, and a health probe must be cheap.
@@ -93,7 +72,7 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn stats(state: State) -> ApiResult {
+pub async fn stats(state: State) -> ApiResult {
     let st = state.clone();
     let v = web::block(move || -> Result<Value, Error> {
         let e = &st.engine;
@@ -135,15 +114,17 @@ async fn stats(state: State) -> ApiResult {
     Ok(HttpResponse::Ok().json(v))
 }
 
-/// Values of the note type and specialty filters with their counts.
-async fn facets(state: State) -> ApiResult {
+/// Values of the note type and specialty filters with their counts (only the notes the
+/// caller may see are counted).
+pub async fn facets(state: State, caller: Caller) -> ApiResult {
     let st = state.clone();
+    let scope = caller.0.scope(&Filter::default());
     let v = web::block(move || -> Result<Value, Error> {
         let list = |f: &str| -> Result<Value, Error> {
             Ok(st
                 .engine
                 .bm25
-                .facet_values(f)?
+                .facet_values_under(f, &scope)?
                 .into_iter()
                 .map(|(v, n)| json!({"value": v, "count": n}))
                 .collect())
@@ -154,7 +135,7 @@ async fn facets(state: State) -> ApiResult {
     Ok(HttpResponse::Ok().json(v))
 }
 
-async fn openapi() -> HttpResponse {
+pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI)
@@ -164,17 +145,27 @@ async fn openapi() -> HttpResponse {
 // Search
 
 /// `GET /api/search?q=...&mode=...`
-async fn search_get(state: State, query: web::Query<Vec<(String, String)>>) -> ApiResult {
+pub async fn search_get(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    query: web::Query<Vec<(String, String)>>,
+) -> ApiResult {
     let req = SearchRequest::from_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    run_search(state, req).await
+    run_search(state, &http, caller, req).await
 }
 
 /// `POST /api/search` with the same parameters as a JSON object; filters may also be nested
 /// under `"filter"`.
-async fn search_post(state: State, body: web::Json<Value>) -> ApiResult {
+pub async fn search_post(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    body: web::Json<Value>,
+) -> ApiResult {
     let pairs = flatten_params(&body)?;
     let req = SearchRequest::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    run_search(state, req).await
+    run_search(state, &http, caller, req).await
 }
 
 fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
@@ -234,9 +225,53 @@ pub async fn execute_search(state: &State, req: SearchRequest) -> Result<SearchR
     Ok(resp)
 }
 
-async fn run_search(state: State, req: SearchRequest) -> ApiResult {
+/// The bounds of the configuration on one search: `offset + k`, and the candidates a search
+/// grouped by patient reads.
+fn check_search_limits(state: &State, req: &SearchRequest) -> Result<(), ApiError> {
+    let l = &state.config.limits;
+    let need = req.offset + req.k;
+    let param = |p: &str, m: String| ApiError {
+        param: Some(p.to_string()),
+        ..ApiError::bad_request("invalid_parameter", m)
+    };
+    if need > l.max_offset_k {
+        return Err(param(
+            "offset",
+            format!("offset + k is {need}; this server allows at most {}", l.max_offset_k),
+        ));
+    }
+    if req.group_by == crate::search::GroupBy::Patient && need * 5 > l.max_group_depth {
+        return Err(param(
+            "group_by",
+            format!(
+                "grouping by patient reads 5 x (offset + k) = {} candidates; this server allows at most {} (ask for a smaller page)",
+                need * 5,
+                l.max_group_depth
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_search(state: State, http: &HttpRequest, caller: Caller, mut req: SearchRequest) -> ApiResult {
     let t = Instant::now();
-    let resp = execute_search(&state, req).await?;
+    check_search_limits(&state, &req)?;
+    disclose_query(http, &req.q);
+    // The key's restriction goes inside both retrievers, as if other notes did not exist.
+    let asked = req.filter.clone();
+    req.filter = caller.0.scope(&req.filter);
+    let mut resp = execute_search(&state, req).await?;
+    resp.filter = asked;
+    for r in &resp.rankings {
+        for h in &r.hits {
+            disclose(http, &h.id, h.patient_id.as_deref());
+            if let Some(g) = &h.group {
+                for n in &g.note_ids {
+                    disclose(http, n, Some(&g.patient_id));
+                }
+            }
+        }
+    }
     let mut v = serde_json::to_value(&resp).map_err(|e| Error::Index(e.to_string()))?;
     v["took_ms"] = json!(t.elapsed().as_secs_f64() * 1e3);
     Ok(HttpResponse::Ok().json(v))
@@ -327,8 +362,29 @@ pub fn parse_note_body(body: &[u8]) -> Result<Vec<Result<Note, String>>, ApiErro
 
 /// `POST /api/documents`: stores notes (replacing notes with the same id) and replies with
 /// the status of each.
-async fn documents_post(state: State, body: Bytes) -> ApiResult {
-    let parsed = parse_note_body(&body)?;
+pub async fn documents_post(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult {
+    let mut parsed = parse_note_body(&body)?;
+    // A restricted key may store only notes it could read back.
+    for r in parsed.iter_mut() {
+        if let Ok(n) = r {
+            if !caller.0.may_see(n) {
+                *r = Err("outside what this key may read (its filter)".to_string());
+            }
+        }
+    }
+    let windows: usize = {
+        let notes: Vec<&Note> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
+        crate::ingest::count_windows(&state.encoder, &notes)?
+    };
+    check_windows(&state, windows)?;
+    for n in parsed.iter().flatten() {
+        disclose(&http, &n.id, n.patient_id.as_deref());
+    }
     let st = state.clone();
     let results = web::block(move || -> Result<Vec<Value>, Error> {
         let mut results: Vec<Value> = Vec::with_capacity(parsed.len());
@@ -394,9 +450,24 @@ async fn documents_post(state: State, body: Bytes) -> ApiResult {
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Refuses a request whose texts would take more model windows than the configuration allows.
+fn check_windows(state: &State, windows: usize) -> Result<(), ApiError> {
+    let max = state.config.limits.max_windows_per_request;
+    if windows > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_windows",
+            format!(
+                "these texts make {windows} windows of the model; one request may ask for at most {max} (split it, or use /api/ingest for files)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DocQuery {
+pub struct DocQuery {
     /// A query to mark in the note: BM25 term matches and each chunk's cosine to it.
     q: Option<String>,
 }
@@ -406,13 +477,20 @@ fn char_offset(text: &str, byte: usize) -> usize {
     text.get(..byte).map_or(0, |s| s.chars().count())
 }
 
-async fn document_get(
+pub async fn document_get(
     state: State,
+    http: HttpRequest,
+    caller: Caller,
     id: web::Path<String>,
     query: web::Query<DocQuery>,
 ) -> ApiResult {
     let id = id.into_inner();
     let q = query.into_inner().q.filter(|q| !q.trim().is_empty());
+    if let Some(q) = &q {
+        disclose_query(&http, q);
+    }
+    let principal = caller.0;
+    let asked_id = id.clone();
     if let Some(q) = &q {
         if q.len() > crate::search::MAX_QUERY_BYTES {
             return Err(ApiError::bad_request(
@@ -428,7 +506,8 @@ async fn document_get(
     let st = state.clone();
     let v = web::block(move || -> Result<Option<Value>, Error> {
         let e = &st.engine;
-        let Some(stored) = e.store.get(&id)? else {
+        let Some(stored) = e.store.get(&id)?.filter(|s| principal.may_see(&s.note)) else {
+            // Outside the key's restriction is the same as absent: 404, nothing disclosed.
             return Ok(None);
         };
         let chunks = e.store.chunks_of(&stored)?;
@@ -460,10 +539,10 @@ async fn document_get(
         // Other notes of the same patient, newest first.
         let mut same_patient = vec![];
         if let Some(p) = &note.patient_id {
-            let f = Filter {
+            let f = principal.scope(&Filter {
                 patient_id: Some(p.clone()),
                 ..Default::default()
-            };
+            });
             if let (_, Some(ids)) = e.bm25.filter_ids(&f, 500)? {
                 for other in ids.iter().filter(|o| **o != note.id) {
                     if let Some(n) = e.store.get(other)? {
@@ -488,16 +567,39 @@ async fn document_get(
     })
     .await??;
     match v {
-        Some(v) => Ok(HttpResponse::Ok().json(v)),
+        Some(v) => {
+            disclose(&http, &asked_id, v["note"]["patient_id"].as_str());
+            for other in v["same_patient"].as_array().into_iter().flatten() {
+                if let Some(o) = other["id"].as_str() {
+                    disclose(&http, o, v["note"]["patient_id"].as_str());
+                }
+            }
+            Ok(HttpResponse::Ok().json(v))
+        }
         None => Err(ApiError::not_found("no note with this id")),
     }
 }
 
-async fn document_delete(state: State, id: web::Path<String>) -> ApiResult {
+pub async fn document_delete(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult {
     let id = id.into_inner();
     let st = state.clone();
     let key = id.clone();
-    let n = web::block(move || st.engine.delete(&[key])).await??;
+    let principal = caller.0;
+    let (n, patient) = web::block(move || -> Result<(usize, Option<String>), Error> {
+        // A restricted key cannot see, so cannot delete, notes outside its filter.
+        let Some(stored) = st.engine.store.get(&key)?.filter(|s| principal.may_see(&s.note)) else {
+            return Ok((0, None));
+        };
+        let patient = stored.note.patient_id.clone();
+        Ok((st.engine.delete(&[key])?, patient))
+    })
+    .await??;
+    disclose(&http, &id, patient.as_deref());
     if n == 0 {
         return Err(ApiError::not_found("no note with this id"));
     }
@@ -513,15 +615,16 @@ async fn document_delete(state: State, id: web::Path<String>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmbedBody {
+pub struct EmbedBody {
     texts: Vec<String>,
     /// One vector per overlapping window instead of one per text.
     #[serde(default)]
     windows: bool,
 }
 
-async fn embed(state: State, body: web::Json<EmbedBody>) -> ApiResult {
+pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) -> ApiResult {
     let EmbedBody { texts, windows } = body.into_inner();
+    disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
     if texts.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_parameter",
@@ -533,6 +636,10 @@ async fn embed(state: State, body: web::Json<EmbedBody>) -> ApiResult {
             "invalid_parameter",
             format!("texts: at most {MAX_EMBED_TEXTS} per request"),
         ));
+    }
+    if windows {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        check_windows(&state, state.encoder.count_windows(&refs)?)?;
     }
     let st = state.clone();
     let out = web::block(move || -> Result<Value, Error> {
@@ -552,7 +659,7 @@ async fn embed(state: State, body: web::Json<EmbedBody>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FillMaskBody {
+pub struct FillMaskBody {
     text: String,
     #[serde(default = "default_top_k")]
     top_k: usize,
@@ -562,7 +669,7 @@ fn default_top_k() -> usize {
     5
 }
 
-async fn fill_mask(state: State, body: web::Json<FillMaskBody>) -> ApiResult {
+pub async fn fill_mask(state: State, http: HttpRequest, body: web::Json<FillMaskBody>) -> ApiResult {
     if !state.encoder.has_mlm_head() {
         return Err(ApiError::bad_request(
             "no_mlm_head",
@@ -573,6 +680,7 @@ async fn fill_mask(state: State, body: web::Json<FillMaskBody>) -> ApiResult {
         ));
     }
     let FillMaskBody { text, top_k } = body.into_inner();
+    disclose_query(&http, &text);
     if !(1..=100).contains(&top_k) {
         return Err(ApiError::bad_request(
             "invalid_parameter",
@@ -589,7 +697,7 @@ async fn fill_mask(state: State, body: web::Json<FillMaskBody>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ClassifyBody {
+pub struct ClassifyBody {
     /// One text, or several with `texts`.
     text: Option<String>,
     texts: Option<Vec<String>>,
@@ -602,7 +710,7 @@ fn default_classify_top_k() -> usize {
 }
 
 /// `POST /api/classify`: the configured fine-tuned classifier's labels for one or more texts.
-async fn classify(state: State, body: web::Json<ClassifyBody>) -> ApiResult {
+pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyBody>) -> ApiResult {
     let Some(clf) = state.classifier.clone() else {
         return Err(ApiError::bad_request(
             "no_classifier",
@@ -610,6 +718,11 @@ async fn classify(state: State, body: web::Json<ClassifyBody>) -> ApiResult {
         ));
     };
     let ClassifyBody { text, texts, top_k } = body.into_inner();
+    match (&text, &texts) {
+        (Some(t), _) => disclose_query(&http, t),
+        (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
+        _ => {}
+    }
     let texts = match (text, texts) {
         (Some(t), None) => vec![t],
         (None, Some(ts)) => ts,
@@ -656,7 +769,7 @@ async fn classify(state: State, body: web::Json<ClassifyBody>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestQuery {
+pub struct IngestQuery {
     format: Option<String>,
     filename: Option<String>,
     text_col: Option<String>,
@@ -665,8 +778,20 @@ struct IngestQuery {
 }
 
 /// `POST /api/ingest?format=jsonl|csv|txt&filename=...`: the raw file as the body.
-async fn ingest_start(state: State, query: web::Query<IngestQuery>, body: Bytes) -> ApiResult {
+pub async fn ingest_start(
+    state: State,
+    caller: Caller,
+    query: web::Query<IngestQuery>,
+    body: Bytes,
+) -> ApiResult {
     let q = query.into_inner();
+    if caller.0.restrict.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a key with a filter cannot upload files (each note must be checked against the filter): post notes to /api/documents",
+        ));
+    }
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the upload is empty"));
     }
@@ -697,11 +822,15 @@ async fn ingest_start(state: State, query: web::Query<IngestQuery>, body: Bytes)
                 .notes_rejected
                 .fetch_add(errors as u64, Relaxed);
         });
+    let owner = caller.0.name.clone();
+    let limits = state.config.limits.clone();
     let status = web::block(move || {
         st.jobs.start(
             st.engine.clone(),
             st.encoder.clone(),
             on_done,
+            &owner,
+            &limits,
             &name,
             format,
             mapping,
@@ -712,15 +841,30 @@ async fn ingest_start(state: State, query: web::Query<IngestQuery>, body: Bytes)
     Ok(HttpResponse::Accepted().json(status))
 }
 
-async fn ingest_status(state: State, job: web::Path<String>) -> ApiResult {
-    match state.jobs.status(&job) {
+/// Jobs are their owner's; admins see everyone's.
+fn sees_all(caller: &Caller) -> bool {
+    caller.0.role == crate::auth::Role::Admin
+}
+
+pub async fn ingest_status(state: State, caller: Caller, job: web::Path<String>) -> ApiResult {
+    match state
+        .jobs
+        .status(&job)
+        .filter(|s| sees_all(&caller) || s.owner == caller.0.name)
+    {
         Some(s) => Ok(HttpResponse::Ok().json(s)),
         None => Err(ApiError::not_found("no ingest job with this id")),
     }
 }
 
-async fn ingest_list(state: State) -> ApiResult {
-    Ok(HttpResponse::Ok().json(json!({ "jobs": state.jobs.list() })))
+pub async fn ingest_list(state: State, caller: Caller) -> ApiResult {
+    let jobs: Vec<_> = state
+        .jobs
+        .list()
+        .into_iter()
+        .filter(|s| sees_all(&caller) || s.owner == caller.0.name)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -728,7 +872,7 @@ async fn ingest_list(state: State) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EvalBody {
+pub struct EvalBody {
     /// A query set stored in the data directory (`clinsearch eval --save-set NAME`).
     set: Option<String>,
     /// Queries: `[{"id", "text"}]`, or the text of a BEIR queries.jsonl / `qid<TAB>text` file.
@@ -809,8 +953,15 @@ fn eval_inputs(body: &EvalBody, data: &std::path::Path) -> Result<crate::eval::Q
 }
 
 /// `POST /api/eval`: evaluates a stored or posted query set; a job to poll, or the report.
-async fn eval_start(state: State, body: web::Json<EvalBody>) -> ApiResult {
+pub async fn eval_start(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    body: web::Json<EvalBody>,
+) -> ApiResult {
     let body = body.into_inner();
+    let principal = caller.0.clone();
+    let principal_view = principal.clone();
     let set = eval_inputs(&body, &state.engine.dir)?;
     let invalid = |m: String| ApiError::bad_request("invalid_parameter", m);
     let mut opts = crate::eval::EvalOptions::default();
@@ -845,6 +996,8 @@ async fn eval_start(state: State, body: web::Json<EvalBody>) -> ApiResult {
         }
     };
     opts.ef = state.config.ef_search;
+    // A restricted key evaluates over the notes it may see, as if the others did not exist.
+    opts.restrict = principal.restrict.clone();
     let st = state.clone();
     let total = set.queries.len();
     let run = move |done: &std::sync::atomic::AtomicUsize| -> Result<Value, Error> {
@@ -864,10 +1017,12 @@ async fn eval_start(state: State, body: web::Json<EvalBody>) -> ApiResult {
                 .chain(q.modes.values().flat_map(|m| m.top.iter().map(|(d, _)| d)));
             for d in docs {
                 if !titles.contains_key(d) {
+                    // Notes outside the key's view are not named (no title, as if absent).
                     let title = st
                         .engine
                         .store
                         .get(d)?
+                        .filter(|n| principal_view.may_see(&n.note))
                         .map(|n| n.note.title.unwrap_or_else(|| d.clone()));
                     titles.insert(d.clone(), json!(title));
                 }
@@ -876,22 +1031,51 @@ async fn eval_start(state: State, body: web::Json<EvalBody>) -> ApiResult {
         v["titles"] = Value::Object(titles);
         Ok(v)
     };
+    let slot = state
+        .evals
+        .reserve(&principal.name, &state.config.limits)?;
     if body.wait {
-        let report = web::block(move || run(&std::sync::atomic::AtomicUsize::new(0))).await??;
+        let report = web::block(move || {
+            let _slot = slot;
+            run(&std::sync::atomic::AtomicUsize::new(0))
+        })
+        .await??;
+        disclose_report(&http, &report);
         return Ok(HttpResponse::Ok().json(report));
     }
-    let id = state.evals.start(total, run)?;
+    let id = state.evals.start(slot, total, run)?;
     Ok(HttpResponse::Accepted().json(state.evals.status(&id)))
 }
 
-async fn eval_status(state: State, job: web::Path<String>) -> ApiResult {
-    match state.evals.status(&job) {
-        Some(v) => Ok(HttpResponse::Ok().json(v)),
+/// Every note an evaluation report names (its rankings and judged notes).
+fn disclose_report(http: &HttpRequest, report: &Value) {
+    if let Some(titles) = report["titles"].as_object() {
+        for id in titles.keys() {
+            disclose(http, id, None);
+        }
+    }
+}
+
+pub async fn eval_status(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    job: web::Path<String>,
+) -> ApiResult {
+    match state
+        .evals
+        .status(&job)
+        .filter(|v| sees_all(&caller) || v["owner"] == caller.0.name.as_str())
+    {
+        Some(v) => {
+            disclose_report(&http, &v["report"]);
+            Ok(HttpResponse::Ok().json(v))
+        }
         None => Err(ApiError::not_found("no evaluation job with this id")),
     }
 }
 
-async fn eval_sets(state: State) -> ApiResult {
+pub async fn eval_sets(state: State) -> ApiResult {
     let sets: Vec<Value> = crate::eval::list_sets(&state.engine.dir)
         .into_iter()
         .map(|(name, n)| json!({"name": name, "queries": n}))
@@ -902,7 +1086,7 @@ async fn eval_sets(state: State) -> ApiResult {
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-async fn metrics(state: State) -> ApiResult {
+pub async fn metrics(state: State) -> ApiResult {
     let st = state.clone();
     let text = web::block(move || {
         use std::sync::atomic::Ordering::Relaxed;

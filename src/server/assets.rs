@@ -25,13 +25,8 @@ const ASSETS: &[Asset] = &[
 
 const INDEX: &str = include_str!("../../web/index.html");
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/assets/{file}", web::get().to(asset))
-        .route(
-            "/favicon.ico",
-            web::get().to(|| async { HttpResponse::NoContent().finish() }),
-        );
+pub async fn favicon() -> HttpResponse {
+    HttpResponse::NoContent().finish()
 }
 
 /// A strict policy: the UI loads only its own script and style and talks only to this origin.
@@ -45,13 +40,13 @@ fn secure(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuild
     b
 }
 
-async fn index() -> HttpResponse {
+pub async fn index() -> HttpResponse {
     secure(HttpResponse::Ok())
         .content_type("text/html; charset=utf-8")
         .body(INDEX)
 }
 
-async fn asset(file: web::Path<String>) -> HttpResponse {
+pub async fn asset(file: web::Path<String>) -> HttpResponse {
     match ASSETS.iter().find(|a| a.path == file.as_str()) {
         Some(a) => secure(HttpResponse::Ok())
             .content_type(a.content_type)

@@ -31,11 +31,14 @@ pub struct BatchStats {
 pub struct QueryEmbedder {
     tx: Sender<Job>,
     pub stats: Arc<BatchStats>,
+    /// Queries sent and not yet answered; above `max_queued` new ones are refused (429).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued: usize,
 }
 
 impl QueryEmbedder {
     /// Starts the worker; it stops when the last handle is dropped.
-    pub fn start(encoder: Arc<Encoder>, max_batch: usize) -> Self {
+    pub fn start(encoder: Arc<Encoder>, max_batch: usize, max_queued: usize) -> Self {
         let (tx, rx) = channel::<Job>();
         let stats = Arc::new(BatchStats::default());
         let st = stats.clone();
@@ -72,11 +75,30 @@ impl QueryEmbedder {
                 }
             })
             .expect("spawn the query embedding thread");
-        QueryEmbedder { tx, stats }
+        QueryEmbedder {
+            tx,
+            stats,
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_queued: max_queued.max(1),
+        }
     }
 
     /// The query's vector, embedded together with whatever other queries are waiting.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy(format!(
+                "{} queries are waiting to be embedded; try again in a moment",
+                self.max_queued
+            )));
+        }
+        let _queued = Queued(&self.queued);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {

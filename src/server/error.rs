@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// The request parameter at fault, when there is one.
     pub param: Option<String>,
+    /// Seconds to wait before retrying (sent as `Retry-After` with 429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,25 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
+        }
+    }
+
+    /// A failure of ours; the message says no more than that (details go to the log).
+    pub fn internal(what: &str) -> Self {
+        tracing::error!("internal error: {what}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to complete the request; see its log",
+        )
+    }
+
+    /// 429: a queue or a per-principal limit is full; retry after `secs`.
+    pub fn too_many_requests(code: &'static str, message: impl Into<String>, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -65,7 +86,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.body())
+        let mut b = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after {
+            b.insert_header((actix_web::http::header::RETRY_AFTER, s.to_string()));
+        }
+        b.json(self.body())
     }
 }
 
@@ -76,6 +101,7 @@ impl From<crate::search::ParamError> for ApiError {
             code: "invalid_parameter",
             message: e.to_string(),
             param: Some(e.param),
+            retry_after: None,
         }
     }
 }
@@ -86,6 +112,7 @@ impl From<Error> for ApiError {
             Error::InvalidInput(m) => ApiError::bad_request("invalid_input", m),
             Error::Tokenizer(m) => ApiError::bad_request("invalid_input", m),
             Error::Unsupported(m) => ApiError::bad_request("unsupported", m),
+            Error::Busy(m) => ApiError::too_many_requests("overloaded", m, 1),
             other => {
                 // Our failure, not the user's: log it (no note text reaches these messages).
                 tracing::error!("internal error: {other}");
@@ -99,12 +126,10 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The blocking pool answers this when the task panicked (or the pool is gone): our failure,
+/// reported as such, with the panic itself in the log.
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(_: actix_web::error::BlockingError) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down",
-        )
+        ApiError::internal("a blocking task of the request panicked")
     }
 }

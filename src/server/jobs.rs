@@ -4,7 +4,7 @@
 //! The upload is written to a private folder of the data directory so the file readers
 //! report `file:line` positions, and is removed when the job ends (it is patient data).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,10 +23,70 @@ pub enum JobState {
     Failed,
 }
 
+/// Running jobs per principal, bounded per principal and in all (`[limits]`). A [`Slot`] is
+/// held for as long as its job runs.
+#[derive(Default)]
+pub struct Slots {
+    held: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One running job's place; given back when dropped.
+pub struct Slot {
+    held: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self.held.lock().unwrap();
+        if let Some(n) = h.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                h.remove(&self.owner);
+            }
+        }
+    }
+}
+
+impl Slots {
+    /// A place for one more job of `owner`, or 429 with `Retry-After` when `owner` already
+    /// runs `per_owner` jobs or the server runs `total`.
+    pub fn reserve(
+        &self,
+        what: &str,
+        owner: &str,
+        per_owner: usize,
+        total: usize,
+    ) -> Result<Slot, super::ApiError> {
+        let mut h = self.held.lock().unwrap();
+        let mine = h.get(owner).copied().unwrap_or(0);
+        let all: usize = h.values().sum();
+        if mine >= per_owner || all >= total {
+            let why = if mine >= per_owner {
+                format!("{owner:?} already runs {mine} {what} jobs (the limit per key is {per_owner})")
+            } else {
+                format!("the server already runs {all} {what} jobs (its limit is {total})")
+            };
+            return Err(super::ApiError::too_many_requests(
+                "too_many_jobs",
+                format!("{why}; try again when one has finished"),
+                5,
+            ));
+        }
+        *h.entry(owner.to_string()).or_default() += 1;
+        Ok(Slot {
+            held: self.held.clone(),
+            owner: owner.to_string(),
+        })
+    }
+}
+
 /// What a client sees of a job.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub id: String,
+    /// The principal that started it: only they (and admins) see it.
+    pub owner: String,
     pub filename: String,
     pub state: JobState,
     /// Records in the upload (None when they could not be counted).
@@ -34,8 +94,10 @@ pub struct JobStatus {
     /// Notes durably stored so far.
     pub stored: usize,
     pub chunks: usize,
-    /// `filename:line: reason` for each record skipped.
+    /// `filename:line: reason` for the first records skipped (`max_job_errors` of them).
     pub errors: Vec<String>,
+    /// Every record skipped, including those beyond the list.
+    pub error_count: usize,
     /// Why the job failed, when it did.
     pub failure: Option<String>,
     pub seconds: f64,
@@ -52,6 +114,7 @@ struct Job {
 pub struct Jobs {
     next: AtomicU64,
     jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
+    slots: Slots,
 }
 
 /// Jobs remembered (running ones are never forgotten).
@@ -77,11 +140,17 @@ impl Jobs {
         engine: Arc<Engine>,
         encoder: Arc<Encoder>,
         metrics: Arc<dyn Fn(usize, usize, usize) + Send + Sync>,
+        owner: &str,
+        limits: &crate::config::Limits,
         filename: &str,
         format: Format,
         mapping: CsvMapping,
         body: &[u8],
-    ) -> crate::Result<JobStatus> {
+    ) -> Result<JobStatus, super::ApiError> {
+        let slot =
+            self.slots
+                .reserve("ingest", owner, limits.max_jobs_per_principal, limits.max_jobs)?;
+        let max_errors = limits.max_job_errors;
         let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let id = format!("job-{n}");
         let folder = engine
@@ -94,12 +163,14 @@ impl Jobs {
         let total = source::count(&path, format);
         let status = JobStatus {
             id: id.clone(),
+            owner: owner.to_string(),
             filename: filename.to_string(),
             state: JobState::Running,
             total,
             stored: 0,
             chunks: 0,
             errors: vec![],
+            error_count: 0,
             failure: None,
             seconds: 0.0,
         };
@@ -114,6 +185,7 @@ impl Jobs {
         let handle = std::thread::Builder::new()
             .name(id.clone())
             .spawn(move || {
+                let _slot = slot;
                 let opts = IngestOptions {
                     batch_size: 32,
                     on_error: OnError::Skip,
@@ -133,9 +205,11 @@ impl Jobs {
                         st.stored = report.notes;
                         st.chunks = report.chunks;
                         // Positions are reported against the user's file name, not our folder.
+                        st.error_count = report.errors.len();
                         st.errors = report
                             .errors
                             .iter()
+                            .take(max_errors)
                             .map(|e| e.replace(&prefix, ""))
                             .collect();
                         metrics(report.notes, report.chunks, report.errors.len());
@@ -263,9 +337,11 @@ mod tests {
 pub struct EvalJobs {
     next: AtomicU64,
     jobs: Mutex<BTreeMap<u64, Arc<EvalJob>>>,
+    slots: Slots,
 }
 
 struct EvalJob {
+    owner: String,
     done: AtomicUsize,
     total: usize,
     started: Instant,
@@ -273,14 +349,27 @@ struct EvalJob {
 }
 
 impl EvalJobs {
+    /// A place for one more evaluation of `owner` (429 when the limits are reached); held by
+    /// an evaluation that runs in the request, or handed to [`Self::start`].
+    pub fn reserve(
+        &self,
+        owner: &str,
+        limits: &crate::config::Limits,
+    ) -> Result<Slot, super::ApiError> {
+        self.slots
+            .reserve("evaluation", owner, limits.max_jobs_per_principal, limits.max_jobs)
+    }
+
     /// Starts `run` (given a progress counter) on a new thread; returns the job id.
     pub fn start(
         &self,
+        slot: Slot,
         total: usize,
         run: impl FnOnce(&AtomicUsize) -> crate::Result<serde_json::Value> + Send + 'static,
     ) -> crate::Result<String> {
         let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let job = Arc::new(EvalJob {
+            owner: slot.owner.clone(),
             done: AtomicUsize::new(0),
             total,
             started: Instant::now(),
@@ -290,6 +379,7 @@ impl EvalJobs {
         std::thread::Builder::new()
             .name(format!("eval-{n}"))
             .spawn(move || {
+                let _slot = slot;
                 let r = run(&j.done);
                 let mut st = j.result.lock().unwrap();
                 *st = match r {
@@ -313,6 +403,7 @@ impl EvalJobs {
         let st = job.result.lock().unwrap();
         let mut v = serde_json::json!({
             "id": id,
+            "owner": job.owner,
             "state": st.0,
             "done": job.done.load(Ordering::SeqCst),
             "total": job.total,

@@ -1,27 +1,34 @@
 //! The HTTP service: the JSON API under `/api`, Prometheus metrics at `/metrics`, and the
 //! browser UI (the files of `web/`, compiled into the binary) at `/`.
 //!
-//! One middleware wraps every request: it checks the API key (when keys are configured),
-//! records the request in the metrics and the audit log by route pattern (never the raw path
-//! or query string, which may carry patient identifiers), and turns the framework's own
-//! error pages (unknown route, body too large) into the API's JSON error shape.
+//! Two layers of middleware:
+//! * per route, after routing ([`routes`]): the access check the route table declares;
+//! * around everything ([`guard`]): a request id, security headers, the API's JSON error
+//!   shape for the framework's own errors (unknown route, wrong method, body too large),
+//!   metrics by route pattern (never the raw path or query string, which may carry patient
+//!   identifiers), and the access audit, written before the reply leaves.
 
+pub mod access;
 pub mod api;
 pub mod assets;
 pub mod batcher;
+pub mod browser;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod routes;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::{header, Method, StatusCode};
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpResponse, ResponseError};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+use crate::audit::AuditLog;
+use crate::auth::{LiveKeys, Principal};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, OpenOptions};
 use crate::error::Result;
@@ -39,15 +46,31 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     pub evals: jobs::EvalJobs,
     pub config: ServerConfig,
+    pub keys: LiveKeys,
+    /// The access audit of this data directory (`DATA/audit/`).
+    pub audit: AuditLog,
     pub started: Instant,
     /// The fine-tuned classifier behind `POST /api/classify`, when one is configured.
     pub classifier: Option<Arc<crate::train::classify::Classifier>>,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, encoder: Arc<Encoder>, config: ServerConfig) -> Self {
-        let embedder = batcher::QueryEmbedder::start(encoder.clone(), config.query_batch);
-        AppState {
+    /// Opens the audit log of the engine's data directory and starts the query embedding
+    /// worker. Fails on a configuration whose keys do not check out.
+    pub fn new(engine: Arc<Engine>, encoder: Arc<Encoder>, config: ServerConfig) -> Result<Self> {
+        let embedder = batcher::QueryEmbedder::start(
+            encoder.clone(),
+            config.query_batch,
+            config.limits.max_queued_queries,
+        );
+        let keys = LiveKeys::new(
+            config.key_ring()?,
+            config.config_file.clone(),
+            config.api_key.clone(),
+            config.read_api_key.clone(),
+        );
+        let audit = AuditLog::open(&engine.dir.join("audit"))?;
+        Ok(AppState {
             engine,
             encoder,
             embedder,
@@ -55,9 +78,11 @@ impl AppState {
             jobs: jobs::Jobs::default(),
             evals: jobs::EvalJobs::default(),
             config,
+            keys,
+            audit,
             started: Instant::now(),
             classifier: None,
-        }
+        })
     }
 
     /// Serves `classifier` at `POST /api/classify`.
@@ -67,62 +92,52 @@ impl AppState {
     }
 }
 
-/// What a caller may do, from the key it presented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    None,
-    Read,
-    Write,
+/// What a handler tells the audit about its reply: the notes it returned or read (with
+/// their patients) and the query text it was given. Kept in the request's extensions.
+#[derive(Debug, Default, Clone)]
+pub struct Disclosed {
+    pub note_ids: Vec<String>,
+    pub patient_ids: Vec<String>,
+    pub query: Option<String>,
 }
 
-/// Whether a request changes stored notes.
-fn is_write(method: &Method, path: &str) -> bool {
-    (path.starts_with("/api/documents") && (method == Method::POST || method == Method::DELETE))
-        || (path.starts_with("/api/ingest") && method == Method::POST)
-}
-
-/// Whether a path is open without a key: the UI's files, the health probe and the API
-/// description carry no patient data.
-fn is_public(path: &str) -> bool {
-    !(path.starts_with("/api/") || path == "/metrics")
-        || path == "/api/health"
-        || path == "/api/openapi.json"
-}
-
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+/// Records that the reply to `req` shows `note` (of `patient`).
+pub fn disclose(req: &HttpRequest, note: &str, patient: Option<&str>) {
+    let mut ext = req.extensions_mut();
+    if ext.get::<Disclosed>().is_none() {
+        ext.insert(Disclosed::default());
     }
-    diff == 0
-}
-
-fn role_of(config: &ServerConfig, req: &ServiceRequest) -> Role {
-    let Some(key) = &config.api_key else {
-        // No keys configured: the config layer only allows this on loopback.
-        return Role::Write;
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
-    match presented {
-        Some(p) if same_secret(p, key) => Role::Write,
-        Some(p)
-            if config
-                .read_api_key
-                .as_deref()
-                .is_some_and(|r| same_secret(p, r)) =>
-        {
-            Role::Read
+    let d = ext.get_mut::<Disclosed>().expect("inserted above");
+    if !d.note_ids.iter().any(|n| n == note) {
+        d.note_ids.push(note.to_string());
+    }
+    if let Some(p) = patient {
+        if !d.patient_ids.iter().any(|x| x == p) {
+            d.patient_ids.push(p.to_string());
         }
-        _ => Role::None,
     }
+}
+
+/// Records the query (or input text) of `req`, hashed in the audit unless the configuration
+/// asks for the text.
+pub fn disclose_query(req: &HttpRequest, text: &str) {
+    let mut ext = req.extensions_mut();
+    if ext.get::<Disclosed>().is_none() {
+        ext.insert(Disclosed::default());
+    }
+    ext.get_mut::<Disclosed>().expect("inserted above").query = Some(text.to_string());
+}
+
+/// This request's id (also sent back as `X-Request-Id` and written to the audit).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn new_request_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let p = PREFIX.get_or_init(|| fastrand::u32(..));
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{p:08x}-{n:08x}")
 }
 
 async fn guard(
@@ -131,32 +146,9 @@ async fn guard(
 ) -> std::result::Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let request_id = new_request_id();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
-    let path = req.path().to_string();
-    let mut role = Role::Write;
-    if let Some(state) = &state {
-        if !is_public(&path) {
-            role = role_of(&state.config, &req);
-            let denied = match role {
-                Role::None => Some(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "an API key is required: send Authorization: Bearer <key>",
-                )),
-                Role::Read if is_write(&method, &path) => Some(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "this key may read but not change notes",
-                )),
-                _ => None,
-            };
-            if let Some(e) = denied {
-                let res = req.into_response(e.error_response());
-                record(state, &res, &method, role, started);
-                return Ok(res);
-            }
-        }
-    }
     let res = next.call(req).await?.map_into_boxed_body();
     let status = res.status();
     let is_json = res
@@ -164,13 +156,14 @@ async fn guard(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let res = if (status.is_client_error() || status.is_server_error()) && !is_json {
+    let mut res = if (status.is_client_error() || status.is_server_error()) && !is_json {
         // The framework's own errors (no route, wrong method, body too large) in our shape.
+        // The path is not echoed: it may carry a patient identifier.
         let (code, message) = match status {
-            StatusCode::NOT_FOUND => ("not_found", format!("no such endpoint: {method} {path}")),
+            StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_string()),
             StatusCode::METHOD_NOT_ALLOWED => (
                 "method_not_allowed",
-                format!("{method} is not supported on {path}"),
+                format!("{} is not supported on this endpoint", metrics::method_label(&method)),
             ),
             StatusCode::PAYLOAD_TOO_LARGE => (
                 "payload_too_large",
@@ -197,33 +190,89 @@ async fn guard(
         res
     };
     if let Some(state) = &state {
-        record(state, &res, &method, role, started);
+        if let Some(draft) = audit_draft(state, &res, request_id.clone()) {
+            if let Err(e) = state.audit.append(draft).await {
+                tracing::error!(request_id = %request_id, "refusing to reply unaudited: {e}");
+                let e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the access audit could not be written, so nothing is served; see the server log",
+                );
+                res = res.into_response(e.error_response());
+            }
+        }
+        record(state, &res, &method, started);
+    }
+    let h = res.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    if is_json || h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+        // Replies may carry notes: no browser or proxy keeps a copy.
+        h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        h.insert(header::HeaderName::from_static("x-request-id"), v);
     }
     Ok(res)
 }
 
-fn record(
+/// The audit event of a request, when it reached an audited route or was refused on a
+/// protected one.
+fn audit_draft(
     state: &AppState,
     res: &ServiceResponse<BoxBody>,
-    method: &Method,
-    role: Role,
-    t: Instant,
-) {
+    request_id: String,
+) -> Option<crate::audit::Draft> {
+    let req = res.request();
+    let ext = req.extensions();
+    let checked = ext.get::<routes::Checked>()?;
+    let denied = ext.get::<routes::Denied>();
+    let action = if denied.is_some() {
+        "denied"
+    } else {
+        checked.action?
+    };
+    let principal: Option<&Principal> = match denied {
+        Some(d) => d.principal.as_ref(),
+        None => ext.get::<Principal>(),
+    };
+    let disclosed = ext.get::<Disclosed>().cloned().unwrap_or_default();
+    let (query_sha256, query_text) = match &disclosed.query {
+        Some(q) => (
+            Some(crate::auth::sha256_hex(q.as_bytes())),
+            state.config.audit_query_text.then(|| q.clone()),
+        ),
+        None => (None, None),
+    };
+    Some(crate::audit::Draft {
+        request_id,
+        principal: principal.map(|p| p.name.clone()),
+        role: principal.map(|p| p.role.as_str().to_string()),
+        client: req.peer_addr().map(|a| a.to_string()),
+        action,
+        status: res.status().as_u16(),
+        note_ids: disclosed.note_ids,
+        patient_ids: disclosed.patient_ids,
+        query_sha256,
+        query_text,
+    })
+}
+
+fn record(state: &AppState, res: &ServiceResponse<BoxBody>, method: &actix_web::http::Method, t: Instant) {
     let endpoint = res
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
     let secs = t.elapsed().as_secs_f64();
+    let method = metrics::method_label(method);
     state
         .metrics
-        .observe(&endpoint, method.as_str(), res.status().as_u16(), secs);
-    // The audit trail: who did what, by route pattern; never note text or query strings.
-    tracing::info!(
-        target: "clinsearch::audit",
-        method = %method,
+        .observe(&endpoint, method, res.status().as_u16(), secs);
+    // Operational log by route pattern and status only: never note text, query strings or
+    // note ids (those belong to the audit store).
+    tracing::debug!(
+        method = method,
         endpoint = %endpoint,
         status = res.status().as_u16(),
-        role = ?role,
         ms = secs * 1e3,
         "request"
     );
@@ -260,8 +309,11 @@ pub fn app(
                 ApiError::bad_request("invalid_parameter", e.to_string()).into()
             }),
         )
-        .configure(api::routes)
-        .configure(assets::routes)
+        .configure(|cfg| {
+            let table = routes::table();
+            routes::check(&table).expect("the route table declares every permission");
+            routes::register(cfg, table)
+        })
         .wrap(from_fn(guard))
 }
 
@@ -288,7 +340,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut state = AppState::new(engine.clone(), Arc::new(encoder), config);
+    // An undeclared route stops the server here, before it listens.
+    routes::check(&routes::table())?;
+    let mut state = AppState::new(engine.clone(), Arc::new(encoder), config)?;
     if let Some(c) = classifier {
         state = state.with_classifier(c);
     }

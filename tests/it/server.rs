@@ -54,7 +54,7 @@ pub fn seeded_state(dir: &Path, layer: Layer, notes: Option<&Path>) -> web::Data
         ..layer
     })
     .unwrap();
-    web::Data::new(AppState::new(Arc::new(engine), Arc::new(enc), config))
+    web::Data::new(AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap())
 }
 
 /// sample_corpus/ ingested into `dir` with the tiny model, and its query set stored as
@@ -764,7 +764,7 @@ async fn fill_mask_without_an_mlm_head_says_so() {
         ..Default::default()
     })
     .unwrap();
-    let state = web::Data::new(AppState::new(Arc::new(engine), Arc::new(enc), config));
+    let state = web::Data::new(AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap());
     let app = test::init_service(server::app(state)).await;
     let (s, v) = call(
         &app,
@@ -832,7 +832,7 @@ async fn classify_serves_the_fine_tuned_classifier() {
         ..Default::default()
     })
     .unwrap();
-    let state = AppState::new(Arc::new(engine), Arc::new(enc), config).with_classifier(clf);
+    let state = AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap().with_classifier(clf);
     let app = test::init_service(server::app(web::Data::new(state))).await;
     let post = |body: Value| {
         TestRequest::post()
