@@ -30,10 +30,11 @@ run: model build
 	./target/release/clinsearch serve --model $(MODEL_DIR) --data $(DATA_DIR) --addr $(ADDR)
 
 # Benchmarks are compiled (so they cannot rot) but not run: they run on demand (make bench).
+# The tests build with failure injection compiled in (`failpoints`); release builds never have it.
 test: model
 	./scripts/install_test_deps.sh
 	$(CARGO) check --benches --examples
-	CLINSEARCH_REQUIRE_TEST_DEPS=1 $(CARGO) test --lib --bins --tests
+	CLINSEARCH_REQUIRE_TEST_DEPS=1 $(CARGO) test --features failpoints --lib --bins --tests
 
 # The GPU tests (tests/it/gpu.rs) on a machine with CUDA: they fail, rather than skip, when no
 # device opens. Not part of `make test` (CI has no GPU).

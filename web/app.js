@@ -87,9 +87,22 @@ const routes = [
   [/^\/ingest$/, ingestPage],
   [/^\/fill-mask$/, fillMaskPage],
   [/^\/eval$/, evalPage],
+  [/^\/audit$/, auditPage],
 ];
 
 let stats = null;
+let me = null;
+
+/** Who this browser is to the server; the Audit page is shown to admins only. */
+async function refreshWhoami() {
+  try {
+    me = await api("/api/whoami");
+  } catch (e) {
+    me = null;
+  }
+  $("#nav-audit").hidden = !(me && me.role === "admin");
+  return me;
+}
 
 async function refreshStats() {
   try {
@@ -401,7 +414,9 @@ async function ingestPage(main) {
     if (format.value) p.format = format.value;
     if (textCol.value.trim()) p.text_col = textCol.value.trim();
     try {
-      let job = await api("/api/ingest?" + new URLSearchParams(p), { method: "POST", body: f });
+      // A declared file type: the server refuses bodies a cross-site form could send.
+      const type = f.type || (f.name.toLowerCase().endsWith(".csv") ? "text/csv" : "application/octet-stream");
+      let job = await api("/api/ingest?" + new URLSearchParams(p), { method: "POST", body: f, headers: { "Content-Type": type } });
       const bar = el("progress", { max: job.total || 1, value: 0, "aria-label": "Ingest progress" });
       const line = el("p", { class: "summary", id: "upload-progress" });
       uploadOut.replaceChildren(bar, line);
@@ -614,6 +629,45 @@ async function evalPage(main) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Audit (admins): who accessed which patient's notes, when, and how
+
+async function auditPage(main, params) {
+  main.append(el("h1", {}, "Access audit"));
+  const field = (name, label, placeholder) => el("label", {}, label, el("input", { id: "audit-" + name, name, value: params.get(name) || "", placeholder }));
+  const action = el("select", { id: "audit-action", name: "action" }, el("option", { value: "" }, "any"),
+    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
+  const form = el("form", { class: "panel", id: "audit-form" },
+    el("p", { class: "summary" }, "Every request that touched patient data, newest last: who (the key's name), when (UTC), what action, which notes and patients. Query text is recorded as its SHA-256 unless the server is configured to keep it."),
+    el("div", { class: "filters" }, field("patient", "Patient", "P1037"), field("principal", "Principal", "alice"), field("note", "Note", "P1037-07"),
+      el("label", {}, "Action", action), field("since", "Since", "2026-12-01"), field("until", "Until", "2026-12-31")),
+    el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Show")));
+  const out = el("div", { id: "audit-out", "aria-live": "polite" });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = {};
+    for (const [k, v] of new FormData(form).entries()) if (String(v).trim()) p[k] = String(v).trim();
+    go("/audit", p);
+  });
+  main.append(form, out);
+  const q = new URLSearchParams();
+  for (const k of ["patient", "principal", "note", "action", "since", "until"]) if (params.get(k)) q.set(k, params.get(k));
+  try {
+    const res = await api("/api/audit?" + q);
+    const list = (v) => (v.length ? v.join(", ") : "–");
+    out.replaceChildren(
+      el("p", { class: "summary", id: "audit-count" }, `${res.matched} events${res.matched > res.events.length ? `, the newest ${res.events.length} shown` : ""}`),
+      el("table", { id: "audit-table" },
+        el("thead", {}, el("tr", {}, ["Time (UTC)", "Principal", "Role", "Action", "Status", "Client", "Notes", "Patients"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, res.events.map((ev) => el("tr", {},
+          el("td", {}, ev.time), el("td", {}, ev.principal || "–"), el("td", {}, ev.role || "–"), el("td", {}, ev.action),
+          el("td", { class: "num" }, String(ev.status)), el("td", {}, ev.client || "–"),
+          el("td", {}, list(ev.note_ids)), el("td", {}, list(ev.patient_ids)))))));
+  } catch (err) {
+    out.replaceChildren(errorBox(err));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Start
 
 document.addEventListener("keydown", (e) => {
@@ -630,9 +684,11 @@ window.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", () => {
     sessionStorage.setItem("clinsearch-key", $("#key-input").value);
     refreshStats();
+    refreshWhoami();
     render();
   });
   $("#key-button").addEventListener("click", askKey);
   refreshStats();
+  refreshWhoami();
   render();
 });

@@ -10,5 +10,6 @@ mod gpu;
 mod hub;
 mod ingest;
 mod sample_corpus;
+mod security;
 mod server;
 pub(crate) mod train;
