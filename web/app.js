@@ -655,7 +655,7 @@ async function auditPage(main, params) {
     const res = await api("/api/audit?" + q);
     const list = (v) => (v.length ? v.join(", ") : "–");
     out.replaceChildren(
-      el("p", { class: "summary", id: "audit-count" }, `${res.matched} events${res.matched > res.events.length ? `, the newest ${res.events.length} shown` : ""}`),
+      el("p", { class: "summary", id: "audit-count" }, `${res.matched} event${res.matched === 1 ? "" : "s"}${res.matched > res.events.length ? `, the newest ${res.events.length} shown` : ""}`),
       el("table", { id: "audit-table" },
         el("thead", {}, el("tr", {}, ["Time (UTC)", "Principal", "Role", "Action", "Status", "Client", "Notes", "Patients"].map((h) => el("th", {}, h)))),
         el("tbody", {}, res.events.map((ev) => el("tr", {},

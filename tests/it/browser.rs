@@ -371,3 +371,46 @@ fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     assert!(heading.starts_with("Query q01"), "{heading}");
     b.screenshot("eval-query");
 }
+
+#[test]
+fn with_keys_the_ui_asks_for_one_and_shows_the_audit_to_admins_only() {
+    use clinsearch::auth::{sha256_hex, KeyEntry, Role};
+    let Some(b) = Browser::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str, role, k: &str| KeyEntry {
+        name: name.into(),
+        role,
+        sha256: sha256_hex(k.as_bytes()),
+        filter: None,
+    };
+    let layer = clinsearch::config::Layer {
+        keys: Some(vec![
+            key("alice", Role::Read, "alice-key"),
+            key("ada", Role::Admin, "ada-key"),
+        ]),
+        ..Default::default()
+    };
+    let notes = repo_root().join("sample_corpus").join("notes.jsonl");
+    let state = crate::server::seeded_state(dir.path(), layer, Some(&notes));
+    let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
+    let url = format!("http://{addr}");
+    b.goto(&format!("{url}/#/search?q=chest%20pain"));
+    let input = b.wait("#key-dialog[open] #key-input");
+    b.send_keys(&input, "alice-key\u{E007}");
+    b.wait(".column[data-mode=hybrid] .hit");
+    let hidden = |b: &Browser| b.script("return document.getElementById('nav-audit').hidden", vec![]);
+    assert_eq!(hidden(&b), json!(true), "a read key sees no Audit page");
+    // The admin's view of what alice just did.
+    b.script("sessionStorage.setItem('clinsearch-key', 'ada-key'); location.reload()", vec![]);
+    b.wait(".column[data-mode=hybrid] .hit");
+    let t = Instant::now();
+    while hidden(&b) != json!(false) {
+        assert!(t.elapsed() < Duration::from_secs(30), "the admin never saw the Audit link");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.goto(&format!("{url}/#/audit?principal=alice&action=search"));
+    let rows = b.wait_text("#audit-table tbody", "alice");
+    assert!(rows.contains("search") && rows.contains("200"), "{rows}");
+    assert!(b.wait_text("#audit-count", "event").starts_with('1'), "one search by alice");
+    b.screenshot("audit");
+}
