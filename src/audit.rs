@@ -300,21 +300,9 @@ fn write_batch(
     Ok(())
 }
 
-/// Test builds (`--features failpoints`) can make the audit write of one data directory
-/// fail: `fail::cfg("audit-append", "return(DIR)")`, with DIR the audit folder.
-#[cfg(feature = "failpoints")]
+/// `audit-append` (see [`crate::failpoint`]): an injected I/O failure of the audit write.
 fn fail_point(dir: &Path) -> std::io::Result<()> {
-    if let Some(Some(target)) = fail::eval("audit-append", |s| s) {
-        if Path::new(&target) == dir {
-            return Err(std::io::Error::other("injected audit write failure"));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn fail_point(_: &Path) -> std::io::Result<()> {
-    Ok(())
+    crate::failpoint::inject("audit-append", dir).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------

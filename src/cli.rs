@@ -469,6 +469,7 @@ pub fn main() -> ExitCode {
         )
         .init();
     model::tune_allocator();
+    crate::failpoint::setup_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -638,6 +639,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     report.notes, report.chunks, model.model
                 );
             } else {
+                crate::engine::require_existing(&data.dir)?;
                 let engine = data.open(None)?;
                 engine.reindex()?;
                 println!(

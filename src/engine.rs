@@ -4,6 +4,12 @@
 //! replays the new log entries into BM25 and the vector index. Open path: each index catches
 //! up from the log; an index that is missing, corrupt or too far behind (log pruned) is rebuilt
 //! from the store without re-embedding.
+//!
+//! Self-healing: when an index fails (or panics) applying stored notes, the engine is marked
+//! degraded with the reason (`/api/health` answers 503 with it), the caller gets
+//! [`Error::Degraded`], and [`Engine::heal`] (run by [`spawn_healer`] in the background)
+//! recovers the index and replays the log until it succeeds: no restart. A vector index that
+//! failed mid-insert is rebuilt aside and swapped in.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,6 +34,32 @@ pub struct Engine {
     pub bm25: Bm25Index,
     pub vectors: VectorIndex,
     write: Mutex<()>,
+    /// Why the engine is degraded (an index behind the store), or None when healthy.
+    degraded: Mutex<Option<Degraded>>,
+}
+
+/// What is wrong, and what healing must do.
+#[derive(Debug, Clone)]
+struct Degraded {
+    reason: String,
+    /// The vector index failed part-way through an insert: rebuild it rather than replay.
+    rebuild_vectors: bool,
+}
+
+/// Runs `f`, turning a panic into an error: a panic inside an index must degrade the engine,
+/// not poison its write lock or kill the request's thread.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(Error::Index(format!("{what} panicked: {msg}")))
+        }
+    }
 }
 
 /// Options for opening a data directory.
@@ -78,6 +110,7 @@ impl Engine {
             bm25,
             vectors,
             write: Mutex::new(()),
+            degraded: Mutex::new(None),
         };
         engine.catch_up_bm25()?;
         Ok(engine)
@@ -107,25 +140,110 @@ impl Engine {
         self.bm25.rebuild(&self.store)
     }
 
-    /// Stores a batch (durable on return) and applies it to both indexes.
-    pub fn apply(&self, upserts: &[EmbeddedNote], deletes: &[String]) -> Result<(u64, ApplyTimes)> {
-        let _guard = self
-            .write
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded sections never panic while holding it; survive poisoning regardless.
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the engine is degraded, or None when every index holds every stored note.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
             .lock()
-            .map_err(|_| Error::Store("writer poisoned".into()))?;
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|d| d.reason.clone())
+    }
+
+    fn degrade(&self, reason: String, rebuild_vectors: bool) -> Error {
+        tracing::error!("engine degraded: {reason}");
+        let mut d = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
+        let rebuild = rebuild_vectors || d.as_ref().is_some_and(|d| d.rebuild_vectors);
+        *d = Some(Degraded {
+            reason: reason.clone(),
+            rebuild_vectors: rebuild,
+        });
+        Error::Degraded(format!(
+            "{reason}; the notes are stored and the index catches up in the background"
+        ))
+    }
+
+    /// Stores a batch (durable on return) and applies it to both indexes. When an index
+    /// fails, the notes stay stored, the engine is degraded and the error is
+    /// [`Error::Degraded`]; searches keep answering from the indexes as they were.
+    pub fn apply(&self, upserts: &[EmbeddedNote], deletes: &[String]) -> Result<(u64, ApplyTimes)> {
+        let _guard = self.write_lock();
         let mut times = ApplyTimes::default();
-        let before = self.bm25.applied_seq()?;
+        let stored_before = self.store.last_seq()?;
         let t = Instant::now();
-        let seq = self.store.apply(upserts, deletes)?;
+        let seq = match guarded("the store", || self.store.apply(upserts, deletes)) {
+            Ok(seq) => seq,
+            Err(e) => {
+                // A failed flush may leave the batch in sled's memory: make the indexes
+                // follow whatever the store now holds, so nothing stays half-visible.
+                if self.store.last_seq().unwrap_or(stored_before) > stored_before {
+                    self.degrade(format!("store flush failed: {e}"), false);
+                }
+                return Err(e);
+            }
+        };
         times.store = t.elapsed();
-        let ops: Vec<(u64, Op)> = self.store.ops_after(before).collect::<Result<_>>()?;
+        if self.degraded.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Already behind: catch everything up (or stay degraded) in one go.
+            self.heal_locked()?;
+            return Ok((seq, times));
+        }
         let t = Instant::now();
-        self.bm25.apply(&self.store, &ops)?;
+        let from = self.bm25.applied_seq()?;
+        let ops: Vec<(u64, Op)> = self.store.ops_after(from).collect::<Result<_>>()?;
+        if let Err(e) = guarded("the BM25 index", || self.bm25.apply(&self.store, &ops)) {
+            return Err(self.degrade(format!("BM25 index: {e}"), false));
+        }
         times.bm25 = t.elapsed();
         let t = Instant::now();
-        self.vectors.apply(&self.store, &ops)?;
+        let from = self.vectors.applied_seq();
+        let ops: Vec<(u64, Op)> = self.store.ops_after(from).collect::<Result<_>>()?;
+        if let Err(e) = guarded("the vector index", || self.vectors.apply(&self.store, &ops)) {
+            return Err(self.degrade(format!("vector index: {e}"), true));
+        }
         times.vectors = t.elapsed();
         Ok((seq, times))
+    }
+
+    /// Brings a degraded engine's indexes up to the store: BM25 drops what it held
+    /// uncommitted and replays the log from its last commit; the vector index replays from
+    /// its last applied operation, or is rebuilt aside when an insert failed part-way.
+    /// Healthy again on success; still degraded (with the new reason) on failure.
+    pub fn heal(&self) -> Result<()> {
+        let _guard = self.write_lock();
+        self.heal_locked()
+    }
+
+    fn heal_locked(&self) -> Result<()> {
+        let Some(d) = self.degraded.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let bm25 = guarded("the BM25 index", || {
+            self.bm25.recover()?;
+            self.catch_up_bm25()
+        });
+        if let Err(e) = bm25 {
+            return Err(self.degrade(format!("BM25 index: {e}"), false));
+        }
+        let vectors = guarded("the vector index", || {
+            if d.rebuild_vectors {
+                self.vectors.rebuild(&self.store)
+            } else {
+                let from = self.vectors.applied_seq();
+                let ops: Vec<(u64, Op)> = self.store.ops_after(from).collect::<Result<_>>()?;
+                self.vectors.apply(&self.store, &ops)
+            }
+        });
+        if let Err(e) = vectors {
+            return Err(self.degrade(format!("vector index: {e}"), true));
+        }
+        *self.degraded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::warn!("engine healthy again: every index caught up with the store");
+        Ok(())
     }
 
     /// Deletes notes everywhere; returns how many existed.
@@ -141,10 +259,7 @@ impl Engine {
 
     /// Rebuilds both indexes from the store (no re-embedding).
     pub fn reindex(&self) -> Result<()> {
-        let _guard = self
-            .write
-            .lock()
-            .map_err(|_| Error::Store("writer poisoned".into()))?;
+        let _guard = self.write_lock();
         self.rebuild_bm25()?;
         self.vectors.rebuild(&self.store)?;
         self.checkpoint_locked()
@@ -152,35 +267,166 @@ impl Engine {
 
     /// Persists the vector graph and prunes the log entries every index has applied.
     pub fn checkpoint(&self) -> Result<()> {
-        let _guard = self
-            .write
-            .lock()
-            .map_err(|_| Error::Store("writer poisoned".into()))?;
-        self.checkpoint_locked()
+        let _guard = self.write_lock();
+        guarded("the checkpoint", || self.checkpoint_locked())
     }
 
     fn checkpoint_locked(&self) -> Result<()> {
+        // Test builds can stretch the checkpoint so a crash test can land a kill inside it.
+        crate::failpoint::inject("checkpoint-delay", &self.dir)?;
         self.vectors.save()?;
         // The vector index catches up from chunk ids, not the log: BM25 alone bounds pruning.
         self.store.prune_log(self.bm25.applied_seq()?)
     }
 
-    /// Whether a note is present in the store, BM25 and the vector index, in that order.
+    /// Whether a note is present in the store, BM25 and the vector index, in that order. The
+    /// vector side asks the graph itself: every chunk of the note must come back among the
+    /// nearest points to its own stored vector.
     pub fn presence(&self, id: &str) -> Result<(bool, bool, bool)> {
-        Ok((
-            self.store.get(id)?.is_some(),
-            self.bm25.contains(id)?,
-            self.vectors.contains_note(id),
-        ))
+        let stored = self.store.get(id)?;
+        let vectors = match &stored {
+            Some(s) => {
+                let chunks = self.store.chunks_of(s)?;
+                !chunks.is_empty()
+                    && self.vectors.contains_note(id)
+                    && chunks.iter().all(|c| self.vectors.graph_finds(c.id, &c.vector))
+            }
+            None => self.vectors.contains_note(id),
+        };
+        Ok((stored.is_some(), self.bm25.contains(id)?, vectors))
     }
+}
+
+/// Heals `engine` in the background whenever it is degraded: retries every 200 ms, backing
+/// off to 5 s while it keeps failing. The thread ends when the engine is dropped.
+pub fn spawn_healer(engine: &std::sync::Arc<Engine>) {
+    let weak = std::sync::Arc::downgrade(engine);
+    let _ = std::thread::Builder::new()
+        .name("index-healer".into())
+        .spawn(move || {
+            let mut wait = Duration::from_millis(200);
+            loop {
+                std::thread::sleep(wait);
+                let Some(engine) = weak.upgrade() else { return };
+                if engine.degraded().is_none() {
+                    wait = Duration::from_millis(200);
+                    continue;
+                }
+                match engine.heal() {
+                    Ok(()) => wait = Duration::from_millis(200),
+                    Err(e) => {
+                        tracing::warn!("healing failed, retrying: {e}");
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+}
+
+/// Swaps two directories in one step (Linux `renameat2(RENAME_EXCHANGE)`): at every instant
+/// each name holds one complete directory.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::InvalidInput(format!("{}: a NUL in the path", p.display())))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(Error::io(a, std::io::Error::last_os_error()));
+    }
+    if let Some(parent) = a.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere: two renames, `a` -> `a.old` then `b` -> `a`; [`recover_interrupted_swap`]
+/// puts a directory back under `a` when a crash fell between them.
+#[cfg(not(target_os = "linux"))]
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    let old = a.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(a, &old).map_err(|e| Error::io(a, e))?;
+    std::fs::rename(b, a).map_err(|e| Error::io(b, e))?;
+    std::fs::rename(&old, b).map_err(|e| Error::io(&old, e))
+}
+
+/// After a crash between the two renames of the non-Linux swap: `dir` missing with
+/// `dir.old` beside it. Puts the old directory back (the new one is rebuilt by running the
+/// re-embedding again).
+pub fn recover_interrupted_swap(dir: &Path) -> Result<()> {
+    let old = dir.with_extension("old");
+    if !dir.exists() && old.join("sled").is_dir() {
+        tracing::warn!("restoring {} from an interrupted swap", dir.display());
+        std::fs::rename(&old, dir).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The marker beside a data directory that says one existed there: a data directory that is
+/// missing while its marker exists is an error for commands that serve or change existing
+/// notes, not a silently created empty store.
+pub fn existence_marker(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    dir.with_file_name(format!(".{name}.clinsearch"))
+}
+
+/// Records that `dir` holds a data directory (best effort: a parent that cannot be written
+/// only loses the check).
+pub fn mark_existing(dir: &Path) {
+    let m = existence_marker(dir);
+    if !m.exists() {
+        let _ = std::fs::write(&m, format!("clinsearch data directory {}\n", dir.display()));
+    }
+}
+
+/// For commands that need the notes already there (`serve`, `reindex`): refuses a data
+/// directory that is missing where one existed before.
+pub fn require_existing(dir: &Path) -> Result<()> {
+    recover_interrupted_swap(dir)?;
+    let m = existence_marker(dir);
+    if !dir.join("sled").is_dir() && m.exists() {
+        return Err(Error::Store(format!(
+            "{} is missing, but a data directory existed there ({} says so): restore it from a backup, or delete that marker to start an empty one",
+            dir.display(),
+            m.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Embeds every note of the data directory `dir` again with `encoder` (another model).
 ///
-/// The new store and indexes are built in a sibling folder and swapped in by renames only
-/// when complete, so a crash leaves the old directory intact.
+/// The new store and indexes are built in a sibling folder (`DIR.reembed`), checkpointed,
+/// and swapped with `dir` in one step, so at every instant `dir` holds one complete data
+/// directory, the old one until the swap and the new one after it; a kill at any point leaves
+/// one or the other, never an empty or partial one. The old copy is then removed.
 pub fn reembed(dir: &Path, encoder: &crate::model::Encoder) -> Result<crate::ingest::IngestReport> {
+    require_existing(dir)?;
+    if !dir.join("sled").is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no data directory to re-embed",
+            dir.display()
+        )));
+    }
     let fresh = dir.with_extension("reembed");
+    // An interrupted earlier run: an incomplete build, or the old copy after a swap.
     let _ = std::fs::remove_dir_all(&fresh);
     let report = {
         let old = Engine::open(dir, None, &OpenOptions::default())?;
@@ -221,10 +467,22 @@ pub fn reembed(dir: &Path, encoder: &crate::model::Encoder) -> Result<crate::ing
         new.checkpoint()?;
         report
     };
-    let retired = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&retired);
-    std::fs::rename(dir, &retired).map_err(|e| Error::io(dir, e))?;
-    std::fs::rename(&fresh, dir).map_err(|e| Error::io(&fresh, e))?;
-    let _ = std::fs::remove_dir_all(&retired);
+    // The audit belongs to the directory, not to one model's build of it: the new build gets
+    // a copy (not the files themselves: until the swap, the old directory keeps its own).
+    let audit = dir.join("audit");
+    if audit.is_dir() {
+        let to = fresh.join("audit");
+        std::fs::create_dir_all(&to).map_err(|e| Error::io(&to, e))?;
+        for f in std::fs::read_dir(&audit).map_err(|e| Error::io(&audit, e))?.flatten() {
+            let target = to.join(f.file_name());
+            std::fs::copy(f.path(), &target).map_err(|e| Error::io(&target, e))?;
+            std::fs::File::open(&target)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&target, e))?;
+        }
+    }
+    crate::failpoint::inject("reembed-swap", dir)?;
+    exchange(dir, &fresh)?;
+    let _ = std::fs::remove_dir_all(&fresh);
     Ok(report)
 }

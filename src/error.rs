@@ -54,6 +54,15 @@ pub enum Error {
     #[error("index: {0}")]
     Index(String),
 
+    /// A failure injected by a test (`failpoints` builds only).
+    #[error("injected failure at {0}")]
+    Injected(String),
+
+    /// An index could not apply stored notes; they are durable and the engine catches the
+    /// index up in the background (HTTP 503, `index_degraded`).
+    #[error("{0}")]
+    Degraded(String),
+
     /// A queue is full: the caller should retry shortly (HTTP 429).
     #[error("busy: {0}")]
     Busy(String),

@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod failpoint;
 pub mod index;
 pub mod ingest;
 pub mod model;

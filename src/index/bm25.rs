@@ -46,6 +46,7 @@ struct Fields {
 }
 
 pub struct Bm25Index {
+    dir: std::path::PathBuf,
     index: Index,
     reader: IndexReader,
     writer: Mutex<IndexWriter<TantivyDocument>>,
@@ -113,6 +114,7 @@ impl Bm25Index {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         Ok(Bm25Index {
+            dir: dir.to_path_buf(),
             index,
             reader,
             writer: Mutex::new(writer),
@@ -149,6 +151,7 @@ impl Bm25Index {
             return Ok(());
         };
         let w = self.lock_writer()?;
+        crate::failpoint::inject("bm25-apply", &self.dir)?;
         for (_, op) in ops {
             let id = op.id();
             w.delete_term(Term::from_field_text(self.f.id, id));
@@ -175,7 +178,19 @@ impl Bm25Index {
     fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter<TantivyDocument>>> {
         self.writer
             .lock()
-            .map_err(|_| Error::Index("BM25 writer poisoned".into()))
+            .map_err(|_| Error::Index("BM25 writer poisoned (a write panicked; the engine recovers it)".into()))
+    }
+
+    /// After a failed or panicked write: drops whatever the writer holds uncommitted (the
+    /// index stays at its last commit, whose payload says which operation it applied) and
+    /// clears the lock's poison, so the engine can replay the log from there.
+    pub fn recover(&self) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.writer.clear_poison();
+        w.rollback()?;
+        drop(w);
+        self.reader.reload()?;
+        Ok(())
     }
 
     fn commit(
@@ -183,6 +198,7 @@ impl Bm25Index {
         mut w: std::sync::MutexGuard<'_, IndexWriter<TantivyDocument>>,
         seq: u64,
     ) -> Result<()> {
+        crate::failpoint::inject("bm25-commit", &self.dir)?;
         let mut prepared = w.prepare_commit()?;
         prepared.set_payload(&seq.to_string());
         prepared.commit()?;

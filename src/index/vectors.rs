@@ -108,6 +108,16 @@ fn new_graph(expected: usize) -> Graph {
     g
 }
 
+/// Locks that survive a panic of another holder: a panic inside an insert leaves the index
+/// marked for rebuild by the engine, and searches go on meanwhile.
+fn rd<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wr<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn idx_err(e: impl std::fmt::Display) -> Error {
     Error::Index(format!("vector index: {e}"))
 }
@@ -176,40 +186,41 @@ impl VectorIndex {
         for (chunk, note) in store.chunk_owners()? {
             live.add(chunk, &note);
         }
-        *self.live.write().unwrap() = live;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
         Ok(())
     }
 
-    fn insert_chunks(&self, chunks: &[Chunk]) {
+    fn insert_chunks(&self, chunks: &[Chunk]) -> Result<()> {
         if chunks.is_empty() {
-            return;
+            return Ok(());
         }
+        crate::failpoint::inject("hnsw-insert", &self.dir)?;
         let data: Vec<(&Vec<f32>, usize)> =
             chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
         // Exclusive on purpose: searches wait for an insert batch rather than walk a graph
         // whose layers are being linked.
         #[allow(clippy::readonly_write_lock)]
-        let g = self.graph.write().unwrap();
+        let g = self.graph.write().unwrap_or_else(|p| p.into_inner());
         g.parallel_insert(&data);
         self.points.fetch_add(chunks.len() as u64, Ordering::SeqCst);
-        let mut m = self.max_chunk.write().unwrap();
+        let mut m = self.max_chunk.write().unwrap_or_else(|p| p.into_inner());
         let top = chunks.iter().map(|c| c.id).max();
         *m = (*m).max(top);
+        Ok(())
     }
 
     /// Inserts every live chunk above the largest id in the graph.
     fn insert_new_chunks(&self, store: &Store) -> Result<()> {
-        let after = *self.max_chunk.read().unwrap();
+        let after = *self.max_chunk.read().unwrap_or_else(|p| p.into_inner());
         let mut batch = Vec::with_capacity(1024);
         for c in store.chunks_after(after) {
             batch.push(c?);
             if batch.len() == 1024 {
-                self.insert_chunks(&batch);
+                self.insert_chunks(&batch)?;
                 batch.clear();
             }
         }
-        self.insert_chunks(&batch);
-        Ok(())
+        self.insert_chunks(&batch)
     }
 
     /// Applies operations from the log: new chunks go into the graph, replaced and deleted
@@ -220,7 +231,7 @@ impl VectorIndex {
         };
         let mut fresh = vec![];
         {
-            let mut live = self.live.write().unwrap();
+            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             for (_, op) in ops {
                 live.remove_note(op.id());
                 if let Op::Upsert(id) = op {
@@ -233,11 +244,11 @@ impl VectorIndex {
                 }
             }
         }
-        let known = *self.max_chunk.read().unwrap();
+        let known = *self.max_chunk.read().unwrap_or_else(|p| p.into_inner());
         fresh.retain(|c| known.is_none_or(|m| c.id > m));
         fresh.sort_by_key(|c| c.id);
         fresh.dedup_by_key(|c| c.id);
-        self.insert_chunks(&fresh);
+        self.insert_chunks(&fresh)?;
         self.applied.store(last, Ordering::SeqCst);
         if self.needs_rebuild() {
             self.rebuild(store)?;
@@ -247,21 +258,61 @@ impl VectorIndex {
 
     fn needs_rebuild(&self) -> bool {
         let points = self.points.load(Ordering::SeqCst) as usize;
-        let live = self.live.read().unwrap().owners.len();
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).owners.len();
         let dead = points.saturating_sub(live);
         dead >= REBUILD_MIN_DEAD && dead as f64 > REBUILD_DEAD_FRACTION * points as f64
     }
 
-    /// Rebuilds the graph from the stored vectors.
+    /// Rebuilds the graph from the stored vectors, aside: searches keep using the old graph
+    /// until the new one is complete, then graph, live set and counters are swapped together.
     pub fn rebuild(&self, store: &Store) -> Result<()> {
-        let g = new_graph(store.chunk_count());
-        *self.graph.write().unwrap() = g;
-        self.points.store(0, Ordering::SeqCst);
-        *self.max_chunk.write().unwrap() = None;
-        self.reload_live(store)?;
-        self.insert_new_chunks(store)?;
-        self.applied.store(store.last_seq()?, Ordering::SeqCst);
+        let seq = store.last_seq()?;
+        let fresh = VectorIndex {
+            dir: self.dir.clone(),
+            graph: RwLock::new(new_graph(store.chunk_count())),
+            live: RwLock::new(Live {
+                owners: HashMap::new(),
+                by_note: HashMap::new(),
+                alive: Vec::new(),
+            }),
+            points: AtomicU64::new(0),
+            max_chunk: RwLock::new(None),
+            applied: AtomicU64::new(seq),
+        };
+        fresh.reload_live(store)?;
+        fresh.insert_new_chunks(store)?;
+        let VectorIndex {
+            graph,
+            live,
+            points,
+            max_chunk,
+            ..
+        } = fresh;
+        let graph = graph.into_inner().unwrap_or_else(|p| p.into_inner());
+        let live = live.into_inner().unwrap_or_else(|p| p.into_inner());
+        let max_chunk = max_chunk.into_inner().unwrap_or_else(|p| p.into_inner());
+        // The swap: writers first take the live set, then the graph, as searches do.
+        let mut l = wr(&self.live);
+        let mut g = wr(&self.graph);
+        *g = graph;
+        *l = live;
+        *wr(&self.max_chunk) = max_chunk;
+        self.points.store(points.into_inner(), Ordering::SeqCst);
+        self.applied.store(seq, Ordering::SeqCst);
+        drop(g);
+        drop(l);
+        self.graph.clear_poison();
+        self.live.clear_poison();
         Ok(())
+    }
+
+    /// Whether the graph itself returns `vector` (a chunk's own stored vector) as one of
+    /// its nearest points: the check that a chunk is really searchable, not only listed.
+    pub fn graph_finds(&self, chunk_id: u64, vector: &[f32]) -> bool {
+        let g = rd(&self.graph);
+        g.search(vector, 8, 64)
+            .iter()
+            .any(|n| n.d_id as u64 == chunk_id)
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -270,12 +321,12 @@ impl VectorIndex {
 
     /// Live chunks.
     pub fn len(&self) -> usize {
-        self.live.read().unwrap().owners.len()
+        self.live.read().unwrap_or_else(|p| p.into_inner()).owners.len()
     }
 
     /// Notes with live vectors.
     pub fn note_count(&self) -> usize {
-        self.live.read().unwrap().by_note.len()
+        self.live.read().unwrap_or_else(|p| p.into_inner()).by_note.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,8 +340,8 @@ impl VectorIndex {
 
     /// Whether a note has live vectors in the graph.
     pub fn contains_note(&self, id: &str) -> bool {
-        let live = self.live.read().unwrap();
-        let max = *self.max_chunk.read().unwrap();
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        let max = *self.max_chunk.read().unwrap_or_else(|p| p.into_inner());
         live.by_note
             .get(id)
             .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|c| max.is_some_and(|m| *c <= m)))
@@ -307,8 +358,8 @@ impl VectorIndex {
         if k == 0 {
             return vec![];
         }
-        let live = self.live.read().unwrap();
-        let g = self.graph.read().unwrap();
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
         // hnsw_rs evaluates a filter on every candidate it visits; skip it when nothing is
         // filtered and no point is dead.
         let unfiltered = keep.is_none() && live.owners.len() == g.get_nb_point();
@@ -336,12 +387,13 @@ impl VectorIndex {
 
     /// Dumps the graph and atomically points the manifest at the new dump.
     pub fn save(&self) -> Result<()> {
+        crate::failpoint::inject("hnsw-dump", &self.dir)?;
         let seq = self.applied_seq();
         let folder = format!("hnsw-{seq}-{}", std::process::id());
         let path = self.dir.join(&folder);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        let g = self.graph.read().unwrap();
+        let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
         let points = g.get_nb_point();
         let basename = if points > 0 {
             g.file_dump(&path, "vectors").map_err(idx_err)?
@@ -353,7 +405,7 @@ impl VectorIndex {
             folder: folder.clone(),
             basename,
             seq,
-            max_chunk: *self.max_chunk.read().unwrap(),
+            max_chunk: *self.max_chunk.read().unwrap_or_else(|p| p.into_inner()),
             points,
         };
         let tmp = self.dir.join("vectors.json.tmp");
@@ -362,6 +414,7 @@ impl VectorIndex {
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&tmp, e))?;
+        crate::failpoint::inject("manifest-swap", &self.dir)?;
         if points == 0 {
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(self.dir.join("vectors.json"));

@@ -50,6 +50,15 @@ pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiErr
 }
 
 pub async fn health(state: State) -> ApiResult {
+    if let Some(reason) = state.engine.degraded() {
+        // 503 so that load balancers and probes see it; the reason names the index.
+        return Ok(HttpResponse::ServiceUnavailable().json(json!({
+            "status": "degraded",
+            "reason": reason,
+            "notes": state.engine.bm25.num_docs(),
+            "model": state.encoder.info().id,
+        })));
+    }
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         // The index's count: the store's is a scan, and a health probe must be cheap.
@@ -1093,6 +1102,12 @@ pub async fn metrics(state: State) -> ApiResult {
         let e = &st.engine;
         let b = &st.embedder.stats;
         let extra: Vec<(&str, &str, &str, f64)> = vec![
+            (
+                "clinsearch_degraded",
+                "1 while an index is behind the store and being healed (see /api/health).",
+                "gauge",
+                if e.degraded().is_some() { 1.0 } else { 0.0 },
+            ),
             (
                 "clinsearch_notes",
                 "Notes stored.",

@@ -27,6 +27,11 @@ pub struct BatchStats {
     pub busy_us: AtomicU64,
 }
 
+fn panicked() -> Error {
+    tracing::error!("a query embedding pass panicked; the worker goes on");
+    Error::Index("the query embedding pass failed (a panic, logged)".into())
+}
+
 #[derive(Clone)]
 pub struct QueryEmbedder {
     tx: Sender<Job>,
@@ -55,14 +60,32 @@ impl QueryEmbedder {
                     }
                     let t = std::time::Instant::now();
                     let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
-                    let results: Vec<Result<Vec<f32>>> = match encoder.embed(&texts) {
-                        Ok(v) => v.into_iter().map(Ok).collect(),
-                        // One bad text must not fail the others: embed them one by one.
-                        Err(_) => texts
-                            .iter()
-                            .map(|t| encoder.embed(&[t]).map(|mut v| v.remove(0)))
-                            .collect(),
+                    let one = |t: &str| -> Result<Vec<f32>> {
+                        // Test builds: `query-embed` with `@TEXT` fails the pass holding TEXT.
+                        crate::failpoint::inject("query-embed", std::path::Path::new(t))?;
+                        encoder.embed(&[t]).map(|mut v| v.remove(0))
                     };
+                    let pass = || -> Result<Vec<Vec<f32>>> {
+                        for t in &texts {
+                            crate::failpoint::inject("query-embed", std::path::Path::new(t))?;
+                        }
+                        encoder.embed(&texts)
+                    };
+                    // Supervised: a panic in a forward pass fails that pass's requests and the
+                    // worker goes on with the next (it is never left dead).
+                    let results: Vec<Result<Vec<f32>>> =
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass)) {
+                            Ok(Ok(v)) => v.into_iter().map(Ok).collect(),
+                            // One bad text must not fail the others: embed them one by one.
+                            Ok(Err(_)) => texts
+                                .iter()
+                                .map(|t| {
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(t)))
+                                        .unwrap_or_else(|_| Err(panicked()))
+                                })
+                                .collect(),
+                            Err(_) => texts.iter().map(|_| Err(panicked())).collect(),
+                        };
                     st.busy_us
                         .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                     st.batches.fetch_add(1, Ordering::Relaxed);

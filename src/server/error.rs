@@ -113,6 +113,13 @@ impl From<Error> for ApiError {
             Error::Tokenizer(m) => ApiError::bad_request("invalid_input", m),
             Error::Unsupported(m) => ApiError::bad_request("unsupported", m),
             Error::Busy(m) => ApiError::too_many_requests("overloaded", m, 1),
+            Error::Degraded(m) => {
+                tracing::error!("index degraded: {m}");
+                ApiError {
+                    retry_after: Some(2),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "index_degraded", m)
+                }
+            }
             other => {
                 // Our failure, not the user's: log it (no note text reaches these messages).
                 tracing::error!("internal error: {other}");

@@ -70,6 +70,7 @@ impl AppState {
             config.read_api_key.clone(),
         );
         let audit = AuditLog::open(&engine.dir.join("audit"))?;
+        crate::engine::spawn_healer(&engine);
         Ok(AppState {
             engine,
             encoder,
@@ -326,6 +327,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let encoder = Encoder::load(&config.model, &opts)
         .with_context(|| format!("loading model {}", config.model))?;
     let identity = ModelIdentity::from_info(encoder.info());
+    crate::engine::require_existing(&config.data)?;
     let engine = Engine::open(&config.data, Some(&identity), &OpenOptions::default())
         .with_context(|| format!("opening data directory {}", config.data.display()))?;
     // The first forward pass allocates; do it before the first user waits for it.

@@ -172,6 +172,8 @@ const KEY_SEQ: &[u8] = b"seq";
 const KEY_CHUNK_ID: &[u8] = b"next_chunk_id";
 
 pub struct Store {
+    /// The data directory (failure injection is scoped by it).
+    dir: std::path::PathBuf,
     db: sled::Db,
     notes: sled::Tree,
     chunks: sled::Tree,
@@ -193,6 +195,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::engine::mark_existing(dir);
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .mode(sled::Mode::HighThroughput)
@@ -207,6 +210,7 @@ impl Store {
                 other => Error::from(other),
             })?;
         Ok(Store {
+            dir: dir.to_path_buf(),
             notes: db.open_tree("notes")?,
             chunks: db.open_tree("chunks")?,
             oplog: db.open_tree("oplog")?,
@@ -245,6 +249,7 @@ impl Store {
     /// Stores a batch atomically and durably: upserts replace any earlier version of the same
     /// id (its chunks included), deletes remove notes. Returns the last sequence written.
     pub fn apply(&self, upserts: &[EmbeddedNote], deletes: &[String]) -> Result<u64> {
+        crate::failpoint::inject("store-apply", &self.dir)?;
         let res = (&self.notes, &self.chunks, &self.oplog, &self.meta).transaction(
             |(notes, chunks, oplog, meta)| {
                 let mut seq = u64_of(meta.get(KEY_SEQ)?);
@@ -313,6 +318,7 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
+        crate::failpoint::inject("store-flush", &self.dir)?;
         self.db.flush()?;
         Ok(seq)
     }
@@ -354,6 +360,7 @@ impl Store {
 
     /// Drops log entries up to `seq` once every derived index has applied them.
     pub fn prune_log(&self, seq: u64) -> Result<()> {
+        crate::failpoint::inject("oplog-prune", &self.dir)?;
         for k in self.oplog.range(..=seq.to_be_bytes()).keys() {
             self.oplog.remove(k?)?;
         }

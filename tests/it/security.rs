@@ -576,7 +576,7 @@ async fn when_the_audit_cannot_be_written_nothing_is_served() {
     let app = test::init_service(server::app(state)).await;
     raw(&app, bearer(TestRequest::post().uri("/api/documents"), Some(WRITE)).set_payload(NOTES).to_request()).await;
     let audit_dir = dir.path().join("audit");
-    fail::cfg("audit-append", &format!("return({})", audit_dir.display())).unwrap();
+    fail::cfg("audit-append", &format!("return(error@{})", audit_dir.display())).unwrap();
     let (s, v, _) = raw(&app, bearer(TestRequest::get().uri("/api/documents/N1"), Some(READ)).to_request()).await;
     let health = raw(&app, TestRequest::get().uri("/api/health").to_request()).await.0;
     fail::remove("audit-append");
