@@ -32,11 +32,18 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = std::env::args().nth(1).map(std::path::PathBuf::from).unwrap_or_else(|| tmp.path().to_path_buf());
+    let base = std::env::args()
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let n = 400;
     // Peer: one write and one fdatasync per event.
     let peer_path = base.join("peer.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&peer_path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&peer_path)
+        .unwrap();
     let mut lat = vec![];
     let t = Instant::now();
     for i in 0..n {
@@ -51,7 +58,10 @@ fn main() {
     let peer_p50 = median(&mut lat);
     println!("peer (write + fdatasync per event): p50 {peer_p50:.3} ms, {peer_rate:.0} events/s");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for clients in [1usize, 8, 32] {
         let dir = base.join(format!("audit-{clients}"));
         let log = std::sync::Arc::new(AuditLog::open(&dir).unwrap());
@@ -85,6 +95,13 @@ fn main() {
         );
         assert!(clinsearch::audit::verify(&dir).unwrap().broken.is_none());
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
     println!("CPU: {cpu}; folder: {}", base.display());
 }

@@ -30,8 +30,17 @@ use crate::error::{Error, Result};
 
 /// The actions an event records.
 pub const ACTIONS: &[&str] = &[
-    "search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "eval", "export",
-    "audit", "denied",
+    "search",
+    "read_note",
+    "ingest",
+    "delete",
+    "embed",
+    "fill_mask",
+    "classify",
+    "eval",
+    "export",
+    "audit",
+    "denied",
 ];
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -371,7 +380,20 @@ pub fn parse_time(s: &str) -> Result<String> {
         return Err(bad());
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
-    let days_in = [31, 28 + u32::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)), 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days_in = [
+        31,
+        28 + u32::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&mo) || d == 0 || d > days_in[mo as usize - 1] {
         return Err(bad());
     }
@@ -407,7 +429,11 @@ pub fn parse_time(s: &str) -> Result<String> {
         secs = h * 3600 + mi * 60 + sec;
         match s.get(i..) {
             Some("Z") | Some("z") | Some("") => {}
-            Some(z) if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && &z[3..4] == ":" => {
+            Some(z)
+                if z.len() == 6
+                    && (z.starts_with('+') || z.starts_with('-'))
+                    && &z[3..4] == ":" =>
+            {
                 let oh = num(i + 1..i + 3)?;
                 let om = num(i + 4..i + 6)?;
                 offset = (oh * 3600 + om * 60) * if z.starts_with('-') { -1 } else { 1 };
@@ -453,15 +479,23 @@ impl Query {
     }
 
     pub fn matches(&self, e: &Event) -> bool {
-        self.patient.as_ref().is_none_or(|p| e.patient_ids.contains(p))
+        self.patient
+            .as_ref()
+            .is_none_or(|p| e.patient_ids.contains(p))
             && self
                 .principal
                 .as_ref()
                 .is_none_or(|p| e.principal.as_ref() == Some(p))
             && self.note.as_ref().is_none_or(|n| e.note_ids.contains(n))
             && self.action.as_ref().is_none_or(|a| &e.action == a)
-            && self.since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str())
-            && self.until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str())
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|s| e.time.as_str() >= s.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| e.time.as_str() < u.as_str())
     }
 }
 
@@ -514,7 +548,11 @@ pub struct Verified {
 /// sequence number, and carry its predecessor's hash; the anchor must match the line it
 /// names and no line it counts may be missing.
 pub fn verify(dir: &Path) -> Result<Verified> {
-    let files = if dir.is_dir() { day_files(dir)? } else { vec![] };
+    let files = if dir.is_dir() {
+        day_files(dir)?
+    } else {
+        vec![]
+    };
     let mut prev_hash = GENESIS.to_string();
     let mut prev_time = String::new();
     let mut seq = 0u64;
@@ -547,7 +585,10 @@ pub fn verify(dir: &Path) -> Result<Verified> {
                         ev.seq - seq - 1
                     )
                 } else {
-                    format!("sequence {} follows {seq}: lines were reordered or copied", ev.seq)
+                    format!(
+                        "sequence {} follows {seq}: lines were reordered or copied",
+                        ev.seq
+                    )
                 };
                 return broken(seq, f, n, why);
             }
@@ -557,14 +598,22 @@ pub fn verify(dir: &Path) -> Result<Verified> {
                     f,
                     n,
                     if n > 1 {
-                        format!("prev_sha256 does not match line {}: that line was changed", n - 1)
+                        format!(
+                            "prev_sha256 does not match line {}: that line was changed",
+                            n - 1
+                        )
                     } else {
                         "prev_sha256 does not match the last line of the previous file: that line was changed".into()
                     },
                 );
             }
             if ev.time < prev_time {
-                return broken(seq, f, n, "time goes backwards: lines were reordered".into());
+                return broken(
+                    seq,
+                    f,
+                    n,
+                    "time goes backwards: lines were reordered".into(),
+                );
             }
             seq = ev.seq;
             prev_hash = line_hash(&line);
@@ -651,14 +700,29 @@ mod tests {
     #[test]
     fn times_are_utc_with_milliseconds_and_parse_back() {
         assert_eq!(format_utc(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_utc(951_782_400 + 3_723, 45), "2000-02-29T01:02:03.045Z");
-        assert_eq!(parse_time("2026-12-02").unwrap(), "2026-12-02T00:00:00.000Z");
+        assert_eq!(
+            format_utc(951_782_400 + 3_723, 45),
+            "2000-02-29T01:02:03.045Z"
+        );
+        assert_eq!(
+            parse_time("2026-12-02").unwrap(),
+            "2026-12-02T00:00:00.000Z"
+        );
         assert_eq!(
             parse_time("2026-12-02T01:30:00+02:00").unwrap(),
             "2026-12-01T23:30:00.000Z"
         );
-        assert_eq!(parse_time("2026-12-02T09:15:03.25Z").unwrap(), "2026-12-02T09:15:03.250Z");
-        for bad in ["2026-13-01", "2026-02-30", "yesterday", "2026-12-02T25:00", "2026-12-02Tx"] {
+        assert_eq!(
+            parse_time("2026-12-02T09:15:03.25Z").unwrap(),
+            "2026-12-02T09:15:03.250Z"
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "yesterday",
+            "2026-12-02T25:00",
+            "2026-12-02Tx",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
         let now = now_rfc3339();
@@ -675,7 +739,10 @@ mod tests {
         assert_eq!(v.lines, 5);
         let (events, n) = search(dir.path(), &Query::default(), 100).unwrap();
         assert_eq!(n, 5);
-        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
     }
 
     #[test]
@@ -687,9 +754,8 @@ mod tests {
                 .map(str::to_string)
                 .collect()
         };
-        let put = |dir: &Path, l: &[String]| {
-            std::fs::write(the_file(dir), l.join("\n") + "\n").unwrap()
-        };
+        let put =
+            |dir: &Path, l: &[String]| std::fs::write(the_file(dir), l.join("\n") + "\n").unwrap();
         // Changed: alice's read of N1 rewritten as bob's.
         let d = tempfile::tempdir().unwrap();
         write(d.path(), 4);
@@ -743,9 +809,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = AuditLog::open(d.path()).unwrap();
         rt().block_on(async {
-            log.append(draft("alice", "search", &["N1", "N2"], &["P1", "P2"])).await.unwrap();
-            log.append(draft("bob", "read_note", &["N2"], &["P2"])).await.unwrap();
-            log.append(draft("alice", "read_note", &["N3"], &["P3"])).await.unwrap();
+            log.append(draft("alice", "search", &["N1", "N2"], &["P1", "P2"]))
+                .await
+                .unwrap();
+            log.append(draft("bob", "read_note", &["N2"], &["P2"]))
+                .await
+                .unwrap();
+            log.append(draft("alice", "read_note", &["N3"], &["P3"]))
+                .await
+                .unwrap();
         });
         let q = |q: Query| {
             search(d.path(), &q.normalized().unwrap(), 100)
@@ -755,14 +827,60 @@ mod tests {
                 .map(|e| e.seq)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(q(Query { patient: Some("P2".into()), ..Default::default() }), [1, 2]);
-        assert_eq!(q(Query { principal: Some("alice".into()), ..Default::default() }), [1, 3]);
-        assert_eq!(q(Query { note: Some("N3".into()), ..Default::default() }), [3]);
-        assert_eq!(q(Query { action: Some("read_note".into()), ..Default::default() }), [2, 3]);
-        assert_eq!(q(Query { since: Some("2999-01-01".into()), ..Default::default() }), Vec::<u64>::new());
-        assert_eq!(q(Query { until: Some("2999-01-01".into()), ..Default::default() }).len(), 3);
-        assert!(Query { action: Some("peek".into()), ..Default::default() }.normalized().is_err());
+        assert_eq!(
+            q(Query {
+                patient: Some("P2".into()),
+                ..Default::default()
+            }),
+            [1, 2]
+        );
+        assert_eq!(
+            q(Query {
+                principal: Some("alice".into()),
+                ..Default::default()
+            }),
+            [1, 3]
+        );
+        assert_eq!(
+            q(Query {
+                note: Some("N3".into()),
+                ..Default::default()
+            }),
+            [3]
+        );
+        assert_eq!(
+            q(Query {
+                action: Some("read_note".into()),
+                ..Default::default()
+            }),
+            [2, 3]
+        );
+        assert_eq!(
+            q(Query {
+                since: Some("2999-01-01".into()),
+                ..Default::default()
+            }),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            q(Query {
+                until: Some("2999-01-01".into()),
+                ..Default::default()
+            })
+            .len(),
+            3
+        );
+        assert!(Query {
+            action: Some("peek".into()),
+            ..Default::default()
+        }
+        .normalized()
+        .is_err());
         let (last, n) = search(d.path(), &Query::default(), 1).unwrap();
-        assert_eq!((last[0].seq, n), (3, 3), "the newest events within the limit");
+        assert_eq!(
+            (last[0].seq, n),
+            (3, 3),
+            "the newest events within the limit"
+        );
     }
 }

@@ -127,11 +127,10 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 /// with a `cs_` prefix so a leaked key is recognisable in a secret scanner.
 pub fn new_key() -> Result<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Io {
-            path: PathBuf::from("getrandom"),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    getrandom::fill(&mut bytes).map_err(|e| Error::Io {
+        path: PathBuf::from("getrandom"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     use base64::Engine as _;
     Ok(format!(
         "cs_{}",
@@ -164,7 +163,11 @@ impl KeyRing {
     /// The `[[keys]]` entries plus the two legacy settings: `api_key` (principal `api_key`,
     /// role admin: it was the key with every right) and `read_api_key` (principal
     /// `read_api_key`, role read). Names must be unique and hashes well formed.
-    pub fn new(keys: &[KeyEntry], api_key: Option<&str>, read_api_key: Option<&str>) -> Result<Self> {
+    pub fn new(
+        keys: &[KeyEntry],
+        api_key: Option<&str>,
+        read_api_key: Option<&str>,
+    ) -> Result<Self> {
         let mut entries = vec![];
         for k in keys {
             let name = k.name.trim();
@@ -181,9 +184,8 @@ impl KeyRing {
             })?;
             if let Some(f) = &k.filter {
                 for d in [&f.date_from, &f.date_to].into_iter().flatten() {
-                    crate::note::date_key(d).map_err(|e| {
-                        Error::InvalidInput(format!("keys: {name}: filter: {e}"))
-                    })?;
+                    crate::note::date_key(d)
+                        .map_err(|e| Error::InvalidInput(format!("keys: {name}: filter: {e}")))?;
                 }
             }
             entries.push(Entry {
@@ -302,7 +304,10 @@ impl LiveKeys {
         });
         match reloaded {
             Ok(ring) => {
-                tracing::info!(keys = ring.len(), "keys re-read from the configuration file");
+                tracing::info!(
+                    keys = ring.len(),
+                    "keys re-read from the configuration file"
+                );
                 *self.ring.write().unwrap() = Arc::new(ring);
             }
             Err(e) => tracing::error!(
@@ -475,7 +480,10 @@ mod tests {
     #[test]
     fn a_key_authenticates_as_its_principal_and_nothing_else_does() {
         let ring = KeyRing::new(
-            &[entry("alice", Role::Read, "k-alice"), entry("bob", Role::Write, "k-bob")],
+            &[
+                entry("alice", Role::Read, "k-alice"),
+                entry("bob", Role::Write, "k-bob"),
+            ],
             Some("legacy"),
             Some("legacy-read"),
         )
@@ -531,11 +539,17 @@ mod tests {
         assert!(add_key(&p, "alice", Role::Read, None).is_err());
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("# our server") && text.contains("addr"));
-        assert!(!text.contains(&k1) && !text.contains(&k2), "keys are stored only as hashes");
+        assert!(
+            !text.contains(&k1) && !text.contains(&k2),
+            "keys are stored only as hashes"
+        );
         let listed = list_keys(&p).unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].name, "alice");
-        assert_eq!(listed[0].filter.as_ref().unwrap().specialty.as_deref(), Some("Oncology"));
+        assert_eq!(
+            listed[0].filter.as_ref().unwrap().specialty.as_deref(),
+            Some("Oncology")
+        );
         let layer = crate::config::Layer::from_file(&p).unwrap();
         let ring = KeyRing::new(layer.keys.as_deref().unwrap(), None, None).unwrap();
         let alice = ring.authenticate(&k1).unwrap();

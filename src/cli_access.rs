@@ -91,7 +91,12 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
                         .filter
                         .map(|f| serde_json::to_string(&f).unwrap_or_default())
                         .unwrap_or_else(|| "-".into());
-                    println!("{:<24} {:<6} {:<10} {r}", k.name, k.role, k.sha256_prefix + "…");
+                    println!(
+                        "{:<24} {:<6} {:<10} {r}",
+                        k.name,
+                        k.role,
+                        k.sha256_prefix + "…"
+                    );
                 }
             }
         }
@@ -163,7 +168,10 @@ pub fn audit(args: AuditArgs) -> Result<()> {
                 );
                 return Ok(());
             }
-            Some(b) => anyhow::bail!("audit log broken at {b} ({} events before it are intact)", v.lines),
+            Some(b) => anyhow::bail!(
+                "audit log broken at {b} ({} events before it are intact)",
+                v.lines
+            ),
         }
     }
     let dir = args.data.dir.join("audit");
@@ -215,7 +223,10 @@ pub fn audit(args: AuditArgs) -> Result<()> {
         );
     }
     if matched > events.len() {
-        eprintln!("({matched} events matched; the newest {} shown: --limit)", events.len());
+        eprintln!(
+            "({matched} events matched; the newest {} shown: --limit)",
+            events.len()
+        );
     }
     Ok(())
 }

@@ -176,9 +176,9 @@ impl Bm25Index {
     }
 
     fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter<TantivyDocument>>> {
-        self.writer
-            .lock()
-            .map_err(|_| Error::Index("BM25 writer poisoned (a write panicked; the engine recovers it)".into()))
+        self.writer.lock().map_err(|_| {
+            Error::Index("BM25 writer poisoned (a write panicked; the engine recovers it)".into())
+        })
     }
 
     /// After a failed or panicked write: drops whatever the writer holds uncommitted (the

@@ -258,7 +258,12 @@ impl VectorIndex {
 
     fn needs_rebuild(&self) -> bool {
         let points = self.points.load(Ordering::SeqCst) as usize;
-        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).owners.len();
+        let live = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .owners
+            .len();
         let dead = points.saturating_sub(live);
         dead >= REBUILD_MIN_DEAD && dead as f64 > REBUILD_DEAD_FRACTION * points as f64
     }
@@ -308,11 +313,49 @@ impl VectorIndex {
 
     /// Whether the graph itself returns `vector` (a chunk's own stored vector) as one of
     /// its nearest points: the check that a chunk is really searchable, not only listed.
-    pub fn graph_finds(&self, chunk_id: u64, vector: &[f32]) -> bool {
+    /// Whether the graph holds a point for `chunk_id` at all (a scan of its points: for tests
+    /// and diagnostics, never on the search path).
+    pub fn graph_holds(&self, chunk_id: u64) -> bool {
         let g = rd(&self.graph);
-        g.search(vector, 8, 64)
+        let found = g
+            .get_point_indexation()
+            .into_iter()
+            .any(|p| p.get_origin_id() as u64 == chunk_id);
+        found
+    }
+
+    /// It must come back first: among the hits at distance 0. Several chunks can hold the
+    /// same text, hence the same vector, and HNSW does not return every one of many exact
+    /// duplicates; so when the search returns others at distance 0 but not this one, the
+    /// check falls back to a scan of the graph's points for its id (a chunk missing from the
+    /// graph still fails).
+    pub fn graph_finds(&self, chunk_id: u64, vector: &[f32]) -> bool {
+        let same = |score: f32| score >= 1.0 - 1e-5;
+        // Cheap first: almost every chunk comes back at the serving breadth.
+        if self
+            .search(vector, 8, 64, None)
             .iter()
-            .any(|n| n.d_id as u64 == chunk_id)
+            .take_while(|h| same(h.score))
+            .any(|h| h.chunk_id == chunk_id)
+        {
+            return true;
+        }
+        let mut k = 16;
+        loop {
+            // Live points only: replaced copies of the same text sit at distance 0 too.
+            let hits = self.search(vector, k, (4 * k).max(256), None);
+            let ties: Vec<&VectorHit> = hits.iter().take_while(|h| same(h.score)).collect();
+            if ties.iter().any(|h| h.chunk_id == chunk_id) {
+                return true;
+            }
+            if ties.is_empty() {
+                return false;
+            }
+            if ties.len() < hits.len() || hits.len() < k || k >= 1024 {
+                return self.graph_holds(chunk_id);
+            }
+            k *= 4;
+        }
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -321,12 +364,20 @@ impl VectorIndex {
 
     /// Live chunks.
     pub fn len(&self) -> usize {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).owners.len()
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .owners
+            .len()
     }
 
     /// Notes with live vectors.
     pub fn note_count(&self) -> usize {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).by_note.len()
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_note
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

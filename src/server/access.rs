@@ -32,7 +32,10 @@ pub struct AuditParams {
 }
 
 /// `GET /api/audit?patient=&principal=&note=&action=&since=&until=&limit=`.
-pub async fn audit(state: web::Data<AppState>, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
+pub async fn audit(
+    state: web::Data<AppState>,
+    q: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
@@ -51,7 +54,6 @@ pub async fn audit(state: web::Data<AppState>, q: web::Query<AuditParams>) -> Re
     }
     .normalized()?;
     let dir = state.audit.dir().to_path_buf();
-    let (events, matched) =
-        web::block(move || crate::audit::search(&dir, &query, limit)).await??;
+    let (events, matched) = web::block(move || crate::audit::search(&dir, &query, limit)).await??;
     Ok(HttpResponse::Ok().json(json!({ "matched": matched, "events": events })))
 }

@@ -246,7 +246,10 @@ fn check_search_limits(state: &State, req: &SearchRequest) -> Result<(), ApiErro
     if need > l.max_offset_k {
         return Err(param(
             "offset",
-            format!("offset + k is {need}; this server allows at most {}", l.max_offset_k),
+            format!(
+                "offset + k is {need}; this server allows at most {}",
+                l.max_offset_k
+            ),
         ));
     }
     if req.group_by == crate::search::GroupBy::Patient && need * 5 > l.max_group_depth {
@@ -262,7 +265,12 @@ fn check_search_limits(state: &State, req: &SearchRequest) -> Result<(), ApiErro
     Ok(())
 }
 
-async fn run_search(state: State, http: &HttpRequest, caller: Caller, mut req: SearchRequest) -> ApiResult {
+async fn run_search(
+    state: State,
+    http: &HttpRequest,
+    caller: Caller,
+    mut req: SearchRequest,
+) -> ApiResult {
     let t = Instant::now();
     check_search_limits(&state, &req)?;
     disclose_query(http, &req.q);
@@ -601,7 +609,12 @@ pub async fn document_delete(
     let principal = caller.0;
     let (n, patient) = web::block(move || -> Result<(usize, Option<String>), Error> {
         // A restricted key cannot see, so cannot delete, notes outside its filter.
-        let Some(stored) = st.engine.store.get(&key)?.filter(|s| principal.may_see(&s.note)) else {
+        let Some(stored) = st
+            .engine
+            .store
+            .get(&key)?
+            .filter(|s| principal.may_see(&s.note))
+        else {
             return Ok((0, None));
         };
         let patient = stored.note.patient_id.clone();
@@ -678,7 +691,11 @@ fn default_top_k() -> usize {
     5
 }
 
-pub async fn fill_mask(state: State, http: HttpRequest, body: web::Json<FillMaskBody>) -> ApiResult {
+pub async fn fill_mask(
+    state: State,
+    http: HttpRequest,
+    body: web::Json<FillMaskBody>,
+) -> ApiResult {
     if !state.encoder.has_mlm_head() {
         return Err(ApiError::bad_request(
             "no_mlm_head",
@@ -1040,9 +1057,7 @@ pub async fn eval_start(
         v["titles"] = Value::Object(titles);
         Ok(v)
     };
-    let slot = state
-        .evals
-        .reserve(&principal.name, &state.config.limits)?;
+    let slot = state.evals.reserve(&principal.name, &state.config.limits)?;
     if body.wait {
         let report = web::block(move || {
             let _slot = slot;

@@ -80,8 +80,10 @@ impl QueryEmbedder {
                             Ok(Err(_)) => texts
                                 .iter()
                                 .map(|t| {
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(t)))
-                                        .unwrap_or_else(|_| Err(panicked()))
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        one(t)
+                                    }))
+                                    .unwrap_or_else(|_| Err(panicked()))
                                 })
                                 .collect(),
                             Err(_) => texts.iter().map(|_| Err(panicked())).collect(),

@@ -35,13 +35,18 @@ fn is_loopback_name(h: &str) -> bool {
     h == "localhost"
         || h.ends_with(".localhost")
         || h == "[::1]"
-        || h.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `Host` must name this server: a loopback name, the configured public name, or (with keys,
 /// `strict` false) anything when no public name is configured. Requests without a `Host`
 /// (HTTP/1.0) did not come from a browser.
-pub fn check_host(req: &ServiceRequest, config: &ServerConfig, keyed: bool) -> Result<(), ApiError> {
+pub fn check_host(
+    req: &ServiceRequest,
+    config: &ServerConfig,
+    keyed: bool,
+) -> Result<(), ApiError> {
     let Some(host) = req.headers().get(header::HOST) else {
         return Ok(());
     };
@@ -68,7 +73,11 @@ pub fn check_host(req: &ServiceRequest, config: &ServerConfig, keyed: bool) -> R
 fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    Some(format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+    Some(format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    ))
 }
 
 /// All the checks for a server without keys.
@@ -93,9 +102,9 @@ pub fn check(req: &ServiceRequest, config: &ServerConfig, uploads: bool) -> Resu
                 .and_then(|v| v.to_str().ok())
                 .and_then(origin_of)
         });
-    let same = from.as_deref().is_some_and(|o| {
-        o == format!("http://{host}") || o == format!("https://{host}")
-    });
+    let same = from
+        .as_deref()
+        .is_some_and(|o| o == format!("http://{host}") || o == format!("https://{host}"));
     if !same {
         return Err(forbidden(
             "cross_origin",
@@ -149,6 +158,9 @@ mod tests {
         assert!(is_loopback_name("app.localhost"));
         assert!(!is_loopback_name("evil.example"));
         assert!(!is_loopback_name("127.0.0.1.evil.example"));
-        assert_eq!(origin_of("http://127.0.0.1:8080/#/search").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            origin_of("http://127.0.0.1:8080/#/search").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
     }
 }

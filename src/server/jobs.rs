@@ -63,7 +63,9 @@ impl Slots {
         let all: usize = h.values().sum();
         if mine >= per_owner || all >= total {
             let why = if mine >= per_owner {
-                format!("{owner:?} already runs {mine} {what} jobs (the limit per key is {per_owner})")
+                format!(
+                    "{owner:?} already runs {mine} {what} jobs (the limit per key is {per_owner})"
+                )
             } else {
                 format!("the server already runs {all} {what} jobs (its limit is {total})")
             };
@@ -147,9 +149,12 @@ impl Jobs {
         mapping: CsvMapping,
         body: &[u8],
     ) -> Result<JobStatus, super::ApiError> {
-        let slot =
-            self.slots
-                .reserve("ingest", owner, limits.max_jobs_per_principal, limits.max_jobs)?;
+        let slot = self.slots.reserve(
+            "ingest",
+            owner,
+            limits.max_jobs_per_principal,
+            limits.max_jobs,
+        )?;
         let max_errors = limits.max_job_errors;
         let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let id = format!("job-{n}");
@@ -356,8 +361,12 @@ impl EvalJobs {
         owner: &str,
         limits: &crate::config::Limits,
     ) -> Result<Slot, super::ApiError> {
-        self.slots
-            .reserve("evaluation", owner, limits.max_jobs_per_principal, limits.max_jobs)
+        self.slots.reserve(
+            "evaluation",
+            owner,
+            limits.max_jobs_per_principal,
+            limits.max_jobs,
+        )
     }
 
     /// Starts `run` (given a progress counter) on a new thread; returns the job id.

@@ -164,7 +164,10 @@ async fn guard(
             StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_string()),
             StatusCode::METHOD_NOT_ALLOWED => (
                 "method_not_allowed",
-                format!("{} is not supported on this endpoint", metrics::method_label(&method)),
+                format!(
+                    "{} is not supported on this endpoint",
+                    metrics::method_label(&method)
+                ),
             ),
             StatusCode::PAYLOAD_TOO_LARGE => (
                 "payload_too_large",
@@ -205,10 +208,19 @@ async fn guard(
         record(state, &res, &method, started);
     }
     let h = res.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
-    if is_json || h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if is_json
+        || h.get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
         // Replies may carry notes: no browser or proxy keeps a copy.
-        h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
     }
     if let Ok(v) = header::HeaderValue::from_str(&request_id) {
         h.insert(header::HeaderName::from_static("x-request-id"), v);
@@ -258,7 +270,12 @@ fn audit_draft(
     })
 }
 
-fn record(state: &AppState, res: &ServiceResponse<BoxBody>, method: &actix_web::http::Method, t: Instant) {
+fn record(
+    state: &AppState,
+    res: &ServiceResponse<BoxBody>,
+    method: &actix_web::http::Method,
+    t: Instant,
+) {
     let endpoint = res
         .request()
         .match_pattern()

@@ -41,7 +41,11 @@ pub struct Route {
     handler: fn(actix_web::Route) -> actix_web::Route,
 }
 
-fn route(method: Method, path: &'static str, handler: fn(actix_web::Route) -> actix_web::Route) -> Route {
+fn route(
+    method: Method,
+    path: &'static str,
+    handler: fn(actix_web::Route) -> actix_web::Route,
+) -> Route {
     Route {
         method,
         path,
@@ -97,9 +101,11 @@ pub fn table() -> Vec<Route> {
         route(M::GET, "/api/documents/{id}", |r| r.to(api::document_get))
             .needs(Read)
             .audited("read_note"),
-        route(M::DELETE, "/api/documents/{id}", |r| r.to(api::document_delete))
-            .needs(Write)
-            .audited("delete"),
+        route(M::DELETE, "/api/documents/{id}", |r| {
+            r.to(api::document_delete)
+        })
+        .needs(Write)
+        .audited("delete"),
         route(M::POST, "/api/embed", |r| r.to(api::embed))
             .needs(Read)
             .audited("embed"),
@@ -168,10 +174,9 @@ pub fn register(cfg: &mut web::ServiceConfig, table: Vec<Route>) {
                 action: r.action,
                 uploads: r.uploads,
             };
-            let wrapped = (r.handler)(web::method(r.method.clone()))
-                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                    authorize(spec, req, next)
-                }));
+            let wrapped = (r.handler)(web::method(r.method.clone())).wrap(from_fn(
+                move |req: ServiceRequest, next: Next<BoxBody>| authorize(spec, req, next),
+            ));
             res = res.route(wrapped);
         }
         cfg.service(res);
@@ -276,7 +281,11 @@ async fn authorize(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-fn deny(req: ServiceRequest, principal: Option<Principal>, e: ApiError) -> ServiceResponse<BoxBody> {
+fn deny(
+    req: ServiceRequest,
+    principal: Option<Principal>,
+    e: ApiError,
+) -> ServiceResponse<BoxBody> {
     req.extensions_mut().insert(Denied { principal });
     req.into_response(e.error_response())
 }
@@ -320,7 +329,10 @@ mod tests {
         assert!(e.contains("GET /api/secret declares no permission"), "{e}");
         let mut t = table();
         t.push(route(Method::GET, "/api/search", |r| r.to(api::health)).public());
-        assert!(check(&t).unwrap_err().to_string().contains("declared twice"));
+        assert!(check(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("declared twice"));
     }
 
     #[test]

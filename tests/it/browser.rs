@@ -398,19 +398,29 @@ fn with_keys_the_ui_asks_for_one_and_shows_the_audit_to_admins_only() {
     let input = b.wait("#key-dialog[open] #key-input");
     b.send_keys(&input, "alice-key\u{E007}");
     b.wait(".column[data-mode=hybrid] .hit");
-    let hidden = |b: &Browser| b.script("return document.getElementById('nav-audit').hidden", vec![]);
+    let hidden =
+        |b: &Browser| b.script("return document.getElementById('nav-audit').hidden", vec![]);
     assert_eq!(hidden(&b), json!(true), "a read key sees no Audit page");
     // The admin's view of what alice just did.
-    b.script("sessionStorage.setItem('clinsearch-key', 'ada-key'); location.reload()", vec![]);
+    b.script(
+        "sessionStorage.setItem('clinsearch-key', 'ada-key'); location.reload()",
+        vec![],
+    );
     b.wait(".column[data-mode=hybrid] .hit");
     let t = Instant::now();
     while hidden(&b) != json!(false) {
-        assert!(t.elapsed() < Duration::from_secs(30), "the admin never saw the Audit link");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the admin never saw the Audit link"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     b.goto(&format!("{url}/#/audit?principal=alice&action=search"));
     let rows = b.wait_text("#audit-table tbody", "alice");
     assert!(rows.contains("search") && rows.contains("200"), "{rows}");
-    assert!(b.wait_text("#audit-count", "event").starts_with('1'), "one search by alice");
+    assert!(
+        b.wait_text("#audit-count", "event").starts_with('1'),
+        "one search by alice"
+    );
     b.screenshot("audit");
 }

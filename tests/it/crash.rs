@@ -1,7 +1,10 @@
 //! Crash safety, for real: the `clinsearch` binary ingests a few thousand notes and is killed
-//! with SIGKILL at random moments; after each kill the data directory must hold every
-//! acknowledged note in sled, BM25 and the vector index, and no note in only some of them.
-//! Re-running the same ingest converges to exactly the source set.
+//! with SIGKILL at random moments spread over the whole run, and once inside its final
+//! checkpoint (vector dump, manifest swap, log pruning; a test-only failpoint stretches it to
+//! 1.5 s so the kill lands there); after each kill the data directory must hold every
+//! acknowledged note in sled, BM25 and the vector graph (each chunk found by searching the
+//! graph for its own vector), and no note in only some of them. Re-running the same ingest
+//! converges to exactly the source set.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,7 +15,7 @@ use clinsearch::store::ModelIdentity;
 use crate::common::*;
 use crate::ingest::tiny_encoder;
 
-const NOTES: usize = 3000;
+const NOTES: usize = 1500;
 
 fn ingest_cmd(data: &std::path::Path, file: &std::path::Path, acks: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinsearch"));
@@ -36,6 +39,7 @@ fn ingest_cmd(data: &std::path::Path, file: &std::path::Path, acks: &std::path::
     .arg(acks)
     .arg(file)
     .env_remove("CLINSEARCH_MODEL")
+    .env("FAILPOINTS", "checkpoint-delay=return(sleep=1500)")
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     cmd
@@ -79,14 +83,40 @@ fn ingest_then_kill_then_reopen_loses_nothing_acknowledged() {
         | 1;
     eprintln!("crash test seed {seed}");
     let mut kills = 0;
-    for _ in 0..4 {
+    let mut in_checkpoint = 0;
+    let count_acks = || {
+        std::fs::read_to_string(&acks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    for round in 0..4 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = 300 + seed % 1500;
+        let before = count_acks();
         let mut child = ingest_cmd(&data, &file, &acks).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
+        let delay = if round == 2 {
+            // Inside the final checkpoint: every batch acknowledged, the process still running.
+            let t = std::time::Instant::now();
+            while count_acks() < before + NOTES && child.try_wait().unwrap().is_none() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "the ingest never finished its batches"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            t.elapsed().as_millis() as u64
+        } else {
+            // Anywhere in the run, from its first batches to its end.
+            let d = 300 + seed % 7000;
+            std::thread::sleep(Duration::from_millis(d));
+            d
+        };
         if child.try_wait().unwrap().is_none() {
+            if count_acks() >= before + NOTES {
+                in_checkpoint += 1;
+            }
             child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
@@ -98,15 +128,39 @@ fn ingest_then_kill_then_reopen_loses_nothing_acknowledged() {
             .map(str::to_string)
             .collect();
         let engine = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+        let t = std::time::Instant::now();
+        let presence: std::collections::HashMap<&String, (bool, bool, bool)> = ids
+            .iter()
+            .map(|id| (id, engine.presence(id).unwrap()))
+            .collect();
+        eprintln!(
+            "round {round}: kill at {delay} ms, {} acknowledged, checked in {:?}",
+            acked.len(),
+            t.elapsed()
+        );
         for id in &acked {
-            assert_eq!(
-                engine.presence(id).unwrap(),
-                (true, true, true),
-                "acknowledged {id} after a kill at {delay} ms"
-            );
+            let p = presence[id];
+            if p != (true, true, true) {
+                let stored = engine.store.get(id).unwrap().unwrap();
+                let chunks = engine.store.chunks_of(&stored).unwrap();
+                let held: Vec<bool> = chunks
+                    .iter()
+                    .map(|c| engine.vectors.graph_holds(c.id))
+                    .collect();
+                let found: Vec<bool> = chunks
+                    .iter()
+                    .map(|c| engine.vectors.graph_finds(c.id, &c.vector))
+                    .collect();
+                panic!(
+                    "acknowledged {id} after a kill at {delay} ms: {p:?}; its chunks {:?} are in the graph: {held:?}, found by searching: {found:?}; points {}, live {}",
+                    chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+                    engine.vectors.points(),
+                    engine.vectors.len()
+                );
+            }
         }
         for id in &ids {
-            let (s, b, v) = engine.presence(id).unwrap();
+            let (s, b, v) = presence[id];
             assert!(
                 s == b && b == v,
                 "{id} is only partly present: store {s}, bm25 {b}, vectors {v}"
@@ -116,8 +170,12 @@ fn ingest_then_kill_then_reopen_loses_nothing_acknowledged() {
         assert_eq!(engine.vectors.len(), engine.store.chunk_count());
     }
     assert!(
-        kills >= 1,
-        "the ingest was never killed mid-way; make it longer"
+        kills >= 2,
+        "the ingest was killed only {kills} times; make it longer"
+    );
+    assert!(
+        in_checkpoint >= 1,
+        "no kill landed inside the final checkpoint"
     );
 
     // Running the same ingest to the end converges to exactly the source set.

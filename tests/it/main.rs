@@ -5,6 +5,7 @@ mod common;
 mod crash;
 pub(crate) mod encoder;
 mod eval;
+mod faults;
 #[cfg(any(feature = "cuda", feature = "metal"))]
 mod gpu;
 mod hub;

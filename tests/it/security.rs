@@ -132,13 +132,33 @@ fn spellings_cover_each_character_and_the_tricks() {
 fn resources() -> Vec<(Method, &'static str, Role, Option<&'static str>)> {
     vec![
         (Method::GET, "/api/documents/N1", Role::Read, None),
-        (Method::GET, "/api/search?q=heart&mode=bm25", Role::Read, None),
-        (Method::POST, "/api/search", Role::Read, Some(r#"{"q": "heart", "mode": "bm25"}"#)),
+        (
+            Method::GET,
+            "/api/search?q=heart&mode=bm25",
+            Role::Read,
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/search",
+            Role::Read,
+            Some(r#"{"q": "heart", "mode": "bm25"}"#),
+        ),
         (Method::GET, "/api/facets", Role::Read, None),
         (Method::GET, "/metrics", Role::Read, None),
-        (Method::POST, "/api/documents", Role::Write, Some(r#"{"id": "EVIL", "text": "planted note"}"#)),
+        (
+            Method::POST,
+            "/api/documents",
+            Role::Write,
+            Some(r#"{"id": "EVIL", "text": "planted note"}"#),
+        ),
         (Method::DELETE, "/api/documents/N1", Role::Write, None),
-        (Method::POST, "/api/ingest?format=jsonl", Role::Write, Some(r#"{"id": "EVIL2", "text": "planted by upload"}"#)),
+        (
+            Method::POST,
+            "/api/ingest?format=jsonl",
+            Role::Write,
+            Some(r#"{"id": "EVIL2", "text": "planted by upload"}"#),
+        ),
         (Method::GET, "/api/audit", Role::Admin, None),
     ]
 }
@@ -171,8 +191,11 @@ async fn attack_suite_no_spelling_method_or_key_reaches_a_resource_the_key_may_n
         for id in ["N1", "N2", "N3", "N4"] {
             let (s, v, _) = raw(
                 &app,
-                bearer(TestRequest::get().uri(&format!("/api/documents/{id}")), Some(ADMIN))
-                    .to_request(),
+                bearer(
+                    TestRequest::get().uri(&format!("/api/documents/{id}")),
+                    Some(ADMIN),
+                )
+                .to_request(),
             )
             .await;
             assert_eq!(s, StatusCode::OK);
@@ -201,7 +224,8 @@ async fn attack_suite_no_spelling_method_or_key_reaches_a_resource_the_key_may_n
             }
             for spelled in spellings(path) {
                 for m in methods(&declared) {
-                    let mut req = bearer(TestRequest::default().method(m.clone()).uri(&spelled), key);
+                    let mut req =
+                        bearer(TestRequest::default().method(m.clone()).uri(&spelled), key);
                     if let Some(b) = body {
                         req = req
                             .insert_header(("content-type", "application/json"))
@@ -216,7 +240,10 @@ async fn attack_suite_no_spelling_method_or_key_reaches_a_resource_the_key_may_n
                     );
                     assert!(s.is_client_error(), "{m} {spelled} with {key:?}: {s} {v}");
                     if s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED {
-                        assert!(v["error"]["code"].is_string(), "{m} {spelled}: not JSON: {v}");
+                        assert!(
+                            v["error"]["code"].is_string(),
+                            "{m} {spelled}: not JSON: {v}"
+                        );
                     }
                 }
             }
@@ -230,7 +257,11 @@ async fn attack_suite_no_spelling_method_or_key_reaches_a_resource_the_key_may_n
     for (i, id) in ["N1", "N2", "N3", "N4"].iter().enumerate() {
         let (s, v, _) = raw(
             &app,
-            bearer(TestRequest::get().uri(&format!("/api/documents/{id}")), Some(ADMIN)).to_request(),
+            bearer(
+                TestRequest::get().uri(&format!("/api/documents/{id}")),
+                Some(ADMIN),
+            )
+            .to_request(),
         )
         .await;
         assert_eq!(s, StatusCode::OK);
@@ -255,29 +286,53 @@ async fn the_right_key_still_works_through_the_decoded_spelling_and_unknown_meth
     )
     .await;
     // The router decodes %61 to "a": the read key gets the note, the check ran on the route.
-    let (s, v, h) = raw(&app, bearer(TestRequest::get().uri("/%61pi/documents/N1"), Some(READ)).to_request()).await;
+    let (s, v, h) = raw(
+        &app,
+        bearer(TestRequest::get().uri("/%61pi/documents/N1"), Some(READ)).to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(h.get("cache-control").unwrap(), "no-store");
     assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
     assert!(h.get("x-request-id").is_some());
     // The read key may not delete through any spelling.
-    let (s, v, _) = raw(&app, bearer(TestRequest::delete().uri("/api/%64ocuments/N1"), Some(READ)).to_request()).await;
+    let (s, v, _) = raw(
+        &app,
+        bearer(TestRequest::delete().uri("/api/%64ocuments/N1"), Some(READ)).to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v["error"]["code"], "forbidden");
     let (s, v, _) = raw(
         &app,
-        bearer(TestRequest::default().method(Method::from_bytes(b"BREW").unwrap()).uri("/api/search?q=x"), Some(READ))
-            .to_request(),
+        bearer(
+            TestRequest::default()
+                .method(Method::from_bytes(b"BREW").unwrap())
+                .uri("/api/search?q=x"),
+            Some(READ),
+        )
+        .to_request(),
     )
     .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
     assert_eq!(v["error"]["code"], "method_not_allowed");
-    let (s, v, _) = raw(&app, TestRequest::get().uri("/api/nothing-here").to_request()).await;
+    let (s, v, _) = raw(
+        &app,
+        TestRequest::get().uri("/api/nothing-here").to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found");
-    assert!(!v.to_string().contains("nothing-here"), "paths are not echoed: {v}");
+    assert!(
+        !v.to_string().contains("nothing-here"),
+        "paths are not echoed: {v}"
+    );
     // Metric labels come from a closed set.
-    let (_, m, _) = raw(&app, bearer(TestRequest::get().uri("/metrics"), Some(READ)).to_request()).await;
+    let (_, m, _) = raw(
+        &app,
+        bearer(TestRequest::get().uri("/metrics"), Some(READ)).to_request(),
+    )
+    .await;
     let m = m.as_str().unwrap();
     assert!(m.contains("method=\"other\""), "{m}");
     assert!(!m.contains("BREW"), "{m}");
@@ -305,14 +360,44 @@ async fn without_keys_the_browser_checks_stop_cross_site_writes_and_rebound_host
     let json = Some("application/json");
     for (origin, host, ct, code) in [
         (None, "127.0.0.1:8080", json, "cross_origin"),
-        (Some("http://evil.example"), "127.0.0.1:8080", json, "cross_origin"),
+        (
+            Some("http://evil.example"),
+            "127.0.0.1:8080",
+            json,
+            "cross_origin",
+        ),
         (Some("null"), "127.0.0.1:8080", json, "cross_origin"),
-        (Some("http://127.0.0.1:9999"), "127.0.0.1:8080", json, "cross_origin"),
-        (Some("http://127.0.0.1:8080"), "127.0.0.1:8080", Some("text/plain"), "bad_content_type"),
-        (Some("http://127.0.0.1:8080"), "127.0.0.1:8080", Some("application/x-www-form-urlencoded"), "bad_content_type"),
-        (Some("http://127.0.0.1:8080"), "127.0.0.1:8080", None, "bad_content_type"),
+        (
+            Some("http://127.0.0.1:9999"),
+            "127.0.0.1:8080",
+            json,
+            "cross_origin",
+        ),
+        (
+            Some("http://127.0.0.1:8080"),
+            "127.0.0.1:8080",
+            Some("text/plain"),
+            "bad_content_type",
+        ),
+        (
+            Some("http://127.0.0.1:8080"),
+            "127.0.0.1:8080",
+            Some("application/x-www-form-urlencoded"),
+            "bad_content_type",
+        ),
+        (
+            Some("http://127.0.0.1:8080"),
+            "127.0.0.1:8080",
+            None,
+            "bad_content_type",
+        ),
         // DNS rebinding: the page's own origin, but the attacker's host name.
-        (Some("http://evil.example:8080"), "evil.example:8080", json, "bad_host"),
+        (
+            Some("http://evil.example:8080"),
+            "evil.example:8080",
+            json,
+            "bad_host",
+        ),
     ] {
         let (s, v, _) = raw(&app, post(origin, host, ct)).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{origin:?} {host} {ct:?}: {v}");
@@ -320,7 +405,14 @@ async fn without_keys_the_browser_checks_stop_cross_site_writes_and_rebound_host
     }
     assert_eq!(state.engine.store.note_count(), 0);
     // Rebound reads are refused too; a Referer stands in for a missing Origin.
-    let (s, _, _) = raw(&app, TestRequest::get().uri("/api/search?q=a").insert_header(("host", "evil.example")).to_request()).await;
+    let (s, _, _) = raw(
+        &app,
+        TestRequest::get()
+            .uri("/api/search?q=a")
+            .insert_header(("host", "evil.example"))
+            .to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, v, _) = raw(
         &app,
@@ -335,7 +427,11 @@ async fn without_keys_the_browser_checks_stop_cross_site_writes_and_rebound_host
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // What the UI sends works: same origin, JSON; and a CSV upload with its declared type.
-    let (s, v, _) = raw(&app, post(Some("http://127.0.0.1:8080"), "127.0.0.1:8080", json)).await;
+    let (s, v, _) = raw(
+        &app,
+        post(Some("http://127.0.0.1:8080"), "127.0.0.1:8080", json),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v, _) = raw(
         &app,
@@ -356,16 +452,39 @@ async fn a_restricted_key_sees_only_its_notes_in_every_retriever_read_facet_and_
     let dir = tempfile::tempdir().unwrap();
     let state = seeded_state(dir.path(), keyed_layer(), None);
     let app = test::init_service(server::app(state)).await;
-    raw(&app, bearer(TestRequest::post().uri("/api/documents"), Some(WRITE)).set_payload(NOTES).to_request()).await;
-    let get = |uri: String, key: &'static str| bearer(TestRequest::get().uri(&uri), Some(key)).to_request();
+    raw(
+        &app,
+        bearer(TestRequest::post().uri("/api/documents"), Some(WRITE))
+            .set_payload(NOTES)
+            .to_request(),
+    )
+    .await;
+    let get = |uri: String, key: &'static str| {
+        bearer(TestRequest::get().uri(&uri), Some(key)).to_request()
+    };
     for mode in ["bm25", "semantic", "hybrid", "compare"] {
         for group in ["note", "patient"] {
-            let (s, v, _) = raw(&app, get(format!("/api/search?q=heart&mode={mode}&k=10&group_by={group}"), ONCOLOGY)).await;
+            let (s, v, _) = raw(
+                &app,
+                get(
+                    format!("/api/search?q=heart&mode={mode}&k=10&group_by={group}"),
+                    ONCOLOGY,
+                ),
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             for r in v["rankings"].as_array().unwrap() {
-                let ids: Vec<&str> = r["hits"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+                let ids: Vec<&str> = r["hits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["id"].as_str().unwrap())
+                    .collect();
                 assert!(!ids.is_empty(), "{mode}: {v}");
-                assert!(ids.iter().all(|i| *i == "N1" || *i == "N4"), "{mode}/{group}: {ids:?}");
+                assert!(
+                    ids.iter().all(|i| *i == "N1" || *i == "N4"),
+                    "{mode}/{group}: {ids:?}"
+                );
                 for h in r["hits"].as_array().unwrap() {
                     if let Some(g) = h["group"]["note_ids"].as_array() {
                         assert!(g.iter().all(|i| i == "N1" || i == "N4"), "{g:?}");
@@ -373,14 +492,28 @@ async fn a_restricted_key_sees_only_its_notes_in_every_retriever_read_facet_and_
                 }
             }
             // The unrestricted key sees the cardiology notes too.
-            let (_, v, _) = raw(&app, get(format!("/api/search?q=heart&mode={mode}&k=10"), READ)).await;
+            let (_, v, _) = raw(
+                &app,
+                get(format!("/api/search?q=heart&mode={mode}&k=10"), READ),
+            )
+            .await;
             let all = v.to_string();
             assert!(all.contains("\"N2\"") && all.contains("\"N3\""), "{mode}");
         }
     }
     // Asking for another specialty than the key's finds nothing (the two filters intersect).
-    let (_, v, _) = raw(&app, get("/api/search?q=heart&mode=hybrid&specialty=cardiology".into(), ONCOLOGY)).await;
-    assert!(v["rankings"][0]["hits"].as_array().unwrap().is_empty(), "{v}");
+    let (_, v, _) = raw(
+        &app,
+        get(
+            "/api/search?q=heart&mode=hybrid&specialty=cardiology".into(),
+            ONCOLOGY,
+        ),
+    )
+    .await;
+    assert!(
+        v["rankings"][0]["hits"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
     // Reading: a cardiology note does not exist for this key; the patient's other notes are
     // only those the key may see.
     let (s, _, _) = raw(&app, get("/api/documents/N2".into(), ONCOLOGY)).await;
@@ -392,9 +525,21 @@ async fn a_restricted_key_sees_only_its_notes_in_every_retriever_read_facet_and_
     assert_eq!(v["same_patient"][0]["id"], "N2");
     // Facets count only the key's notes.
     let (_, v, _) = raw(&app, get("/api/facets".into(), ONCOLOGY)).await;
-    assert_eq!(v["specialty"], json!([{"value": "oncology", "count": 2}]), "{v}");
+    assert_eq!(
+        v["specialty"],
+        json!([{"value": "oncology", "count": 2}]),
+        "{v}"
+    );
     // Deleting or storing outside the filter: as if absent, and refused.
-    let (s, _, _) = raw(&app, bearer(TestRequest::delete().uri("/api/documents/N3"), Some(ONCOLOGY)).to_request()).await;
+    let (s, _, _) = raw(
+        &app,
+        bearer(
+            TestRequest::delete().uri("/api/documents/N3"),
+            Some(ONCOLOGY),
+        )
+        .to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v, _) = raw(
         &app,
@@ -408,16 +553,28 @@ async fn a_restricted_key_sees_only_its_notes_in_every_retriever_read_facet_and_
     let body = json!({"queries": [{"id": "q1", "text": "heart"}], "qrels": {"q1": {"N2": 1, "N1": 1}}, "wait": true});
     let (s, v, _) = raw(
         &app,
-        bearer(TestRequest::post().uri("/api/eval"), Some(ONCOLOGY)).set_json(&body).to_request(),
+        bearer(TestRequest::post().uri("/api/eval"), Some(ONCOLOGY))
+            .set_json(&body)
+            .to_request(),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     for (mode, run) in v["per_query"][0]["modes"].as_object().unwrap() {
         let top = run["top"].to_string();
-        assert!(!top.contains("\"N2\"") && !top.contains("\"N3\""), "{mode}: {top}");
-        assert!(run["relevant_ranks"]["N2"].is_null(), "the judged cardiology note is never found");
+        assert!(
+            !top.contains("\"N2\"") && !top.contains("\"N3\""),
+            "{mode}: {top}"
+        );
+        assert!(
+            run["relevant_ranks"]["N2"].is_null(),
+            "the judged cardiology note is never found"
+        );
     }
-    assert!(v["titles"].get("N2").is_none_or(|t| t.is_null()), "{}", v["titles"]);
+    assert!(
+        v["titles"].get("N2").is_none_or(|t| t.is_null()),
+        "{}",
+        v["titles"]
+    );
 }
 
 #[actix_web::test]
@@ -460,14 +617,39 @@ async fn bounded_work_is_answered_with_clear_4xx() {
     .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(state.engine.store.note_count(), 0);
-    let (s, v, _) = raw(&app, same_origin(TestRequest::get().uri("/api/search?q=a&k=40&offset=20").to_request())).await;
+    let (s, v, _) = raw(
+        &app,
+        same_origin(
+            TestRequest::get()
+                .uri("/api/search?q=a&k=40&offset=20")
+                .to_request(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["param"], "offset");
-    let (s, v, _) = raw(&app, same_origin(TestRequest::get().uri("/api/search?q=a&k=30&group_by=patient").to_request())).await;
+    let (s, v, _) = raw(
+        &app,
+        same_origin(
+            TestRequest::get()
+                .uri("/api/search?q=a&k=30&group_by=patient")
+                .to_request(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["param"], "group_by");
     let body = json!({"queries": [{"id": "q", "text": "a"}], "qrels": {"q": {"d": 1}}});
-    let (s, v, h) = raw(&app, same_origin(TestRequest::post().uri("/api/eval").set_json(&body).to_request())).await;
+    let (s, v, h) = raw(
+        &app,
+        same_origin(
+            TestRequest::post()
+                .uri("/api/eval")
+                .set_json(&body)
+                .to_request(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], "too_many_jobs");
     assert!(h.get("retry-after").is_some());
@@ -477,9 +659,15 @@ async fn bounded_work_is_answered_with_clear_4xx() {
 fn job_slots_are_bounded_per_principal_and_in_all_and_given_back() {
     let slots = clinsearch::server::jobs::Slots::default();
     let a1 = slots.reserve("eval", "alice", 1, 2).unwrap();
-    assert_eq!(slots.reserve("eval", "alice", 1, 2).err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        slots.reserve("eval", "alice", 1, 2).err().unwrap().status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     let b1 = slots.reserve("eval", "bob", 1, 2).unwrap();
-    assert!(slots.reserve("eval", "carol", 1, 2).is_err(), "the server's total");
+    assert!(
+        slots.reserve("eval", "carol", 1, 2).is_err(),
+        "the server's total"
+    );
     drop(a1);
     let _a2 = slots.reserve("eval", "alice", 1, 2).unwrap();
     drop(b1);
@@ -490,20 +678,29 @@ fn job_slots_are_bounded_per_principal_and_in_all_and_given_back() {
 async fn a_full_query_queue_answers_429_and_recovers() {
     let enc = std::sync::Arc::new(crate::ingest::tiny_encoder());
     let q = clinsearch::server::batcher::QueryEmbedder::start(enc, 4, 2);
-    let futs: Vec<_> = (0..20).map(|i| {
-        let q = q.clone();
-        async move { q.embed(&format!("query {i}")).await }
-    }).collect();
+    let futs: Vec<_> = (0..20)
+        .map(|i| {
+            let q = q.clone();
+            async move { q.embed(&format!("query {i}")).await }
+        })
+        .collect();
     let results = crate::server::futures_join(futs).await;
-    let busy = results.iter().filter(|r| matches!(r, Err(clinsearch::Error::Busy(_)))).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(clinsearch::Error::Busy(_))))
+        .count();
     assert!(busy >= 10, "{busy} of 20 refused");
     assert!(results.iter().filter(|r| r.is_ok()).count() >= 2);
     assert!(q.embed("later").await.is_ok());
 }
 
 fn audit_lines(data: &Path) -> Vec<Value> {
-    let (events, _) = clinsearch::audit::search(&data.join("audit"), &Default::default(), 100_000).unwrap();
-    events.into_iter().map(|e| serde_json::to_value(e).unwrap()).collect()
+    let (events, _) =
+        clinsearch::audit::search(&data.join("audit"), &Default::default(), 100_000).unwrap();
+    events
+        .into_iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect()
 }
 
 #[actix_web::test]
@@ -511,16 +708,62 @@ async fn every_access_to_patient_data_is_audited_with_who_what_and_which_patient
     let dir = tempfile::tempdir().unwrap();
     let state = seeded_state(dir.path(), keyed_layer(), None);
     let app = test::init_service(server::app(state)).await;
-    raw(&app, bearer(TestRequest::post().uri("/api/documents"), Some(WRITE)).set_payload(NOTES).to_request()).await;
-    raw(&app, bearer(TestRequest::get().uri("/api/search?q=carvedilol&mode=bm25"), Some(READ)).to_request()).await;
-    raw(&app, bearer(TestRequest::get().uri("/api/documents/N3"), Some(READ)).to_request()).await;
-    raw(&app, bearer(TestRequest::delete().uri("/api/documents/N3"), Some(READ)).to_request()).await;
-    raw(&app, bearer(TestRequest::get().uri("/api/audit"), Some("guess")).to_request()).await;
-    raw(&app, bearer(TestRequest::get().uri("/api/health"), None).to_request()).await;
+    raw(
+        &app,
+        bearer(TestRequest::post().uri("/api/documents"), Some(WRITE))
+            .set_payload(NOTES)
+            .to_request(),
+    )
+    .await;
+    raw(
+        &app,
+        bearer(
+            TestRequest::get().uri("/api/search?q=carvedilol&mode=bm25"),
+            Some(READ),
+        )
+        .to_request(),
+    )
+    .await;
+    raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/documents/N3"), Some(READ)).to_request(),
+    )
+    .await;
+    raw(
+        &app,
+        bearer(TestRequest::delete().uri("/api/documents/N3"), Some(READ)).to_request(),
+    )
+    .await;
+    raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/audit"), Some("guess")).to_request(),
+    )
+    .await;
+    raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/health"), None).to_request(),
+    )
+    .await;
     let ev = audit_lines(dir.path());
     let actions: Vec<&str> = ev.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["ingest", "search", "read_note", "denied", "denied"], "{ev:#?}");
-    for field in ["time", "request_id", "principal", "role", "client", "action", "status", "note_ids", "patient_ids", "query_sha256", "prev_sha256"] {
+    assert_eq!(
+        actions,
+        ["ingest", "search", "read_note", "denied", "denied"],
+        "{ev:#?}"
+    );
+    for field in [
+        "time",
+        "request_id",
+        "principal",
+        "role",
+        "client",
+        "action",
+        "status",
+        "note_ids",
+        "patient_ids",
+        "query_sha256",
+        "prev_sha256",
+    ] {
         assert!(ev[1].get(field).is_some(), "{field} missing: {}", ev[1]);
     }
     assert_eq!(ev[0]["principal"], "wendy");
@@ -533,37 +776,89 @@ async fn every_access_to_patient_data_is_audited_with_who_what_and_which_patient
     assert_eq!(search["patient_ids"], json!(["P1"]));
     assert_eq!(search["query_sha256"], sha256_hex(b"carvedilol"));
     assert!(search.get("query_text").is_none());
-    assert!(search["time"].as_str().unwrap().ends_with('Z') && search["time"].as_str().unwrap().len() == 24);
+    assert!(
+        search["time"].as_str().unwrap().ends_with('Z')
+            && search["time"].as_str().unwrap().len() == 24
+    );
     assert_eq!(ev[2]["note_ids"], json!(["N3"]));
     assert_eq!(ev[2]["patient_ids"], json!(["P2"]));
-    assert_eq!(ev[3]["principal"], "alice", "a refused key's principal is named");
+    assert_eq!(
+        ev[3]["principal"], "alice",
+        "a refused key's principal is named"
+    );
     assert_eq!(ev[3]["status"], 403);
-    assert!(ev[4]["principal"].is_null(), "an unknown key names no principal");
+    assert!(
+        ev[4]["principal"].is_null(),
+        "an unknown key names no principal"
+    );
     assert_eq!(ev[4]["status"], 401);
     // Note text never reaches the audit.
-    let text = std::fs::read_dir(dir.path().join("audit")).unwrap().flatten()
-        .map(|f| std::fs::read_to_string(f.path()).unwrap()).collect::<String>();
+    let text = std::fs::read_dir(dir.path().join("audit"))
+        .unwrap()
+        .flatten()
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .collect::<String>();
     for words in ["carvedilol", "Atrial fibrillation", "Chemotherapy"] {
         assert!(!text.contains(words), "{words} in the audit");
     }
     // The admin's report: who read patient P2's notes.
-    let (s, v, _) = raw(&app, bearer(TestRequest::get().uri("/api/audit?patient=P2&action=read_note"), Some(ADMIN)).to_request()).await;
+    let (s, v, _) = raw(
+        &app,
+        bearer(
+            TestRequest::get().uri("/api/audit?patient=P2&action=read_note"),
+            Some(ADMIN),
+        )
+        .to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["matched"], 1);
     assert_eq!(v["events"][0]["principal"], "alice");
-    let (s, _, _) = raw(&app, bearer(TestRequest::get().uri("/api/audit"), Some(WRITE)).to_request()).await;
+    let (s, _, _) = raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/audit"), Some(WRITE)).to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, v, _) = raw(&app, bearer(TestRequest::get().uri("/api/audit?since=yesterday"), Some(ADMIN)).to_request()).await;
+    let (s, v, _) = raw(
+        &app,
+        bearer(
+            TestRequest::get().uri("/api/audit?since=yesterday"),
+            Some(ADMIN),
+        )
+        .to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert_eq!(clinsearch::audit::verify(&dir.path().join("audit")).unwrap().broken, None);
+    assert_eq!(
+        clinsearch::audit::verify(&dir.path().join("audit"))
+            .unwrap()
+            .broken,
+        None
+    );
 }
 
 #[actix_web::test]
 async fn query_text_is_audited_only_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let state = seeded_state(dir.path(), Layer { audit_query_text: Some(true), ..Default::default() }, None);
+    let state = seeded_state(
+        dir.path(),
+        Layer {
+            audit_query_text: Some(true),
+            ..Default::default()
+        },
+        None,
+    );
     let app = test::init_service(server::app(state)).await;
-    raw(&app, same_origin(TestRequest::get().uri("/api/search?q=metoprolol&mode=bm25").to_request())).await;
+    raw(
+        &app,
+        same_origin(
+            TestRequest::get()
+                .uri("/api/search?q=metoprolol&mode=bm25")
+                .to_request(),
+        ),
+    )
+    .await;
     let ev = audit_lines(dir.path());
     assert_eq!(ev[0]["query_text"], "metoprolol");
     assert_eq!(ev[0]["principal"], "local");
@@ -574,21 +869,51 @@ async fn when_the_audit_cannot_be_written_nothing_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let state = seeded_state(dir.path(), keyed_layer(), None);
     let app = test::init_service(server::app(state)).await;
-    raw(&app, bearer(TestRequest::post().uri("/api/documents"), Some(WRITE)).set_payload(NOTES).to_request()).await;
+    raw(
+        &app,
+        bearer(TestRequest::post().uri("/api/documents"), Some(WRITE))
+            .set_payload(NOTES)
+            .to_request(),
+    )
+    .await;
     let audit_dir = dir.path().join("audit");
-    fail::cfg("audit-append", &format!("return(error@{})", audit_dir.display())).unwrap();
-    let (s, v, _) = raw(&app, bearer(TestRequest::get().uri("/api/documents/N1"), Some(READ)).to_request()).await;
-    let health = raw(&app, TestRequest::get().uri("/api/health").to_request()).await.0;
+    fail::cfg(
+        "audit-append",
+        &format!("return(error@{})", audit_dir.display()),
+    )
+    .unwrap();
+    let (s, v, _) = raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/documents/N1"), Some(READ)).to_request(),
+    )
+    .await;
+    let health = raw(&app, TestRequest::get().uri("/api/health").to_request())
+        .await
+        .0;
     fail::remove("audit-append");
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["code"], "audit_unavailable");
-    assert!(!v.to_string().contains("Chemotherapy"), "the note was not served");
-    assert_eq!(health, StatusCode::OK, "routes without patient data are not audited");
+    assert!(
+        !v.to_string().contains("Chemotherapy"),
+        "the note was not served"
+    );
+    assert_eq!(
+        health,
+        StatusCode::OK,
+        "routes without patient data are not audited"
+    );
     // Once the disk recovers, requests are served and audited again; the chain is intact.
-    let (s, _, _) = raw(&app, bearer(TestRequest::get().uri("/api/documents/N1"), Some(READ)).to_request()).await;
+    let (s, _, _) = raw(
+        &app,
+        bearer(TestRequest::get().uri("/api/documents/N1"), Some(READ)).to_request(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(clinsearch::audit::verify(&audit_dir).unwrap().broken, None);
-    let reads = audit_lines(dir.path()).iter().filter(|e| e["action"] == "read_note").count();
+    let reads = audit_lines(dir.path())
+        .iter()
+        .filter(|e| e["action"] == "read_note")
+        .count();
     assert_eq!(reads, 1, "the refused read left no line");
 }
 
@@ -603,19 +928,43 @@ fn the_binary_audits_alice_and_verify_catches_an_edited_line() {
     let config = dir.path().join("clinsearch.toml");
     let model = fixture("tiny-mlm-uncased");
     let key_of = |name: &str, role: &str| -> String {
-        let out = run_ok(std::process::Command::new(bin).args(["keys", "new", name, "--role", role, "--config"]).arg(&config));
+        let out = run_ok(
+            std::process::Command::new(bin)
+                .args(["keys", "new", name, "--role", role, "--config"])
+                .arg(&config),
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let alice = key_of("alice", "read");
     let _ada = key_of("ada", "admin");
     assert!(alice.len() >= 40);
-    let listed = run_ok(std::process::Command::new(bin).args(["keys", "list", "--config"]).arg(&config));
+    let listed = run_ok(
+        std::process::Command::new(bin)
+            .args(["keys", "list", "--config"])
+            .arg(&config),
+    );
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.contains("alice") && listed.contains("ada") && !listed.contains(&sha256_hex(alice.as_bytes())), "{listed}");
+    assert!(
+        listed.contains("alice")
+            && listed.contains("ada")
+            && !listed.contains(&sha256_hex(alice.as_bytes())),
+        "{listed}"
+    );
     let notes = dir.path().join("notes.jsonl");
-    let jsonl: Vec<String> = serde_json::from_str::<Vec<Value>>(NOTES).unwrap().iter().map(|n| n.to_string()).collect();
+    let jsonl: Vec<String> = serde_json::from_str::<Vec<Value>>(NOTES)
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     std::fs::write(&notes, jsonl.join("\n")).unwrap();
-    run_ok(std::process::Command::new(bin).args(["ingest", "--quiet", "--model"]).arg(&model).arg("--data").arg(&data).arg(&notes));
+    run_ok(
+        std::process::Command::new(bin)
+            .args(["ingest", "--quiet", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg(&notes),
+    );
     let mut child = std::process::Command::new(bin)
         .args(["serve", "--addr", "127.0.0.1:0", "--model"])
         .arg(&model)
@@ -652,27 +1001,53 @@ fn the_binary_audits_alice_and_verify_catches_an_edited_line() {
             .call()
             .unwrap()
     };
-    assert_eq!(get("/api/search?q=carvedilol&mode=bm25", &alice).status(), 200);
+    assert_eq!(
+        get("/api/search?q=carvedilol&mode=bm25", &alice).status(),
+        200
+    );
     assert_eq!(get("/api/documents/N3", &alice).status(), 200);
     assert_eq!(get("/api/documents/N3", "wrong").status(), 401);
     // Revoked: the running server re-reads its keys within seconds.
-    run_ok(std::process::Command::new(bin).args(["keys", "revoke", "alice", "--config"]).arg(&config));
+    run_ok(
+        std::process::Command::new(bin)
+            .args(["keys", "revoke", "alice", "--config"])
+            .arg(&config),
+    );
     let t = std::time::Instant::now();
     loop {
         let s = get("/api/documents/N3", &alice).status();
         if s == 401 {
             break;
         }
-        assert!(t.elapsed().as_secs() < 15, "the revoked key still works: {s}");
+        assert!(
+            t.elapsed().as_secs() < 15,
+            "the revoked key still works: {s}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
     drop(child);
     let report = |args: &[&str]| {
-        let out = run_ok(std::process::Command::new(bin).arg("audit").arg("--data").arg(&data).args(args).arg("--json"));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+        let out = run_ok(
+            std::process::Command::new(bin)
+                .arg("audit")
+                .arg("--data")
+                .arg(&data)
+                .args(args)
+                .arg("--json"),
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
     };
     let p1 = report(&["--patient", "P1"]);
-    assert!(p1.iter().any(|e| e["principal"] == "alice" && e["action"] == "search" && e["note_ids"] == json!(["N2"])), "{p1:#?}");
+    assert!(
+        p1.iter().any(|e| e["principal"] == "alice"
+            && e["action"] == "search"
+            && e["note_ids"] == json!(["N2"])),
+        "{p1:#?}"
+    );
     // Alice's reads of patient P2 (the first, then those until the revocation took effect).
     let p2 = report(&["--patient", "P2", "--principal", "alice"]);
     assert!(!p2.is_empty(), "{p2:#?}");
@@ -682,22 +1057,66 @@ fn the_binary_audits_alice_and_verify_catches_an_edited_line() {
         assert_eq!(e["note_ids"], json!(["N3"]));
     }
     let denied = report(&["--action", "denied"]);
-    assert!(denied.iter().any(|e| e["status"] == 401 && e["principal"].is_null()), "{denied:#?}");
-    let table = run_ok(std::process::Command::new(bin).arg("audit").arg("--data").arg(&data).args(["--patient", "P2"]));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["status"] == 401 && e["principal"].is_null()),
+        "{denied:#?}"
+    );
+    let table = run_ok(
+        std::process::Command::new(bin)
+            .arg("audit")
+            .arg("--data")
+            .arg(&data)
+            .args(["--patient", "P2"]),
+    );
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("alice") && table.contains("read_note") && table.contains("N3"), "{table}");
-    let verify = || std::process::Command::new(bin).args(["audit", "verify", "--data"]).arg(&data).output().unwrap();
+    assert!(
+        table.contains("alice") && table.contains("read_note") && table.contains("N3"),
+        "{table}"
+    );
+    let verify = || {
+        std::process::Command::new(bin)
+            .args(["audit", "verify", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
     let ok = verify();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // Tamper: alice's note read rewritten as someone else's.
-    let file = std::fs::read_dir(data.join("audit")).unwrap().flatten().map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "jsonl")).unwrap();
+    let file = std::fs::read_dir(data.join("audit"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    let n = text.lines().position(|l| l.contains("\"read_note\"")).unwrap();
-    let edited: Vec<String> = text.lines().enumerate().map(|(i, l)| if i == n { l.replacen("alice", "mallory", 1) } else { l.to_string() }).collect();
+    let n = text
+        .lines()
+        .position(|l| l.contains("\"read_note\""))
+        .unwrap();
+    let edited: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == n {
+                l.replacen("alice", "mallory", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
     std::fs::write(&file, edited.join("\n") + "\n").unwrap();
     let bad = verify();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(&format!(":{}:", n + 2)) && err.contains(&format!("line {}", n + 1)), "{err}");
+    assert!(
+        err.contains(&format!(":{}:", n + 2)) && err.contains(&format!("line {}", n + 1)),
+        "{err}"
+    );
 }

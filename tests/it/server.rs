@@ -112,10 +112,16 @@ pub fn same_origin(mut req: actix_http::Request) -> actix_http::Request {
         h.insert(header::HOST, HeaderValue::from_static("localhost:8080"));
     }
     if !h.contains_key(header::ORIGIN) {
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://localhost:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:8080"),
+        );
     }
     if !h.contains_key(header::CONTENT_TYPE) {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     req
 }
@@ -850,7 +856,9 @@ async fn classify_serves_the_fine_tuned_classifier() {
         ..Default::default()
     })
     .unwrap();
-    let state = AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap().with_classifier(clf);
+    let state = AppState::new(Arc::new(engine), Arc::new(enc), config)
+        .unwrap()
+        .with_classifier(clf);
     let app = test::init_service(server::app(web::Data::new(state))).await;
     let post = |body: Value| {
         TestRequest::post()
