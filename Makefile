@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-gpu model build bench bench-finetune fixtures sample-corpus
+.PHONY: run test test-gpu model build bench bench-finetune soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -47,6 +47,11 @@ bench: model
 	$(CARGO) bench --bench embed
 	$(CARGO) bench --bench ingest
 	$(CARGO) bench --bench serve
+
+# Ten minutes of the real binary under mixed load (SOAK_SECONDS to change): 5xx, latency over
+# time, memory growth, file descriptors. Stops by itself.
+soak: model
+	$(CARGO) bench --bench soak
 
 # Fine-tuning against frozen-embedding baselines on MTSamples (about an hour on 2 cores).
 bench-finetune: model

@@ -447,8 +447,18 @@ impl ModelArgs {
         })
     }
 
+    /// [`Self::load`] with the encoder settings the data directory `dir` was built with.
+    pub fn load_for(&self, dir: &std::path::Path) -> Result<Encoder> {
+        let mut opts = self.options()?;
+        crate::engine::fill_profile(dir, &mut opts)?;
+        self.load_with(opts)
+    }
+
     pub fn load(&self) -> Result<Encoder> {
-        let opts = self.options()?;
+        self.load_with(self.options()?)
+    }
+
+    fn load_with(&self, opts: EncoderOptions) -> Result<Encoder> {
         let hint = if self.model == DEFAULT_MODEL && !std::path::Path::new(DEFAULT_MODEL).exists() {
             " (the default model is fetched by `make model` or scripts/fetch_model.sh)"
         } else {
@@ -551,6 +561,7 @@ pub fn run(cli: Cli) -> Result<()> {
             use crate::ingest::{self, source};
             let mut opts = model.options()?;
             opts.window.max_windows = Some(max_windows);
+            crate::engine::fill_profile(&data.dir, &mut opts)?;
             let encoder = Encoder::load(&model.model, &opts)
                 .with_context(|| format!("loading model {}", model.model))?;
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
@@ -667,7 +678,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let modes = crate::eval::parse_modes(&eval.modes)
                 .map_err(|e| anyhow::anyhow!("--modes: {e}"))?;
             let encoder = if modes.iter().any(|m| m.needs_vector()) {
-                Some(model.load()?)
+                Some(model.load_for(&data.dir)?)
             } else {
                 None
             };
@@ -854,6 +865,7 @@ fn bench_beir(
     let data = data.unwrap_or_else(|| std::path::PathBuf::from(format!("data-beir-{name}")));
     let mut opts = model.options()?;
     opts.window.max_windows = Some(256);
+    crate::engine::fill_profile(&data, &mut opts)?;
     let encoder = Encoder::load(&model.model, &opts)
         .with_context(|| format!("loading model {}", model.model))?;
     let identity = crate::store::ModelIdentity::from_info(encoder.info());

@@ -344,6 +344,51 @@ pub fn spawn_healer(engine: &std::sync::Arc<Engine>) {
         });
 }
 
+/// Fills the encoder settings a data directory was built with (window, stride, pooling) into
+/// `opts` where they are unset, so every command and the server embed queries and notes as
+/// the directory's notes were embedded; a setting given that contradicts the stored one is an
+/// error naming both. A directory without notes yet (or none at all) changes nothing.
+pub fn fill_profile(dir: &Path, opts: &mut crate::model::EncoderOptions) -> Result<()> {
+    if !dir.join("sled").is_dir() {
+        return Ok(());
+    }
+    let Some(stored) = Store::open(dir)?.model_identity()? else {
+        return Ok(());
+    };
+    let clash = |what: &str, given: String, kept: String| {
+        Error::InvalidInput(format!(
+            "{what} {given} contradicts the data directory {}, whose notes were embedded with {what} {kept}: drop the setting (it is read from the directory), or re-embed with `clinsearch reindex --reembed`",
+            dir.display()
+        ))
+    };
+    match opts.window.size {
+        None => opts.window.size = Some(stored.window_size),
+        Some(w) if w != stored.window_size => {
+            return Err(clash(
+                "window",
+                w.to_string(),
+                stored.window_size.to_string(),
+            ))
+        }
+        _ => {}
+    }
+    match opts.window.stride {
+        None => opts.window.stride = Some(stored.stride),
+        Some(s) if s != stored.stride => {
+            return Err(clash("stride", s.to_string(), stored.stride.to_string()))
+        }
+        _ => {}
+    }
+    match opts.pooling {
+        None => opts.pooling = Some(stored.pooling),
+        Some(p) if p != stored.pooling => {
+            return Err(clash("pooling", p.to_string(), stored.pooling.to_string()))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Swaps two directories in one step (Linux `renameat2(RENAME_EXCHANGE)`): at every instant
 /// each name holds one complete directory.
 #[cfg(target_os = "linux")]

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Every failure point, in write-path order.
 pub const POINTS: &[&str] = &[
@@ -52,7 +52,7 @@ pub fn inject(name: &str, scope: &Path) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(())
         }
-        _ => Err(Error::Injected(name.to_string())),
+        _ => Err(crate::error::Error::Injected(name.to_string())),
     }
 }
 

@@ -340,11 +340,13 @@ pub fn app(
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing::info!("configuration: {config:?}");
-    let opts = config.encoder_options()?;
+    crate::engine::require_existing(&config.data)?;
+    let mut opts = config.encoder_options()?;
+    // The directory's own window, stride and pooling: serve exactly what was ingested.
+    crate::engine::fill_profile(&config.data, &mut opts)?;
     let encoder = Encoder::load(&config.model, &opts)
         .with_context(|| format!("loading model {}", config.model))?;
     let identity = ModelIdentity::from_info(encoder.info());
-    crate::engine::require_existing(&config.data)?;
     let engine = Engine::open(&config.data, Some(&identity), &OpenOptions::default())
         .with_context(|| format!("opening data directory {}", config.data.display()))?;
     // The first forward pass allocates; do it before the first user waits for it.

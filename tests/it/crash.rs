@@ -193,3 +193,134 @@ fn ingest_then_kill_then_reopen_loses_nothing_acknowledged() {
         assert_eq!(engine.presence(id).unwrap(), (true, true, true), "{id}");
     }
 }
+
+/// The real server SIGKILLed while 4 HTTP clients post notes: after a restart every note
+/// whose POST was answered 200 is readable and searchable (store, BM25, the vector graph),
+/// and no note is half-present.
+#[test]
+fn server_killed_while_four_clients_post_loses_no_acknowledged_note() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let bin = env!("CARGO_BIN_EXE_clinsearch");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = fixture("tiny-mlm-uncased");
+    let start = || {
+        let mut child = Command::new(bin)
+            .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let addr = loop {
+            let line = lines.next().expect("server exited before serving").unwrap();
+            if let Some(a) = line.strip_prefix("clinsearch serving on http://") {
+                break a.trim_end_matches('/').to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (child, addr)
+    };
+    let (mut server, addr) = start();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tried = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (acked, tried, stop, addr) = (acked.clone(), tried.clone(), stop.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                for n in 0..10_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let ids: Vec<String> = (0..4).map(|i| format!("t{c}-{n}-{i}")).collect();
+                    let body: Vec<serde_json::Value> = ids
+                        .iter()
+                        .map(|id| serde_json::json!({"id": id, "patient_id": format!("P{c}"), "text": format!("{id}: chest pain with dyspnea, troponin {n}")}))
+                        .collect();
+                    tried.lock().unwrap().extend(ids.iter().cloned());
+                    let res = agent
+                        .post(&format!("http://{addr}/api/documents"))
+                        .header("Origin", &format!("http://{addr}"))
+                        .send_json(&body);
+                    match res {
+                        Ok(r) if r.status() == 200 => acked.lock().unwrap().extend(ids),
+                        Ok(r) => panic!("client {c}: {} before the kill", r.status()),
+                        Err(_) => break, // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    seed ^= seed >> 17;
+    let at = 1500 + seed % 2500;
+    std::thread::sleep(Duration::from_millis(at));
+    server.kill().unwrap(); // SIGKILL, in the middle of the clients' posts
+    server.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let tried = tried.lock().unwrap().clone();
+    eprintln!(
+        "server killed at {at} ms: {} notes acknowledged of {} posted",
+        acked.len(),
+        tried.len()
+    );
+    assert!(
+        acked.len() >= 40,
+        "too few posts before the kill ({}) to mean anything",
+        acked.len()
+    );
+    {
+        let engine = Engine::open(&data, None, &OpenOptions::default()).unwrap();
+        for id in &tried {
+            let (s, b, v) = engine.presence(id).unwrap();
+            assert!(
+                s == b && b == v,
+                "{id} half-present: store {s}, bm25 {b}, vectors {v}"
+            );
+        }
+        for id in &acked {
+            assert_eq!(
+                engine.presence(id).unwrap(),
+                (true, true, true),
+                "acknowledged {id}"
+            );
+        }
+    }
+    // Restarted, the server serves them.
+    let (mut server, addr) = start();
+    let id = &acked[acked.len() - 1];
+    let res = ureq::get(&format!("http://{addr}/api/documents/{id}"))
+        .call()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut res = ureq::get(&format!(
+        "http://{addr}/api/search?q={}&mode=bm25&k=5",
+        id.replace('-', "%20")
+    ))
+    .call()
+    .unwrap();
+    let v: serde_json::Value = res.body_mut().read_json().unwrap();
+    assert!(
+        v.to_string().contains(&format!("\"{id}\"")),
+        "{id} not found by search"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

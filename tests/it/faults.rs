@@ -434,3 +434,76 @@ fn a_data_directory_missing_where_one_existed_is_an_error_not_an_empty_store() {
     );
     assert!(!data.exists(), "no empty store was created");
 }
+
+/// The encoder profile lives in the data directory: a directory ingested with `--window 24
+/// --stride 4` is served and evaluated without repeating them, and a contradicting flag is
+/// an error naming both values.
+#[test]
+fn the_encoder_profile_is_read_from_the_data_directory() {
+    let bin = env!("CARGO_BIN_EXE_clinsearch");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = fixture("tiny-mlm-uncased");
+    let root = repo_root().join("sample_corpus");
+    run_ok(
+        std::process::Command::new(bin)
+            .args([
+                "ingest", "--quiet", "--window", "24", "--stride", "4", "--model",
+            ])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg(root.join("notes.jsonl")),
+    );
+    let out = run_ok(
+        std::process::Command::new(bin)
+            .args(["eval", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--queries")
+            .arg(root.join("queries.jsonl"))
+            .arg("--qrels")
+            .arg(root.join("qrels.tsv")),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ndcg"),
+        "evaluated with the stored profile"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["ingest", "--quiet", "--window", "32", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg(root.join("notes.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("window 32 contradicts") && err.contains("window 24"),
+        "{err}"
+    );
+    // The server starts on it with no encoder flags at all.
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = vec![];
+    let served = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("clinsearch serving on") => break true,
+            Some(Ok(l)) => seen.push(l),
+            _ => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "the server did not start: {seen:?}");
+}
