@@ -157,13 +157,17 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     // (period, mode) -> latencies in ms; status counts.
     let lat: Arc<Mutex<BTreeMap<(u64, String), Vec<f64>>>> = Default::default();
-    let statuses: Arc<Mutex<BTreeMap<u16, u64>>> = Default::default();
+    let statuses: Arc<Mutex<BTreeMap<(String, u16), u64>>> = Default::default();
     let requests = Arc::new(AtomicU64::new(0));
     let record = {
         let (lat, statuses, requests) = (lat.clone(), statuses.clone(), requests.clone());
         move |what: &str, ms: f64, status: u16| {
             requests.fetch_add(1, Ordering::Relaxed);
-            *statuses.lock().unwrap().entry(status).or_default() += 1;
+            *statuses
+                .lock()
+                .unwrap()
+                .entry((what.to_string(), status))
+                .or_default() += 1;
             let p = start.elapsed().as_secs() / period;
             lat.lock()
                 .unwrap()
@@ -271,7 +275,8 @@ fn main() {
         }));
     }
     let mut samples = vec![];
-    let size_start = dir_bytes(&data);
+    let size_start = dir_bytes(&data) - dir_bytes(&data.join("audit"));
+    let audit_start = dir_bytes(&data.join("audit"));
     while start.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_secs(5));
         samples.push((start.elapsed().as_secs(), rss_kb(pid), fds(pid)));
@@ -280,7 +285,8 @@ fn main() {
     for t in threads {
         let _ = t.join();
     }
-    let size_end = dir_bytes(&data);
+    let audit_end = dir_bytes(&data.join("audit"));
+    let size_end = dir_bytes(&data) - audit_end;
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
 
@@ -297,9 +303,13 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let st = statuses.lock().unwrap();
-    let five: u64 = st.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum();
+    let five: u64 = st
+        .iter()
+        .filter(|((_, s), _)| *s >= 500)
+        .map(|(_, n)| n)
+        .sum();
     println!(
-        "requests {}, statuses {:?}, 5xx {five} (goal 0)",
+        "requests {}, 5xx {five} (goal 0); by kind and status: {:?}",
         requests.load(Ordering::Relaxed),
         *st
     );
@@ -340,8 +350,15 @@ fn main() {
         samples.last().map_or(0, |s| s.2)
     );
     println!(
-        "data directory {:.1} MB at the start, {:.1} MB at the end",
+        "data directory without the audit {:.1} MB at the start, {:.1} MB at the end",
         size_start as f64 / 1e6,
         size_end as f64 / 1e6
+    );
+    let n = requests.load(Ordering::Relaxed).max(1);
+    println!(
+        "access audit {:.1} MB -> {:.1} MB ({:.0} bytes per request)",
+        audit_start as f64 / 1e6,
+        audit_end as f64 / 1e6,
+        (audit_end - audit_start) as f64 / n as f64
     );
 }

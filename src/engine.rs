@@ -182,6 +182,14 @@ impl Engine {
                 // follow whatever the store now holds, so nothing stays half-visible.
                 if self.store.last_seq().unwrap_or(stored_before) > stored_before {
                     self.degrade(format!("store flush failed: {e}"), false);
+                } else if matches!(e, Error::Store(_) | Error::Io { .. }) {
+                    // The store itself cannot write (a full disk, say): say so in health.
+                    // sled does not recover from its own I/O errors in-process; free the
+                    // space and restart if writes keep failing.
+                    self.degrade(
+                        format!("the store cannot write ({e}); free disk space, and restart if writes keep failing"),
+                        false,
+                    );
                 }
                 return Err(e);
             }
@@ -232,6 +240,12 @@ impl Engine {
         else {
             return Ok(());
         };
+        if let Err(e) = self.store.probe_write() {
+            return Err(self.degrade(
+                format!("the store cannot write ({e}); free disk space, and restart if writes keep failing"),
+                d.rebuild_vectors,
+            ));
+        }
         let bm25 = guarded("the BM25 index", || {
             self.bm25.recover()?;
             self.catch_up_bm25()
@@ -296,10 +310,9 @@ impl Engine {
     /// on the tiny test model's near-identical vectors about one chunk in 10,000 is missed by
     /// its own query even at ef 256.)
     pub fn presence(&self, id: &str) -> Result<(bool, bool, bool)> {
-        let stored = self.store.get(id)?;
+        let stored = self.store.get_with_chunks(id)?;
         let vectors = match &stored {
-            Some(s) => {
-                let chunks = self.store.chunks_of(s)?;
+            Some((_, chunks)) => {
                 let found: Vec<bool> = chunks
                     .iter()
                     .map(|c| self.vectors.graph_finds(c.id, &c.vector))

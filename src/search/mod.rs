@@ -605,8 +605,7 @@ impl<'a> Searcher<'a> {
                 // Exact search over the few notes that pass.
                 let mut out = vec![];
                 for id in ids {
-                    if let Some(note) = store.get(&id)? {
-                        let chunks = store.chunks_of(&note)?;
+                    if let Some((_, chunks)) = store.get_with_chunks(&id)? {
                         if let Some((c, s)) = best_chunk(&chunks, qv) {
                             out.push(SemanticCandidate {
                                 id,
@@ -694,13 +693,11 @@ impl<'a> Searcher<'a> {
     ) -> Result<(usize, Vec<(String, f32, Option<Group>)>)> {
         let load = |id: &str, cache: &mut HashMap<String, Option<Loaded>>| -> Result<()> {
             if !cache.contains_key(id) {
-                let loaded = match self.engine.store.get(id)? {
-                    Some(note) => {
-                        let chunks = self.engine.store.chunks_of(&note)?;
-                        Some(Loaded { note, chunks })
-                    }
-                    None => None,
-                };
+                let loaded = self
+                    .engine
+                    .store
+                    .get_with_chunks(id)?
+                    .map(|(note, chunks)| Loaded { note, chunks });
                 cache.insert(id.to_string(), loaded);
             }
             Ok(())

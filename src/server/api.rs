@@ -523,11 +523,14 @@ pub async fn document_get(
     let st = state.clone();
     let v = web::block(move || -> Result<Option<Value>, Error> {
         let e = &st.engine;
-        let Some(stored) = e.store.get(&id)?.filter(|s| principal.may_see(&s.note)) else {
+        let Some((stored, chunks)) = e
+            .store
+            .get_with_chunks(&id)?
+            .filter(|(s, _)| principal.may_see(&s.note))
+        else {
             // Outside the key's restriction is the same as absent: 404, nothing disclosed.
             return Ok(None);
         };
-        let chunks = e.store.chunks_of(&stored)?;
         let note = &stored.note;
         let text = note.text.as_str();
         let mut chunk_json = vec![];

@@ -337,6 +337,45 @@ impl Store {
         }
     }
 
+    /// A note and its chunks as one consistent version, for readers that run beside writers:
+    /// between reading a note and its chunks, a concurrent replacement or delete may remove
+    /// the chunks that version named, so the pair is read again (the soak found this: a
+    /// search racing a delete answered 500 "chunk missing"). None when the note is gone.
+    pub fn get_with_chunks(&self, id: &str) -> Result<Option<(StoredNote, Vec<Chunk>)>> {
+        for _ in 0..16 {
+            let Some(note) = self.get(id)? else {
+                return Ok(None);
+            };
+            let mut chunks = Vec::with_capacity(note.chunk_ids.len());
+            for &c in &note.chunk_ids {
+                match self.chunk(c)? {
+                    Some(chunk) => chunks.push(chunk),
+                    None => break,
+                }
+            }
+            if chunks.len() == note.chunk_ids.len() {
+                return Ok(Some((note, chunks)));
+            }
+        }
+        Err(Error::Store(format!(
+            "note {id} kept changing while being read; try again"
+        )))
+    }
+
+    /// Writes and flushes a small record: whether the store can write at all (the engine's
+    /// healing asks before calling itself healthy).
+    pub fn probe_write(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        self.meta.insert("write_probe", &now.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The chunks of `note`; every one must exist (callers hold the write lock, or use
+    /// [`Self::get_with_chunks`]).
     pub fn chunks_of(&self, note: &StoredNote) -> Result<Vec<Chunk>> {
         let mut out = Vec::with_capacity(note.chunk_ids.len());
         for &id in &note.chunk_ids {

@@ -96,3 +96,19 @@ pub fn python_has(modules: &str, what: &str, install: &str) -> bool {
     }
     ok
 }
+
+/// Waits for a started `clinsearch serve` (its stderr piped) to print the address it serves
+/// on, and returns it; the server's stderr is drained from then on, so it never blocks on a
+/// full pipe.
+pub fn served_addr(child: &mut std::process::Child) -> String {
+    let stderr = child.stderr.take().expect("serve's stderr is piped");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr = loop {
+        let line = lines.next().expect("server exited before serving").unwrap();
+        if let Some(a) = line.strip_prefix("clinsearch serving on http://") {
+            break a.trim_end_matches('/').to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    addr
+}

@@ -214,15 +214,7 @@ fn server_killed_while_four_clients_post_loses_no_acknowledged_note() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-        let addr = loop {
-            let line = lines.next().expect("server exited before serving").unwrap();
-            if let Some(a) = line.strip_prefix("clinsearch serving on http://") {
-                break a.trim_end_matches('/').to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let addr = served_addr(&mut child);
         (child, addr)
     };
     let (mut server, addr) = start();

@@ -507,3 +507,132 @@ fn the_encoder_profile_is_read_from_the_data_directory() {
     let _ = child.wait();
     assert!(served, "the server did not start: {seen:?}");
 }
+
+/// A small tmpfs, unmounted when dropped; None (with a message) where this process may not
+/// mount (not root, or a container without the capability).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size_mb: usize) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Disk full: ingest into a small tmpfs until ENOSPC. A clear error, every acknowledged note
+/// intact, reads keep working, and once space is freed ingest succeeds again (the engine
+/// heals what the full disk interrupted) and a reopened directory holds everything.
+#[test]
+fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("small"), 24) else {
+        eprintln!("SKIPPED: the disk-full test needs to mount a tmpfs (root with CAP_SYS_ADMIN)");
+        return;
+    };
+    let enc = tiny_encoder();
+    let identity = ModelIdentity::from_info(enc.info());
+    let data = fs.0.join("data");
+    // Ballast: most of the space, freed later.
+    let ballast = fs.0.join("ballast");
+    let free_mb = 24 - 8;
+    std::fs::write(&ballast, vec![0u8; free_mb << 20]).unwrap();
+    let engine = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+    let text =
+        "Patient with chest pain, dyspnea on exertion and bilateral ankle edema. ".repeat(12);
+    // Embedded once; each note gets its own copy nudged apart (the test is about the disk,
+    // and distinct vectors keep the graph check exact).
+    let windows = enc.embed_windows(&[&text]).unwrap().remove(0);
+    let make = |i: usize| {
+        let note = clinsearch::note::Note::new(format!("d{i}"), format!("{i}: {text}"));
+        let mut w = windows.clone();
+        for (j, win) in w.iter_mut().enumerate() {
+            let d = win.vector.len();
+            win.vector[(i * 7 + j) % d] += 0.5;
+            win.vector[(i * 13 + j * 3 + 1) % d] -= 0.25;
+            let n = win.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            win.vector.iter_mut().for_each(|x| *x /= n);
+        }
+        clinsearch::store::EmbeddedNote::new(note, w)
+    };
+    let mut acked = vec![];
+    let mut failure = None;
+    let mut i = 0;
+    for _ in 0..2000 {
+        let batch: Vec<_> = (i..i + 10).map(make).collect();
+        match engine.apply(&batch, &[]) {
+            Ok(_) => acked.extend((i..i + 10).map(|j| format!("d{j}"))),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        i += 10;
+    }
+    let failure = failure.expect("the tmpfs never filled up");
+    eprintln!("full after {} notes: {failure}", acked.len());
+    assert!(
+        failure.to_lowercase().contains("no space")
+            || failure.contains("os error 28")
+            || failure.contains("degraded"),
+        "not a clear disk-full error: {failure}"
+    );
+    assert!(
+        acked.len() >= 10,
+        "the disk filled before anything was stored"
+    );
+    // Reads keep working on a full disk.
+    for id in acked.iter().step_by(7) {
+        assert!(engine.store.get(id).unwrap().is_some(), "{id}");
+    }
+    assert!(engine.bm25.num_docs() > 0);
+    // Space freed. An index that hit the full disk is healed in place; sled, once a write
+    // of its own failed, keeps failing until the directory is reopened (sled 0.34 does not
+    // recover from an I/O error in-process): the engine reports that as degraded, and after
+    // a reopen (a restart of the server) ingest goes on with nothing acknowledged lost.
+    std::fs::remove_file(&ballast).unwrap();
+    let more: Vec<_> = (100_000..100_010).map(make).collect();
+    let in_place = (0..10).any(|_| {
+        let ok = engine.apply(&more, &[]).is_ok();
+        if !ok {
+            assert!(
+                engine.degraded().is_some(),
+                "a failing store must show in health"
+            );
+            let _ = engine.heal();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    eprintln!("recovered in place: {in_place}");
+    let engine = if in_place {
+        engine
+    } else {
+        drop(engine);
+        let e = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+        assert_consistent(&e, &acked, &acked);
+        e.apply(&more, &[]).unwrap();
+        e
+    };
+    acked.extend((100_000..100_010).map(|j| format!("d{j}")));
+    assert_eq!(engine.degraded(), None);
+    assert_consistent(&engine, &acked, &acked);
+    engine.checkpoint().unwrap();
+    drop(engine);
+    let engine = Engine::open(&data, Some(&identity), &OpenOptions::default()).unwrap();
+    assert_consistent(&engine, &acked, &acked);
+}

@@ -982,16 +982,8 @@ fn the_binary_audits_alice_and_verify_catches_an_edited_line() {
             let _ = self.0.wait();
         }
     }
-    let stderr = child.stderr.take().unwrap();
+    let addr = served_addr(&mut child);
     let child = Kill(child);
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let addr = loop {
-        let line = lines.next().expect("server exited before serving").unwrap();
-        if let Some(a) = line.strip_prefix("clinsearch serving on http://") {
-            break a.trim_end_matches('/').to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
     let get = |path: &str, key: &str| {
         ureq::get(&format!("http://{addr}{path}"))
             .header("Authorization", &format!("Bearer {key}"))

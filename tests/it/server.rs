@@ -1072,14 +1072,7 @@ fn the_binary_serves_on_loopback_and_refuses_open_addresses_without_a_key() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let addr = loop {
-        let line = lines.next().expect("server exited before serving").unwrap();
-        if let Some(a) = line.strip_prefix("clinsearch serving on http://") {
-            break a.trim_end_matches('/').to_string();
-        }
-    };
+    let addr = served_addr(&mut child);
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     let health: Value = ureq::get(&format!("http://{addr}/api/health"))
         .call()
