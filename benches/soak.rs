@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// (period, kind of request) -> latencies in ms.
+type Latencies = BTreeMap<(u64, String), Vec<f64>>;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -156,7 +159,7 @@ fn main() {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     // (period, mode) -> latencies in ms; status counts.
-    let lat: Arc<Mutex<BTreeMap<(u64, String), Vec<f64>>>> = Default::default();
+    let lat: Arc<Mutex<Latencies>> = Default::default();
     let statuses: Arc<Mutex<BTreeMap<(String, u16), u64>>> = Default::default();
     let requests = Arc::new(AtomicU64::new(0));
     let record = {

@@ -24,6 +24,9 @@ use crate::server::{same_origin, seeded_state};
 
 /// One test at a time may configure failpoints: each point is global to the process (the
 /// `@DIR` scope keeps other tests' data directories out of it, not other fault tests).
+///
+/// Held across awaits on purpose: each actix test runs its own single-threaded runtime, so
+/// the guard never blocks another task of the same runtime.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
     L.lock().unwrap_or_else(|p| p.into_inner())
@@ -79,6 +82,7 @@ fn wait_healthy(engine: &Engine) {
 }
 
 #[actix_web::test]
+#[allow(clippy::await_holding_lock)]
 async fn a_failure_at_any_write_step_is_a_clear_error_and_heals_without_a_restart() {
     let _serial = serial();
     for point in [
@@ -273,6 +277,7 @@ fn searches_during_a_vector_rebuild_see_the_whole_old_graph_never_a_partial_one(
 }
 
 #[actix_web::test]
+#[allow(clippy::await_holding_lock)]
 async fn a_panicking_query_embedding_fails_its_request_with_500_and_the_worker_goes_on() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
