@@ -379,24 +379,9 @@ pub fn parse_time(s: &str) -> Result<String> {
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return Err(bad());
     }
+    // The calendar check is the note dates' own.
+    crate::note::date_key(&s[..10]).map_err(|_| bad())?;
     let (y, mo, d) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
-    let days_in = [
-        31,
-        28 + u32::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in[mo as usize - 1] {
-        return Err(bad());
-    }
     let (mut secs, mut ms) = (0i64, 0u32);
     let mut offset = 0i64;
     if b.len() > 10 {

@@ -40,9 +40,10 @@ impl Role {
     }
 }
 
-/// `read`, `write` or `admin`.
-pub fn parse_role(s: &str) -> Result<Role> {
-    {
+/// `read`, `write` or `admin` (the `--role` flag and the `role` of a `[[keys]]` entry).
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Role> {
         match s.trim().to_ascii_lowercase().as_str() {
             "read" => Ok(Role::Read),
             "write" => Ok(Role::Write),

@@ -47,13 +47,6 @@ pub enum KeysCommand {
     },
 }
 
-impl std::str::FromStr for Role {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Role> {
-        crate::auth::parse_role(s)
-    }
-}
-
 pub fn keys(cmd: KeysCommand) -> Result<()> {
     match cmd {
         KeysCommand::New {

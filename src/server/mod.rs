@@ -212,9 +212,8 @@ async fn guard(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
     );
-    if is_json
-        || h.get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    if h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
     {
         // Replies may carry notes: no browser or proxy keeps a copy.
         h.insert(
