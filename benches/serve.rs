@@ -155,7 +155,16 @@ fn raw_tantivy(
             for (id, _) in &hits {
                 // What a reply needs per hit: the stored note and a highlighted snippet.
                 let note = engine.store.get(id).unwrap().unwrap();
-                std::hint::black_box(engine.bm25.snippet(q, &note.note.text, 240).unwrap());
+                std::hint::black_box(
+                    engine
+                        .bm25
+                        .snippet(
+                            &clinsearch::index::query::TextQuery::plain(q),
+                            &note.note.text,
+                            240,
+                        )
+                        .unwrap(),
+                );
             }
         }
         std::hint::black_box(hits);

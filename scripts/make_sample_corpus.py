@@ -316,6 +316,36 @@ def main():
         ("hemiarthroplasty", containing("hemiarthroplasty")),
         ("DWI restricted diffusion", containing("restricted diffusion")),
     ]
+    def either(*rels):
+        out = {}
+        for rel in rels:
+            for doc, g in rel.items():
+                out[doc] = max(g, out.get(doc, 0))
+        return out
+
+    # Abbreviation queries: each is written in the form the relevant notes do NOT use (an
+    # abbreviation where the notes spell the term out, or the reverse), so BM25 can only find
+    # them through expansion. Judged by the notes' topics or by the other form's presence.
+    abbrev_queries = [
+        ("MI", about("nstemi")),
+        ("DM", either(about("dm2"), about("dm2c"))),
+        ("UTI", about("urosepsis")),
+        ("EGD", containing("Esophagogastroduodenoscopy")),
+        ("TTE", containing("Transthoracic echocardiogram")),
+        ("LLE cellulitis", about("cellulitis")),
+        ("RUQ pain", about("chole")),
+        ("RLQ tenderness", about("appy")),
+        ("UA with nitrites", containing("urinalysis")),
+        ("LVEF", containing("left ventricular ejection fraction")),
+        ("GTC seizure", about("seizure")),
+        ("BLE edema", containing("bilateral lower extremity")),
+        ("brain natriuretic peptide", containing("BNP")),
+        ("blood urea nitrogen", containing("BUN")),
+        ("arterial blood gas", containing("ABG")),
+        ("electrocardiogram", containing("EKG")),
+        ("middle cerebral artery", containing("MCA")),
+        ("white blood cell count", containing("WBC")),
+    ]
     with open(os.path.join(OUT, "notes.jsonl"), "w") as f:
         for n in notes:
             f.write(json.dumps({k: v for k, v in n.items() if not k.startswith("_")}) + "\n")
@@ -324,6 +354,14 @@ def main():
         for qi, (text, rel) in enumerate(queries):
             assert rel, f"query {text!r} has no relevant note"
             qid = f"q{qi + 1:02d}"
+            fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
+            for doc, g in sorted(rel.items()):
+                fr.write(f"{qid}\t{doc}\t{g}\n")
+    with open(os.path.join(OUT, "queries_abbrev.jsonl"), "w") as fq, open(os.path.join(OUT, "qrels_abbrev.tsv"), "w") as fr:
+        fr.write("query-id\tcorpus-id\tscore\n")
+        for qi, (text, rel) in enumerate(abbrev_queries):
+            assert rel, f"query {text!r} has no relevant note"
+            qid = f"a{qi + 1:02d}"
             fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
             for doc, g in sorted(rel.items()):
                 fr.write(f"{qid}\t{doc}\t{g}\n")

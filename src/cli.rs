@@ -219,6 +219,19 @@ pub struct EvalArgs {
     /// Print the full report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Expand abbreviations and long forms in the queries (as searches do by default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub expand: bool,
+    /// Weight of the expansions' BM25 clauses relative to the words typed.
+    #[arg(long, default_value_t = crate::search::EXPANSION_WEIGHT)]
+    pub expansion_weight: f32,
+    /// A TSV of abbreviations laid over the shipped dictionary.
+    #[arg(long)]
+    pub abbreviations: Option<std::path::PathBuf>,
+    /// Choose among an ambiguous abbreviation's senses with the collection's co-occurrences
+    /// (false: the dictionary's frequencies alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub sense_context: bool,
 }
 
 impl EvalArgs {
@@ -233,6 +246,12 @@ impl EvalArgs {
                 .map_err(|e| anyhow::anyhow!("--modes: {e}"))?,
             ks: crate::eval::parse_ks(&self.ks).map_err(|e| anyhow::anyhow!("--k: {e}"))?,
             fusion,
+            expand: self.expand,
+            expansion_weight: self.expansion_weight,
+            sense_context: self.sense_context,
+            abbreviations: Some(crate::clinical::abbrev::Dictionary::load(
+                self.abbreviations.as_deref(),
+            )?),
             ..Default::default()
         })
     }

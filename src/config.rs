@@ -50,6 +50,8 @@ pub struct Layer {
     pub audit_query_text: Option<bool>,
     /// Bounds on the work one request, one principal and the server may ask for.
     pub limits: Option<Limits>,
+    /// A TSV of abbreviations laid over the shipped dictionary (see `clinical::abbrev`).
+    pub abbreviations: Option<PathBuf>,
 }
 
 /// Bounds on work, each answered with a clear 4xx when exceeded (`[limits]` in the file).
@@ -109,6 +111,7 @@ impl Layer {
             public_name: over.public_name.or(self.public_name),
             audit_query_text: over.audit_query_text.or(self.audit_query_text),
             limits: over.limits.or(self.limits),
+            abbreviations: over.abbreviations.or(self.abbreviations),
         }
     }
 
@@ -158,6 +161,7 @@ impl Layer {
                 })
                 .transpose()?,
             limits: None,
+            abbreviations: env("CLINSEARCH_ABBREVIATIONS").map(PathBuf::from),
         })
     }
 }
@@ -185,6 +189,7 @@ pub struct ServerConfig {
     pub public_name: Option<String>,
     pub audit_query_text: bool,
     pub limits: Limits,
+    pub abbreviations: Option<PathBuf>,
 }
 
 /// Keys are never printed.
@@ -268,6 +273,7 @@ impl ServerConfig {
             public_name: nonempty(l.public_name).map(|n| n.trim().to_ascii_lowercase()),
             audit_query_text: l.audit_query_text.unwrap_or(false),
             limits: l.limits.unwrap_or_default(),
+            abbreviations: l.abbreviations.filter(|p| !p.as_os_str().is_empty()),
         };
         // Any key at all turns authentication on for every protected route; a bad entry
         // stops the server from starting.

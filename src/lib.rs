@@ -3,6 +3,7 @@
 //! The library is split by concern; `main.rs` only parses arguments and calls [`cli`].
 //! * [`model`]: BERT encoders on candle: loading, embedding, fill-mask.
 //! * [`note`]: the note and its metadata.
+//! * [`clinical`]: clinical language: abbreviations (query expansion both ways).
 //! * [`store`]: sled, the source of truth.
 //! * [`index`]: BM25 (tantivy) and vectors (hnsw_rs), derived from the store.
 //! * [`engine`]: keeps store and indexes consistent (catch-up, rebuild, checkpoints).
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod cli;
 mod cli_access;
 mod cli_train;
+pub mod clinical;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -165,10 +165,17 @@ function fmt(x, digits = 3) {
   return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
 }
 
-function hitCard(hit, mode, counts, q) {
+/** The parameters that say how a query was read, carried from a search to its notes. */
+function queryParams(params) {
+  const out = {};
+  for (const k of ["q", "syntax", "expand", "expand_skip"]) if (params.get(k)) out[k] = params.get(k);
+  return out;
+}
+
+function hitCard(hit, mode, counts, qp) {
   const n = counts.get(hit.id) || 1;
   const cls = "hit" + (n > 1 ? ` in-${n}` : "");
-  const link = "#/note/" + encodeURIComponent(hit.id) + (q ? "?" + new URLSearchParams({ q }) : "");
+  const link = "#/note/" + encodeURIComponent(hit.id) + (qp.q ? "?" + new URLSearchParams(qp) : "");
   const meta = [hit.note_type, hit.specialty, hit.date, hit.patient_id && "patient " + hit.patient_id].filter(Boolean);
   const scores = el("div", { class: "scores" },
     el("span", {}, "BM25 ", el("b", {}, hit.bm25.rank ? "#" + hit.bm25.rank : "–"), " ", fmt(hit.bm25.score, 2)),
@@ -238,6 +245,10 @@ async function searchPage(main, params) {
       el("label", {}, "Results", el("select", { name: "k" },
         ["10", "20", "50"].map((k) => el("option", { value: k, selected: (f("k") || "10") === k }, k)),
       )),
+      el("label", { class: "check", title: "\"phrases\", +required, -excluded, title:word, text:word" },
+        el("input", { type: "checkbox", id: "syntax-advanced", name: "syntax", value: "advanced", checked: f("syntax") === "advanced" }), "Advanced syntax"),
+      el("label", { class: "check", title: "Also search abbreviations' expansions (SOB: shortness of breath) and long forms' abbreviations" },
+        el("input", { type: "checkbox", id: "expand", checked: f("expand") !== "false" }), "Expand abbreviations"),
     ),
   );
   const out = el("div", { id: "results", "aria-live": "polite" });
@@ -248,10 +259,14 @@ async function searchPage(main, params) {
       form.append(el("datalist", { id: "facet-" + name }, facets[name].map((x) => el("option", { value: x.value }, `${x.count} notes`))));
     }
   }).catch(() => {});
-  const submit = (viewName) => {
+  const submit = (viewName, skip) => {
     const data = new FormData(form);
     const p = { view: viewName || view };
     for (const [k, v] of data.entries()) if (String(v).trim()) p[k] = String(v).trim();
+    if (!$("#expand").checked) p.expand = "false";
+    // Expansions the user removed stay removed while the query is the same.
+    const skipped = (p.q === q ? (f("expand_skip") ? f("expand_skip").split(",") : []) : []).concat(skip || []);
+    if (skipped.length && p.expand !== "false") p.expand_skip = skipped.join(",");
     if (p.k === "10") delete p.k;
     if (p.fusion === "rrf") delete p.fusion;
     if (p.group_by === "note") delete p.group_by;
@@ -266,7 +281,8 @@ async function searchPage(main, params) {
     return;
   }
   const body = { q, mode: view === "fused" ? "hybrid" : "compare" };
-  for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k"]) if (f(k)) body[k] = f(k);
+  for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k", "syntax", "expand", "expand_skip"]) if (f(k)) body[k] = f(k);
+  const qp = queryParams(params);
   out.append(el("p", { class: "summary" }, "Searching…"));
   let res;
   try {
@@ -279,6 +295,13 @@ async function searchPage(main, params) {
   if (res.mode === "compare") {
     for (const r of res.rankings) for (const h of r.hits) counts.set(h.id, (counts.get(h.id) || 0) + 1);
   }
+  // What the query also searched, each removable with a click; and how it was read.
+  const expansions = res.expansions.length
+    ? el("p", { class: "expansions", id: "expansions" }, "Also searched: ", res.expansions.map((x) =>
+      el("span", { class: "expansion", "data-from": x.from }, el("b", {}, x.from), " → ", x.to.join(", "), " ",
+        el("button", { type: "button", class: "remove", "aria-label": `Do not expand ${x.from}`, title: "Do not expand", onclick: () => submit(undefined, [x.from.toLowerCase()]) }, "×"))))
+    : null;
+  const notices = res.notices.map((n) => el("p", { class: "notice" }, n));
   const t = res.timings;
   const summary = el("p", { class: "summary", id: "summary" },
     `${res.took_ms.toFixed(1)} ms (embedding ${t.embed_ms.toFixed(1)}, BM25 ${t.bm25_ms.toFixed(1)}, vectors ${t.semantic_ms.toFixed(1)}, fusion ${res.fusion.method}${res.fusion.method === "rrf" ? " k=" + res.fusion.k : " α=" + res.fusion.alpha})`);
@@ -286,10 +309,10 @@ async function searchPage(main, params) {
     const legend = el("div", { class: "legend" },
       el("span", { class: "badge in-3" }, "in all 3"), el("span", { class: "badge in-2" }, "in 2"), "hover a note to find it in the other columns");
     const cols = el("div", { class: "columns" },
-      MODES.map(([m, label, hint]) => column(m, label, hint, res.rankings.find((r) => r.mode === m), counts, q)));
-    out.replaceChildren(el("div", { class: "summary-row" }, summary, legend), cols);
+      MODES.map(([m, label, hint]) => column(m, label, hint, res.rankings.find((r) => r.mode === m), counts, qp)));
+    out.replaceChildren(...[expansions, ...notices].filter(Boolean), el("div", { class: "summary-row" }, summary, legend), cols);
   } else {
-    out.replaceChildren(summary, el("div", { class: "columns single" }, column("hybrid", "Hybrid", "fused ranking with each retriever's rank and score", res.rankings[0], counts, q)));
+    out.replaceChildren(...[expansions, ...notices].filter(Boolean), summary, el("div", { class: "columns single" }, column("hybrid", "Hybrid", "fused ranking with each retriever's rank and score", res.rankings[0], counts, qp)));
   }
 }
 
@@ -318,7 +341,8 @@ function markedText(text, best, terms) {
 
 async function notePage(main, params, id) {
   const q = params.get("q") || "";
-  const data = await api("/api/documents/" + encodeURIComponent(id) + (q ? "?" + new URLSearchParams({ q }) : ""));
+  const qp = queryParams(params);
+  const data = await api("/api/documents/" + encodeURIComponent(id) + (q ? "?" + new URLSearchParams(qp) : ""));
   const n = data.note;
   const bestChunk = data.chunks.find((c) => c.index === data.best_chunk);
   const best = bestChunk ? [bestChunk.char_start, bestChunk.char_end] : null;
@@ -335,10 +359,10 @@ async function notePage(main, params, id) {
     } }, `Chunk ${c.index + 1}: chars ${c.char_start}–${c.char_end}`, c.score !== null && c.score !== undefined ? ` · cos ${c.score.toFixed(3)}` : "")));
   const others = data.same_patient.length
     ? el("ul", { id: "same-patient" }, data.same_patient.map((o) =>
-      el("li", {}, el("a", { href: "#/note/" + encodeURIComponent(o.id) + (q ? "?" + new URLSearchParams({ q }) : "") }, o.title || o.id), el("div", { class: "meta" }, [o.date, o.note_type].filter(Boolean).join(" · ")))))
+      el("li", {}, el("a", { href: "#/note/" + encodeURIComponent(o.id) + (q ? "?" + new URLSearchParams(qp) : "") }, o.title || o.id), el("div", { class: "meta" }, [o.date, o.note_type].filter(Boolean).join(" · ")))))
     : el("p", { class: "empty" }, n.patient_id ? "No other notes for this patient." : "No patient id on this note.");
   main.append(
-    el("p", {}, el("a", { href: q ? "#/search?" + new URLSearchParams({ q }) : "#/search" }, "← Back to results")),
+    el("p", {}, el("a", { href: q ? "#/search?" + new URLSearchParams(qp) : "#/search" }, "← Back to results")),
     el("div", { class: "note-layout" },
       el("article", { class: "panel" },
         el("h1", { id: "note-title" }, n.title || n.id),

@@ -247,6 +247,14 @@ pub struct EvalOptions {
     pub ef: usize,
     /// Evaluate as if only the notes passing this filter existed (a restricted key's view).
     pub restrict: Option<crate::index::Filter>,
+    /// Expand abbreviations and long forms (as searches do by default).
+    pub expand: bool,
+    /// Weight of expansion clauses (see [`crate::search::EXPANSION_WEIGHT`]).
+    pub expansion_weight: f32,
+    /// Choose among senses with the collection's co-occurrences (see `Searcher`).
+    pub sense_context: bool,
+    /// The abbreviation dictionary (the shipped one when None).
+    pub abbreviations: Option<std::sync::Arc<crate::clinical::abbrev::Dictionary>>,
 }
 
 impl Default for EvalOptions {
@@ -257,6 +265,10 @@ impl Default for EvalOptions {
             fusion: Fusion::default(),
             ef: crate::search::MIN_EF,
             restrict: None,
+            expand: true,
+            expansion_weight: crate::search::EXPANSION_WEIGHT,
+            sense_context: true,
+            abbreviations: None,
         }
     }
 }
@@ -330,6 +342,11 @@ pub fn evaluate(
     };
     let mut searcher = Searcher::new(engine);
     searcher.ef = opts.ef;
+    searcher.expansion_weight = opts.expansion_weight;
+    searcher.sense_context = opts.sense_context;
+    if let Some(d) = &opts.abbreviations {
+        searcher.abbreviations = d.clone();
+    }
     let mut runs: Runs = BTreeMap::new();
     let mut per_query = Vec::with_capacity(set.queries.len());
     for (i, ((qid, text), qv)) in set.queries.iter().zip(&vectors).enumerate() {
@@ -340,6 +357,7 @@ pub fn evaluate(
         }
         req.fusion = opts.fusion;
         req.details = false;
+        req.expand = opts.expand;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

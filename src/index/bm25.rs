@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery,
+    BooleanQuery, BoostQuery, ConstScoreQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
 };
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
@@ -26,6 +26,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+use super::query::{self as q, TextQuery, MAX_QUERY_TERMS};
 use super::Filter;
 use crate::error::{Error, Result};
 use crate::store::{Op, Store};
@@ -228,11 +229,112 @@ impl Bm25Index {
         d
     }
 
-    /// The user's query over title and text. Never fails on syntax: tantivy's lenient parser
-    /// keeps what it can read.
-    pub fn parse(&self, query: &str) -> Box<dyn Query> {
-        let parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.text]);
-        parser.parse_query_lenient(query).0
+    /// The analysed terms of `text`, as the text fields index them.
+    fn analyse(&self, text: &str) -> Result<Vec<String>> {
+        let mut analyzer = self.index.tokenizer_for_field(self.f.text)?;
+        let mut stream = analyzer.token_stream(text);
+        let mut out = vec![];
+        while stream.advance() {
+            out.push(stream.token().text.clone());
+        }
+        Ok(out)
+    }
+
+    /// A term matched in any of `fields`.
+    fn term_in(fields: &[Field], token: &str) -> Box<dyn Query> {
+        let one = |f: Field| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(f, token),
+                IndexRecordOption::WithFreqs,
+            ))
+        };
+        if fields.len() == 1 {
+            return one(fields[0]);
+        }
+        Box::new(BooleanQuery::new(
+            fields.iter().map(|&f| (Occur::Should, one(f))).collect(),
+        ))
+    }
+
+    /// Consecutive terms in any of `fields`.
+    fn phrase_in(fields: &[Field], tokens: &[String]) -> Box<dyn Query> {
+        let one = |f: Field| -> Box<dyn Query> {
+            if tokens.len() == 1 {
+                return Box::new(TermQuery::new(
+                    Term::from_field_text(f, &tokens[0]),
+                    IndexRecordOption::WithFreqs,
+                ));
+            }
+            Box::new(PhraseQuery::new(
+                tokens.iter().map(|t| Term::from_field_text(f, t)).collect(),
+            ))
+        };
+        if fields.len() == 1 {
+            return one(fields[0]);
+        }
+        Box::new(BooleanQuery::new(
+            fields.iter().map(|&f| (Occur::Should, one(f))).collect(),
+        ))
+    }
+
+    /// Turns a [`TextQuery`] into tantivy's query: each optional word is its own optional
+    /// clause over title and text (exactly what tantivy's parser builds for plain words, so
+    /// BM25 scores are those of the usual multifield baseline), a phrase or a required or
+    /// excluded word of several terms is a phrase, and weights are boosts. At most
+    /// [`MAX_QUERY_TERMS`] terms are used; `dropped` counts the rest.
+    pub fn build(&self, query: &TextQuery) -> Result<Built> {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![];
+        let (mut used, mut dropped) = (0usize, 0usize);
+        for c in &query.clauses {
+            let fields: Vec<Field> = match c.fields {
+                q::Fields::Both => vec![self.f.title, self.f.text],
+                q::Fields::Title => vec![self.f.title],
+                q::Fields::Text => vec![self.f.text],
+            };
+            let mut tokens = self.analyse(&c.text)?;
+            let room = MAX_QUERY_TERMS.saturating_sub(used);
+            if tokens.len() > room {
+                dropped += tokens.len() - room;
+                if c.phrase || c.occur != q::Occur::Should {
+                    // A phrase or a requirement cut short would change its meaning.
+                    continue;
+                }
+                tokens.truncate(room);
+            }
+            if tokens.is_empty() {
+                continue;
+            }
+            used += tokens.len();
+            let occur = match c.occur {
+                q::Occur::Should => Occur::Should,
+                q::Occur::Must => Occur::Must,
+                q::Occur::MustNot => Occur::MustNot,
+            };
+            let boost = |q: Box<dyn Query>| -> Box<dyn Query> {
+                if (c.weight - 1.0).abs() < f32::EPSILON {
+                    q
+                } else {
+                    Box::new(BoostQuery::new(q, c.weight))
+                }
+            };
+            if c.phrase || (occur != Occur::Should && tokens.len() > 1) {
+                clauses.push((occur, boost(Self::phrase_in(&fields, &tokens))));
+            } else {
+                for t in &tokens {
+                    clauses.push((occur, boost(Self::term_in(&fields, t))));
+                }
+            }
+        }
+        let query: Box<dyn Query> = if clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
+            Box::new(tantivy::query::EmptyQuery)
+        } else {
+            Box::new(BooleanQuery::new(clauses))
+        };
+        Ok(Built {
+            query,
+            terms: used,
+            dropped,
+        })
     }
 
     fn filtered(&self, query: Box<dyn Query>, filter: &Filter) -> Box<dyn Query> {
@@ -286,12 +388,22 @@ impl Bm25Index {
         Box::new(BooleanQuery::new(clauses))
     }
 
+    /// Top `k` notes for plain text under `filter` (see [`Self::search_built`]).
+    pub fn search(&self, text: &str, k: usize, filter: &Filter) -> Result<Vec<(String, f32)>> {
+        self.search_built(&self.build(&TextQuery::plain(text))?, k, filter)
+    }
+
     /// Top `k` notes for `query` under `filter`: `(id, BM25 score)`, best first.
-    pub fn search(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(String, f32)>> {
-        if k == 0 || query.trim().is_empty() {
+    pub fn search_built(
+        &self,
+        query: &Built,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(String, f32)>> {
+        if k == 0 || query.terms == 0 {
             return Ok(vec![]);
         }
-        let q = self.filtered(self.parse(query), filter);
+        let q = self.filtered(query.query.box_clone(), filter);
         let searcher = self.reader.searcher();
         let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
         let mut out = Vec::with_capacity(top.len());
@@ -308,17 +420,11 @@ impl Bm25Index {
     /// matched terms inside it.
     pub fn snippet(
         &self,
-        query: &str,
+        query: &TextQuery,
         text: &str,
         max_chars: usize,
     ) -> Result<(String, Vec<std::ops::Range<usize>>)> {
-        let q = self.parse(query);
-        let searcher = self.reader.searcher();
-        let mut generator =
-            tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?;
-        generator.set_max_num_chars(max_chars);
-        let s = generator.snippet(text);
-        Ok((s.fragment().to_string(), s.highlighted().to_vec()))
+        Ok(self.snippets(query, max_chars)?.snippet(text))
     }
 
     /// The notes passing `filter`: how many there are, and their ids when at most `limit`.
@@ -349,12 +455,12 @@ impl Bm25Index {
 
     /// The BM25 score of one note for `query` (None when the note does not match it), so a
     /// hit found only by the vector side still shows its keyword score.
-    pub fn score_of(&self, query: &str, id: &str) -> Result<Option<f32>> {
-        if query.trim().is_empty() {
+    pub fn score_of(&self, query: &Built, id: &str) -> Result<Option<f32>> {
+        if query.terms == 0 {
             return Ok(None);
         }
         let q = BooleanQuery::new(vec![
-            (Occur::Must, self.parse(query)),
+            (Occur::Must, query.query.box_clone()),
             (
                 Occur::Must,
                 Box::new(ConstScoreQuery::new(
@@ -372,9 +478,18 @@ impl Bm25Index {
     }
 
     /// A snippet maker for one query, reused across the hits of a request (creating tantivy's
-    /// generator parses the query and reads term statistics: once per request is enough).
-    pub fn snippets(&self, query: &str, max_chars: usize) -> Result<Snippets> {
-        let q = self.parse(query);
+    /// generator reads term statistics: once per request is enough). It marks what was
+    /// searched (expansions included), never the excluded words.
+    pub fn snippets(&self, query: &TextQuery, max_chars: usize) -> Result<Snippets> {
+        let positive = TextQuery {
+            clauses: query
+                .clauses
+                .iter()
+                .filter(|c| c.occur != q::Occur::MustNot)
+                .cloned()
+                .collect(),
+        };
+        let q = self.build(&positive)?.query;
         let searcher = self.reader.searcher();
         let mut generator =
             tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?;
@@ -440,6 +555,36 @@ impl Bm25Index {
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+}
+
+/// A query ready to run, with how many terms it used and dropped (over
+/// [`MAX_QUERY_TERMS`]).
+pub struct Built {
+    query: Box<dyn Query>,
+    pub terms: usize,
+    pub dropped: usize,
+}
+
+impl crate::clinical::abbrev::Cooccurrence for Bm25Index {
+    /// Notes holding each phrase (in title or text); all notes for none. Errors count as 0:
+    /// this only weighs expansions.
+    fn notes_with_all(&self, phrases: &[&str]) -> u64 {
+        let both = [self.f.title, self.f.text];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![];
+        for p in phrases {
+            match self.analyse(p) {
+                Ok(t) if !t.is_empty() => clauses.push((Occur::Must, Self::phrase_in(&both, &t))),
+                _ => return 0,
+            }
+        }
+        if clauses.is_empty() {
+            return self.num_docs();
+        }
+        let searcher = self.reader.searcher();
+        searcher
+            .search(&BooleanQuery::new(clauses), &tantivy::collector::Count)
+            .map_or(0, |n| n as u64)
     }
 }
 

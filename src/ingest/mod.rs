@@ -1,23 +1,22 @@
 //! Ingest: files or API payloads -> validated notes -> windows embedded in batches -> the
-//! engine (sled, then BM25 and vectors). Parsing, embedding and writing run on three threads
-//! joined by bounded channels, so they overlap.
+//! engine (sled, then BM25 and vectors). The steps are in [`batch`], the one write path;
+//! [`run`] runs them over files on three threads joined by bounded channels, so they overlap.
 
+pub mod batch;
 pub mod source;
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use source::{CsvMapping, Format, Record, RecordError};
+pub use batch::{count_windows, embed_notes, embedding_input, Outcome};
+pub use source::{CsvMapping, Format, Item, Record, RecordError};
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Encoder;
-use crate::store::EmbeddedNote;
 
 /// What to do with a bad record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
@@ -80,89 +79,8 @@ pub struct IngestReport {
 }
 
 enum Parsed {
-    Batch(Vec<Record>),
+    Batch(Vec<Item>),
     Abort(String),
-}
-
-/// Validates a record (text, id, date) in place.
-fn validate(rec: Record) -> std::result::Result<Record, RecordError> {
-    let origin = rec.origin.clone();
-    match rec.note.validate() {
-        Ok(note) => Ok(Record { note, origin }),
-        Err(e) => Err(RecordError {
-            origin,
-            reason: match e {
-                Error::InvalidInput(m) => m,
-                other => other.to_string(),
-            },
-        }),
-    }
-}
-
-/// What a note is embedded from: its title (when it has one) on a first line, then its text,
-/// as sentence-transformers and BEIR/MTEB embed "title text": a title such as "ED note -
-/// NSTEMI" carries much of a note's meaning. Returns the input and the length of the title
-/// prefix in bytes and characters.
-pub fn embedding_input(note: &crate::note::Note) -> (std::borrow::Cow<'_, str>, usize, usize) {
-    match note
-        .title
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        Some(title) => {
-            let prefix = format!("{title}\n");
-            let (bytes, chars) = (prefix.len(), prefix.chars().count());
-            (std::borrow::Cow::Owned(prefix + &note.text), bytes, chars)
-        }
-        None => (std::borrow::Cow::Borrowed(note.text.as_str()), 0, 0),
-    }
-}
-
-/// Embeds the windows of each note (title included, see [`embedding_input`]); window spans
-/// point into the note's text. A note the encoder rejects gets its own error; the others are
-/// still embedded.
-/// The windows [`embed_notes`] would embed for `notes`, without running the model.
-pub fn count_windows(encoder: &Encoder, notes: &[&crate::note::Note]) -> Result<usize> {
-    let inputs: Vec<std::borrow::Cow<'_, str>> =
-        notes.iter().map(|n| embedding_input(n).0).collect();
-    let texts: Vec<&str> = inputs.iter().map(|t| t.as_ref()).collect();
-    encoder.count_windows(&texts)
-}
-
-pub fn embed_notes(
-    encoder: &Encoder,
-    notes: &[&crate::note::Note],
-) -> Result<Vec<Result<Vec<crate::model::Window>>>> {
-    let inputs: Vec<(std::borrow::Cow<'_, str>, usize, usize)> =
-        notes.iter().map(|n| embedding_input(n)).collect();
-    let texts: Vec<&str> = inputs.iter().map(|(t, _, _)| t.as_ref()).collect();
-    let raw: Vec<Result<Vec<crate::model::Window>>> = match encoder.embed_windows(&texts) {
-        Ok(w) => w.into_iter().map(Ok).collect(),
-        // One text the encoder rejects: find it by embedding one at a time.
-        Err(Error::InvalidInput(_)) => texts
-            .iter()
-            .map(|t| encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
-            .collect(),
-        Err(e) => return Err(e),
-    };
-    Ok(raw
-        .into_iter()
-        .zip(&inputs)
-        .map(|(r, (_, pb, pc))| {
-            r.map(|ws| {
-                ws.into_iter()
-                    .map(|mut w| {
-                        w.start = w.start.saturating_sub(*pb);
-                        w.end = w.end.saturating_sub(*pb);
-                        w.char_start = w.char_start.saturating_sub(*pc);
-                        w.char_end = w.char_end.saturating_sub(*pc);
-                        w
-                    })
-                    .collect()
-            })
-        })
-        .collect())
 }
 
 /// Runs the pipeline over `sources` into `engine`.
@@ -188,19 +106,10 @@ pub fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut acks = match &opts.acks {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| Error::io(p, e))?,
-        ),
-        None => None,
-    };
+    let mut acks = batch::Acks::new(opts.acks.as_deref(), opts.stored.clone())?;
 
     let (parsed_tx, parsed_rx) = sync_channel::<Parsed>(2);
-    let (embedded_tx, embedded_rx) = sync_channel::<Vec<EmbeddedNote>>(2);
+    let (embedded_tx, embedded_rx) = sync_channel::<batch::Prepared>(2);
     let on_error = opts.on_error;
 
     std::thread::scope(|s| -> Result<IngestReport> {
@@ -208,27 +117,14 @@ pub fn run(
         let parser = s.spawn(move || {
             let t0 = Instant::now();
             let mut errors = vec![];
-            let mut seen: HashMap<String, source::Origin> = HashMap::new();
+            let mut checker = batch::Checker::default();
             let mut batch = Vec::with_capacity(batch_size);
             let mut waited = Duration::ZERO;
             'outer: for src in sources {
                 for item in src {
-                    let checked = item.and_then(validate).and_then(|rec| {
-                        if let Some(first) = seen.get(&rec.note.id) {
-                            return Err(RecordError {
-                                origin: rec.origin.clone(),
-                                reason: format!(
-                                    "duplicate id {:?} (first at {first})",
-                                    rec.note.id
-                                ),
-                            });
-                        }
-                        seen.insert(rec.note.id.clone(), rec.origin.clone());
-                        Ok(rec)
-                    });
-                    match checked {
+                    match checker.check(item) {
                         Ok(rec) => {
-                            batch.push(rec);
+                            batch.push(Ok(rec));
                             if batch.len() == batch_size {
                                 let w = Instant::now();
                                 if parsed_tx
@@ -269,24 +165,23 @@ pub fn run(
                     Parsed::Abort(reason) => return (busy, errors, Some(reason), Ok(())),
                 };
                 let t = Instant::now();
-                let notes: Vec<&crate::note::Note> = batch.iter().map(|r| &r.note).collect();
-                let windows = match embed_notes(encoder, &notes) {
-                    Ok(w) => w,
+                let mut prepared = match batch::prepare(encoder, batch) {
+                    Ok(p) => p,
                     Err(e) => return (busy, errors, None, Err(e)),
                 };
-                let mut out = Vec::with_capacity(batch.len());
-                for (rec, w) in batch.into_iter().zip(windows) {
-                    match w {
-                        Ok(windows) => out.push(EmbeddedNote::new(rec.note, windows)),
-                        Err(e) => {
-                            let msg = format!("{}: {e}", rec.origin);
-                            if on_error == OnError::Abort {
-                                return (busy, errors, Some(msg), Ok(()));
-                            }
-                            errors.push(msg);
-                        }
+                if on_error == OnError::Abort {
+                    if let Some(e) = prepared.first_rejection() {
+                        return (busy, errors, Some(e.to_string()), Ok(()));
                     }
                 }
+                prepared.outcomes.retain(|o| match o {
+                    batch::Outcome::Rejected(e) => {
+                        errors.push(e.to_string());
+                        false
+                    }
+                    batch::Outcome::Stored { .. } => true,
+                });
+                let out = prepared;
                 busy += t.elapsed().as_secs_f64();
                 if embedded_tx.send(out).is_err() {
                     break;
@@ -299,22 +194,14 @@ pub fn run(
         let mut report = IngestReport::default();
         let mut write_err = None;
         for batch in embedded_rx {
-            match engine.apply(&batch, &[]) {
-                Ok((_, times)) => {
+            match batch::commit(engine, &batch, &mut acks) {
+                Ok(times) => {
                     report.stages.sled += times.store.as_secs_f64();
                     report.stages.tantivy += times.bm25.as_secs_f64();
                     report.stages.hnsw += times.vectors.as_secs_f64();
-                    report.notes += batch.len();
-                    report.chunks += batch.iter().map(|n| n.windows.len()).sum::<usize>();
-                    report.capped += batch.iter().filter(|n| n.windows_capped).count();
-                    if let Some(f) = acks.as_mut() {
-                        let ids: String =
-                            batch.iter().map(|n| format!("{}\n", n.note.id)).collect();
-                        let _ = f.write_all(ids.as_bytes()).and_then(|_| f.flush());
-                    }
-                    if let Some(c) = &opts.stored {
-                        c.store(report.notes, std::sync::atomic::Ordering::SeqCst);
-                    }
+                    report.notes += batch.notes.len();
+                    report.chunks += batch.notes.iter().map(|n| n.windows.len()).sum::<usize>();
+                    report.capped += batch.notes.iter().filter(|n| n.windows_capped).count();
                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                     bar.set_position(report.notes as u64);
                     bar.set_message(format!(

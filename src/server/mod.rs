@@ -52,6 +52,9 @@ pub struct AppState {
     pub started: Instant,
     /// The fine-tuned classifier behind `POST /api/classify`, when one is configured.
     pub classifier: Option<Arc<crate::train::classify::Classifier>>,
+    /// Abbreviations for query expansion: the shipped dictionary, with the configured file
+    /// laid over it.
+    pub abbreviations: Arc<crate::clinical::abbrev::Dictionary>,
 }
 
 impl AppState {
@@ -70,6 +73,9 @@ impl AppState {
             config.read_api_key.clone(),
         );
         let audit = AuditLog::open(&engine.dir.join("audit"))?;
+        // A missing or malformed file stops the start, naming the file and line.
+        let abbreviations =
+            crate::clinical::abbrev::Dictionary::load(config.abbreviations.as_deref())?;
         crate::engine::spawn_healer(&engine);
         Ok(AppState {
             engine,
@@ -83,6 +89,7 @@ impl AppState {
             audit,
             started: Instant::now(),
             classifier: None,
+            abbreviations,
         })
     }
 

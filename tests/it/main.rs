@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary to keep link time down.
 
 mod browser;
+mod clinical;
 mod common;
 mod crash;
 pub(crate) mod encoder;

@@ -81,7 +81,7 @@ pub fn shared() -> &'static Shared {
     })
 }
 
-async fn call(
+pub async fn call(
     app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
     req: TestRequest,
 ) -> (StatusCode, Value) {
@@ -126,11 +126,11 @@ pub fn same_origin(mut req: actix_http::Request) -> actix_http::Request {
     req
 }
 
-fn get(uri: &str) -> TestRequest {
+pub fn get(uri: &str) -> TestRequest {
     TestRequest::get().uri(uri)
 }
 
-fn hits(v: &Value, mode: &str) -> Vec<Value> {
+pub fn hits(v: &Value, mode: &str) -> Vec<Value> {
     v["rankings"]
         .as_array()
         .unwrap()
@@ -142,7 +142,7 @@ fn hits(v: &Value, mode: &str) -> Vec<Value> {
         .clone()
 }
 
-fn ids(hits: &[Value]) -> Vec<String> {
+pub fn ids(hits: &[Value]) -> Vec<String> {
     hits.iter()
         .map(|h| h["id"].as_str().unwrap().to_string())
         .collect()

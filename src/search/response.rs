@@ -1,0 +1,142 @@
+//! What a search answers: rankings of hits, each with every retriever's rank and score, its
+//! best chunk, highlighted snippet and best semantic window.
+
+use serde::Serialize;
+
+use super::*;
+
+/// One retriever's view of a hit: its rank in that retriever's candidate list (None when the
+/// note was not among them) and its score (computed for the note when it was not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Signal {
+    pub rank: Option<usize>,
+    pub score: Option<f32>,
+}
+
+/// A piece of a snippet; `hl` marks a matched query term.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    pub text: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hl: bool,
+}
+
+/// The chunk (embedded window) of a note that matched best.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChunkMatch {
+    pub index: u32,
+    pub char_start: usize,
+    pub char_end: usize,
+    /// Cosine to the query (None in BM25 mode, where the query is not embedded).
+    pub score: Option<f32>,
+}
+
+/// The best semantic window: its span in the note and an excerpt of it with the query's
+/// terms marked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowSnippet {
+    pub char_start: usize,
+    pub char_end: usize,
+    pub segments: Vec<Segment>,
+    /// Whether the excerpt is shorter than the window.
+    pub truncated: bool,
+}
+
+/// Notes of one patient folded into a hit by `group_by=patient`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub patient_id: String,
+    pub count: usize,
+    /// The patient's matching notes, best first (the hit itself first).
+    pub note_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    /// 1-based position in this ranking (offset included).
+    pub rank: usize,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specialty: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// The score this ranking sorted by (BM25, cosine or fused).
+    pub score: f32,
+    pub bm25: Signal,
+    pub semantic: Signal,
+    /// The fused score (hybrid rankings only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_chunk: Option<ChunkMatch>,
+    /// BM25 term highlights in the best fragment of the note.
+    pub snippet: Vec<Segment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSnippet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// One ranking: a page of hits and how many candidates it was cut from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranking {
+    pub mode: Mode,
+    /// Candidates in this ranking before paging (a lower bound: retrieval stops at its depth).
+    pub candidates: usize,
+    pub hits: Vec<Hit>,
+}
+
+/// Milliseconds per stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub embed_ms: f64,
+    pub bm25_ms: f64,
+    pub semantic_ms: f64,
+    pub fuse_ms: f64,
+    pub hydrate_ms: f64,
+}
+
+/// An expansion the search applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedExpansion {
+    /// The words of the query, as written.
+    pub from: String,
+    /// What they also searched.
+    pub to: Vec<String>,
+    /// `abbreviation` (expanded) or `long_form` (abbreviated).
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchResponse {
+    pub q: String,
+    pub mode: Mode,
+    pub k: usize,
+    pub offset: usize,
+    #[serde(skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
+    pub fusion: Fusion,
+    pub group_by: GroupBy,
+    pub syntax: crate::index::query::Syntax,
+    /// What the query also searched: abbreviations expanded and long forms abbreviated
+    /// (`{"from": "SOB", "to": ["shortness of breath"]}`); empty with `expand=false`.
+    pub expansions: Vec<AppliedExpansion>,
+    /// Things the user should know about how the query was read (terms over the cap).
+    pub notices: Vec<String>,
+    /// One ranking, or three (bm25, semantic, hybrid) for `mode=compare`.
+    pub rankings: Vec<Ranking>,
+    pub timings: Timings,
+}
+
+impl SearchResponse {
+    /// The ranking of a mode.
+    pub fn ranking(&self, mode: Mode) -> Option<&Ranking> {
+        self.rankings.iter().find(|r| r.mode == mode)
+    }
+}

@@ -1,0 +1,180 @@
+//! Candidates from the vector side (hnsw, or exact over a small filtered set) and the
+//! metadata checks both retrievers share; the BM25 side is the index's own
+//! ([`crate::index::bm25`]).
+
+use super::*;
+use crate::index::Filter;
+use crate::store::Chunk;
+
+/// A semantic candidate: a note, its best cosine and the chunk that gave it.
+#[derive(Debug, Clone)]
+pub(super) struct SemanticCandidate {
+    pub(super) id: String,
+    pub(super) score: f32,
+    pub(super) chunk: u64,
+}
+
+/// Cosine similarity (0 when either vector is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+impl Searcher<'_> {
+    /// The ids and scores of the `depth` best semantic notes under `filter`.
+    pub(super) fn semantic_candidates(
+        &self,
+        qv: &[f32],
+        depth: usize,
+        filter: &Filter,
+    ) -> Result<Vec<SemanticCandidate>> {
+        let store = &self.engine.store;
+        if !filter.is_empty() {
+            let (_, small) = self.engine.bm25.filter_ids(filter, self.exact_limit)?;
+            if let Some(ids) = small {
+                // Exact search over the few notes that pass.
+                let mut out = vec![];
+                for id in ids {
+                    if let Some((_, chunks)) = store.get_with_chunks(&id)? {
+                        if let Some((c, s)) = best_chunk(&chunks, qv) {
+                            out.push(SemanticCandidate {
+                                id,
+                                score: s,
+                                chunk: c.id,
+                            });
+                        }
+                    }
+                }
+                out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+                out.truncate(depth);
+                return Ok(out);
+            }
+        }
+        // A note scores by its best chunk, so the first `depth` distinct notes among the
+        // nearest chunks are exactly the top `depth` notes. Ask for up to twice as many chunks
+        // as notes (hnsw's cost grows with it), and deeper only if they fell on too few notes.
+        // Counts from the vector index's live set: the store's are O(n) scans in sled.
+        let vectors = &self.engine.vectors;
+        let chunks = vectors.len();
+        let notes = vectors.note_count().max(1);
+        let per_note = (chunks as f64 / notes as f64).ceil().clamp(1.0, 2.0) as usize;
+        let mut want = (depth * per_note + 16).min(chunks.max(1));
+        // Memoised per request: one store lookup per distinct note the graph visits.
+        let passes: std::cell::RefCell<HashMap<String, bool>> = Default::default();
+        let keep = |id: &str| -> bool {
+            if filter.is_empty() {
+                return true;
+            }
+            if let Some(&p) = passes.borrow().get(id) {
+                return p;
+            }
+            let p = store
+                .get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|n| note_passes(&n.note, filter));
+            passes.borrow_mut().insert(id.to_string(), p);
+            p
+        };
+        loop {
+            let hits = vectors.search(
+                qv,
+                want,
+                self.ef.max(want).max(MIN_EF),
+                if filter.is_empty() { None } else { Some(&keep) },
+            );
+            let mut best: Vec<SemanticCandidate> = vec![];
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for h in &hits {
+                match seen.get(&*h.note_id) {
+                    Some(&i) => {
+                        if h.score > best[i].score {
+                            best[i].score = h.score;
+                            best[i].chunk = h.chunk_id;
+                        }
+                    }
+                    None => {
+                        seen.insert(&h.note_id, best.len());
+                        best.push(SemanticCandidate {
+                            id: h.note_id.to_string(),
+                            score: h.score,
+                            chunk: h.chunk_id,
+                        });
+                    }
+                }
+            }
+            let exhausted = hits.len() < want || want >= chunks;
+            if best.len() >= depth || exhausted {
+                best.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+                best.truncate(depth);
+                return Ok(best);
+            }
+            want = (want * 2).min(chunks);
+        }
+    }
+}
+
+/// Whether a note's metadata passes a filter (the vector side's check on large filtered sets;
+/// the BM25 side filters inside tantivy with the same case-insensitive rules).
+pub fn note_passes(note: &crate::note::Note, f: &Filter) -> bool {
+    let eq = |want: &Option<String>, have: &Option<String>| match want {
+        None => true,
+        Some(w) => have
+            .as_deref()
+            .is_some_and(|h| h.trim().eq_ignore_ascii_case(w.trim())),
+    };
+    if !(eq(&f.note_type, &note.note_type)
+        && eq(&f.specialty, &note.specialty)
+        && eq(&f.patient_id, &note.patient_id))
+    {
+        return false;
+    }
+    if f.date_from.is_none() && f.date_to.is_none() {
+        return true;
+    }
+    let Some(d) = note.date_key() else {
+        return false;
+    };
+    let bound = |s: &Option<String>| s.as_deref().and_then(|v| crate::note::date_key(v).ok());
+    bound(&f.date_from).is_none_or(|lo| d >= lo) && bound(&f.date_to).is_none_or(|hi| d <= hi)
+}
+
+pub(super) fn best_chunk<'c>(chunks: &'c [Chunk], qv: &[f32]) -> Option<(&'c Chunk, f32)> {
+    chunks
+        .iter()
+        .map(|c| (c, cosine(&c.vector, qv)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_filters_are_case_insensitive_and_dates_inclusive() {
+        let mut n = crate::note::Note::new("a", "t");
+        n.specialty = Some("Cardiology".into());
+        n.date = Some("2024-03-05".into());
+        let f = Filter {
+            specialty: Some("cardiology".into()),
+            date_from: Some("2024-03-05".into()),
+            date_to: Some("2024-03-05".into()),
+            ..Default::default()
+        };
+        assert!(note_passes(&n, &f));
+        let f2 = Filter {
+            date_to: Some("2024-03-04".into()),
+            ..Default::default()
+        };
+        assert!(!note_passes(&n, &f2));
+    }
+}

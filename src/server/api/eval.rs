@@ -1,0 +1,219 @@
+//! Evaluation jobs over saved or uploaded query sets.
+
+use actix_web::web::{self};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalBody {
+    /// A query set stored in the data directory (`clinsearch eval --save-set NAME`).
+    set: Option<String>,
+    /// Queries: `[{"id", "text"}]`, or the text of a BEIR queries.jsonl / `qid<TAB>text` file.
+    queries: Option<Value>,
+    /// Judgments: `{"qid": {"docid": grade}}`, or the text of a BEIR qrels TSV / TREC qrels.
+    qrels: Option<Value>,
+    modes: Option<Vec<String>>,
+    ks: Option<Vec<usize>>,
+    fusion: Option<String>,
+    rrf_k: Option<f32>,
+    alpha: Option<f32>,
+    /// Reply with the report when done (200) instead of a job to poll (202).
+    #[serde(default)]
+    wait: bool,
+}
+
+fn eval_inputs(body: &EvalBody, data: &std::path::Path) -> Result<crate::eval::QuerySet, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_parameter", m);
+    if let Some(name) = &body.set {
+        if body.queries.is_some() || body.qrels.is_some() {
+            return Err(invalid("give either set or queries and qrels".into()));
+        }
+        return Ok(crate::eval::load_set(data, name)?);
+    }
+    let (Some(q), Some(r)) = (&body.queries, &body.qrels) else {
+        return Err(invalid("give set, or queries and qrels".into()));
+    };
+    let queries = match q {
+        Value::String(text) => crate::eval::parse_queries(text, std::path::Path::new("queries"))?,
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let id = v.get("id").or_else(|| v.get("_id")).and_then(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .or_else(|| x.as_i64().map(|n| n.to_string()))
+                });
+                let text = v.get("text").and_then(|x| x.as_str());
+                match (id, text) {
+                    (Some(id), Some(t)) => Ok((id, t.to_string())),
+                    _ => Err(invalid(format!("queries[{i}]: needs \"id\" and \"text\""))),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(invalid(
+                "queries: an array of {id, text} or the text of a queries file".into(),
+            ))
+        }
+    };
+    let qrels = match r {
+        Value::String(text) => crate::eval::parse_qrels(text, std::path::Path::new("qrels"))?,
+        Value::Object(map) => {
+            let mut out = std::collections::HashMap::new();
+            for (q, docs) in map {
+                let docs = docs
+                    .as_object()
+                    .ok_or_else(|| invalid(format!("qrels.{q}: an object of docid: grade")))?;
+                let mut j = std::collections::HashMap::new();
+                for (d, g) in docs {
+                    let g = g.as_i64().ok_or_else(|| {
+                        invalid(format!("qrels.{q}.{d}: the grade must be a whole number"))
+                    })?;
+                    j.insert(d.clone(), g as i32);
+                }
+                out.insert(q.clone(), j);
+            }
+            out
+        }
+        _ => {
+            return Err(invalid(
+                "qrels: an object {qid: {docid: grade}} or the text of a qrels file".into(),
+            ))
+        }
+    };
+    Ok(crate::eval::QuerySet::from_parts(queries, qrels)?)
+}
+
+/// `POST /api/eval`: evaluates a stored or posted query set; a job to poll, or the report.
+pub async fn eval_start(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    body: web::Json<EvalBody>,
+) -> ApiResult {
+    let body = body.into_inner();
+    let principal = caller.0.clone();
+    let principal_view = principal.clone();
+    let set = eval_inputs(&body, &state.engine.dir)?;
+    let invalid = |m: String| ApiError::bad_request("invalid_parameter", m);
+    let mut opts = crate::eval::EvalOptions::default();
+    if let Some(m) = &body.modes {
+        opts.modes =
+            crate::eval::parse_modes(&m.join(",")).map_err(|e| invalid(format!("modes: {e}")))?;
+    }
+    if let Some(ks) = &body.ks {
+        let text: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+        opts.ks =
+            crate::eval::parse_ks(&text.join(",")).map_err(|e| invalid(format!("ks: {e}")))?;
+    }
+    opts.fusion = match body.fusion.as_deref().unwrap_or("rrf") {
+        "rrf" => {
+            let k = body.rrf_k.unwrap_or(60.0);
+            if !(k.is_finite() && k > 0.0) {
+                return Err(invalid("rrf_k: must be above 0".into()));
+            }
+            crate::search::Fusion::Rrf { k }
+        }
+        "weighted" => {
+            let a = body.alpha.unwrap_or(0.5);
+            if !(0.0..=1.0).contains(&a) {
+                return Err(invalid("alpha: must be between 0 and 1".into()));
+            }
+            crate::search::Fusion::Weighted { alpha: a }
+        }
+        other => {
+            return Err(invalid(format!(
+                "fusion: unknown {other:?}: use rrf or weighted"
+            )))
+        }
+    };
+    opts.ef = state.config.ef_search;
+    // A restricted key evaluates over the notes it may see, as if the others did not exist.
+    opts.restrict = principal.restrict.clone();
+    let st = state.clone();
+    let total = set.queries.len();
+    let run = move |done: &std::sync::atomic::AtomicUsize| -> Result<Value, Error> {
+        let enc = st.encoder.clone();
+        let embed = move |t: &[&str]| enc.embed(t);
+        let (report, _) = crate::eval::evaluate(&st.engine, &embed, &set, &opts, &|d, _| {
+            done.store(d, std::sync::atomic::Ordering::SeqCst)
+        })?;
+        let mut v = serde_json::to_value(&report).map_err(|e| Error::Index(e.to_string()))?;
+        // Titles of every note the report names, for the UI.
+        let mut titles = serde_json::Map::new();
+        for q in &report.per_query {
+            let docs = q
+                .relevant
+                .iter()
+                .map(|(d, _)| d)
+                .chain(q.modes.values().flat_map(|m| m.top.iter().map(|(d, _)| d)));
+            for d in docs {
+                if !titles.contains_key(d) {
+                    // Notes outside the key's view are not named (no title, as if absent).
+                    let title = st
+                        .engine
+                        .store
+                        .get(d)?
+                        .filter(|n| principal_view.may_see(&n.note))
+                        .map(|n| n.note.title.unwrap_or_else(|| d.clone()));
+                    titles.insert(d.clone(), json!(title));
+                }
+            }
+        }
+        v["titles"] = Value::Object(titles);
+        Ok(v)
+    };
+    let slot = state.evals.reserve(&principal.name, &state.config.limits)?;
+    if body.wait {
+        let report = web::block(move || {
+            let _slot = slot;
+            run(&std::sync::atomic::AtomicUsize::new(0))
+        })
+        .await??;
+        disclose_report(&http, &report);
+        return Ok(HttpResponse::Ok().json(report));
+    }
+    let id = state.evals.start(slot, total, run)?;
+    Ok(HttpResponse::Accepted().json(state.evals.status(&id)))
+}
+
+/// Every note an evaluation report names (its rankings and judged notes).
+fn disclose_report(http: &HttpRequest, report: &Value) {
+    if let Some(titles) = report["titles"].as_object() {
+        for id in titles.keys() {
+            disclose(http, id, None);
+        }
+    }
+}
+
+pub async fn eval_status(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    job: web::Path<String>,
+) -> ApiResult {
+    match state
+        .evals
+        .status(&job)
+        .filter(|v| sees_all(&caller) || v["owner"] == caller.0.name.as_str())
+    {
+        Some(v) => {
+            disclose_report(&http, &v["report"]);
+            Ok(HttpResponse::Ok().json(v))
+        }
+        None => Err(ApiError::not_found("no evaluation job with this id")),
+    }
+}
+
+pub async fn eval_sets(state: State) -> ApiResult {
+    let sets: Vec<Value> = crate::eval::list_sets(&state.engine.dir)
+        .into_iter()
+        .map(|(name, n)| json!({"name": name, "queries": n}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "sets": sets })))
+}

@@ -1,0 +1,83 @@
+//! The JSON API, one file per resource: `status` (health, stats, facets, the OpenAPI
+//! description, metrics), `search`, `documents`, `models` (embed, fill-mask, classify),
+//! `ingest` (upload jobs) and `eval` (evaluation jobs). Routes and their permissions are in
+//! [`super::routes`]. Handlers validate, then hand blocking work (sled, tantivy, candle) to
+//! the blocking pool; query embeddings go through the batching worker.
+//! The OpenAPI description (`openapi.json`) documents every route registered here; a test
+//! keeps the two in step.
+
+mod documents;
+mod eval;
+mod ingest;
+mod models;
+mod search;
+mod status;
+
+pub use documents::*;
+pub use eval::*;
+pub use ingest::*;
+pub use models::*;
+pub use search::*;
+pub use status::*;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self};
+use actix_web::HttpResponse;
+
+use super::routes::Caller;
+use super::{disclose, disclose_query, ApiError, AppState};
+use crate::error::Error;
+use crate::index::Filter;
+use crate::ingest::source::note_from_json;
+use crate::note::Note;
+use crate::search::{SearchRequest, SearchResponse, Searcher};
+
+type ApiResult = Result<HttpResponse, ApiError>;
+type State = web::Data<AppState>;
+
+/// Most notes in one `POST /api/documents` (larger loads go through `/api/ingest`).
+pub const MAX_NOTES_PER_REQUEST: usize = 1000;
+/// Most texts in one `POST /api/embed`.
+pub const MAX_EMBED_TEXTS: usize = 256;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The JSON extractor's failures in the API's error shape.
+pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError as J;
+    match e {
+        J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::too_large(limit),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        J::Deserialize(d) => {
+            ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}"))
+        }
+        other => ApiError::bad_request("invalid_json", other.to_string()),
+    }
+}
+
+/// Refuses a request whose texts would take more model windows than the configuration allows.
+fn check_windows(state: &State, windows: usize) -> Result<(), ApiError> {
+    let max = state.config.limits.max_windows_per_request;
+    if windows > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_windows",
+            format!(
+                "these texts make {windows} windows of the model; one request may ask for at most {max} (split it, or use /api/ingest for files)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Jobs are their owner's; admins see everyone's.
+fn sees_all(caller: &Caller) -> bool {
+    caller.0.role == crate::auth::Role::Admin
+}

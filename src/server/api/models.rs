@@ -1,0 +1,163 @@
+//! The model endpoints: embeddings, fill-mask and classification.
+
+use actix_web::web::{self};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedBody {
+    texts: Vec<String>,
+    /// One vector per overlapping window instead of one per text.
+    #[serde(default)]
+    windows: bool,
+}
+
+pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) -> ApiResult {
+    let EmbedBody { texts, windows } = body.into_inner();
+    disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
+    if texts.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "texts: give at least one text",
+        ));
+    }
+    if texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: at most {MAX_EMBED_TEXTS} per request"),
+        ));
+    }
+    if windows {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        check_windows(&state, state.encoder.count_windows(&refs)?)?;
+    }
+    let st = state.clone();
+    let out = web::block(move || -> Result<Value, Error> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let info = st.encoder.info();
+        let mut v = json!({ "model": info.id, "dim": st.encoder.dim(), "pooling": info.pooling, "normalized": info.normalize });
+        if windows {
+            v["windows"] = serde_json::to_value(st.encoder.embed_windows(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+        } else {
+            v["embeddings"] = serde_json::to_value(st.encoder.embed(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+        }
+        Ok(v)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FillMaskBody {
+    text: String,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+pub async fn fill_mask(
+    state: State,
+    http: HttpRequest,
+    body: web::Json<FillMaskBody>,
+) -> ApiResult {
+    if !state.encoder.has_mlm_head() {
+        return Err(ApiError::bad_request(
+            "no_mlm_head",
+            format!(
+                "the model {} has no masked-language-model head: serve a checkpoint with one (e.g. a BertForMaskedLM) to use fill-mask",
+                state.encoder.info().id
+            ),
+        ));
+    }
+    let FillMaskBody { text, top_k } = body.into_inner();
+    disclose_query(&http, &text);
+    if !(1..=100).contains(&top_k) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "top_k: must be between 1 and 100",
+        ));
+    }
+    if text.len() > 100_000 {
+        return Err(ApiError::bad_request("invalid_parameter", "text: too long"));
+    }
+    let st = state.clone();
+    let masks = web::block(move || st.encoder.fill_mask(&text, top_k)).await??;
+    Ok(HttpResponse::Ok().json(json!({ "model": state.encoder.info().id, "masks": masks })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyBody {
+    /// One text, or several with `texts`.
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+    #[serde(default = "default_classify_top_k")]
+    top_k: usize,
+}
+
+fn default_classify_top_k() -> usize {
+    3
+}
+
+/// `POST /api/classify`: the configured fine-tuned classifier's labels for one or more texts.
+pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyBody>) -> ApiResult {
+    let Some(clf) = state.classifier.clone() else {
+        return Err(ApiError::bad_request(
+            "no_classifier",
+            "no classifier is configured: fine-tune one with `clinsearch finetune classify` and serve it with --classifier DIR",
+        ));
+    };
+    let ClassifyBody { text, texts, top_k } = body.into_inner();
+    match (&text, &texts) {
+        (Some(t), _) => disclose_query(&http, t),
+        (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
+        _ => {}
+    }
+    let texts = match (text, texts) {
+        (Some(t), None) => vec![t],
+        (None, Some(ts)) => ts,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "text: give exactly one of text or texts",
+            ))
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: give between 1 and {MAX_EMBED_TEXTS} texts"),
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: text {} is empty", i + 1),
+        ));
+    }
+    if !(1..=100).contains(&top_k) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "top_k: must be between 1 and 100",
+        ));
+    }
+    let c = clf.clone();
+    let preds = web::block(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        c.predict(&refs, top_k)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(json!({
+        "model": clf.dir,
+        "labels": clf.labels,
+        "predictions": preds,
+    })))
+}
