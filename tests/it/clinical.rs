@@ -293,3 +293,32 @@ fn a_user_abbreviation_file_replaces_entries_and_a_bad_one_stops_the_start() {
             .to_string();
     assert!(missing.contains("none.tsv"), "{missing}");
 }
+
+/// The annotator on the hand-labelled MTSamples development set (method in the fixture's
+/// header). Published anchor: GenNegEx 1.2 on its own test set, accuracy 97.7% and
+/// negated-class F1 0.946 (Chapman et al.).
+#[test]
+fn assertion_status_on_the_judged_mtsamples_sentences() {
+    use clinsearch::clinical::assertion::{evaluate, read_pairs};
+    let path = crate::common::fixture("assertion_dev.tsv");
+    let pairs = read_pairs(
+        &std::fs::read_to_string(&path).unwrap(),
+        "assertion_dev.tsv",
+    )
+    .unwrap();
+    assert!(pairs.len() >= 300, "{} pairs", pairs.len());
+    let e = evaluate(&pairs);
+    for c in &e.classes {
+        eprintln!(
+            "{:<13} support {:>3}  P {:.3}  R {:.3}  F1 {:.3}",
+            c.status, c.support, c.precision, c.recall, c.f1
+        );
+    }
+    eprintln!("accuracy {:.3} over {} pairs", e.accuracy, e.pairs);
+    for (gold, got, sentence, concept) in &e.errors {
+        eprintln!("  gold {gold:<12} got {got:<12} [{concept}] {sentence}");
+    }
+    let negated = e.classes.iter().find(|c| c.status == "negated").unwrap();
+    assert!(negated.f1 >= 0.946, "negated F1 {:.3}", negated.f1);
+    assert!(e.accuracy >= 0.90, "accuracy {:.3}", e.accuracy);
+}
