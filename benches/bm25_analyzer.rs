@@ -60,11 +60,7 @@ fn main() {
         for chunk in notes.chunks(1000) {
             let batch: Vec<EmbeddedNote> = chunk
                 .iter()
-                .map(|n| EmbeddedNote {
-                    note: n.clone(),
-                    windows: vec![],
-                    windows_capped: false,
-                })
+                .map(|n| EmbeddedNote::new(n.clone(), vec![]))
                 .collect();
             store.apply(&batch, &[]).unwrap();
         }

@@ -13,6 +13,7 @@ each note is about, the relevance judgments follow from it:
 import json
 import os
 import random
+import re
 
 R = random.Random(20261125)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample_corpus")
@@ -346,6 +347,36 @@ def main():
         ("middle cerebral artery", containing("MCA")),
         ("white blood cell count", containing("WBC")),
     ]
+    # Negation-sensitive queries: relevant are the notes that affirm the finding; the notes
+    # that only deny it (the review-of-systems denials and the negative imaging findings the
+    # templates write) or give it as a PRN indication are judged not relevant (grade 0).
+    not_affirmed = ["Denies chest pain", "Denies shortness of breath", "No SOB or orthopnea", "Denies fever or chills",
+                    "No nausea or vomiting", "Denies abdominal pain", "No headache or focal weakness", "Denies dysuria",
+                    "No melena or hematochezia", "no pleural effusion", "no focal consolidation", "no hydronephrosis",
+                    "no neoplasm", "no tumor", "no active bleeding", "without distant metastases", "PRN nausea", "PRN pain",
+                    "PRN seizure"]
+
+    def affirming(term):
+        rel = {}
+        for n in notes:
+            full = (n["title"] or "") + "\n" + n["text"]
+            kept = full
+            for p_ in not_affirmed:
+                kept = re.sub(re.escape(p_), " ", kept, flags=re.I)
+            if term.lower() in kept.lower():
+                rel[n["id"]] = 2
+            elif term.lower() in full.lower():
+                rel[n["id"]] = 0
+        return rel
+
+    negation_queries = [
+        ("chest pain", affirming("chest pain")),
+        ("fever", affirming("fever")),
+        ("fever and chills", affirming("fever")),
+        ("weakness", affirming("weakness")),
+        ("melena", affirming("melena")),
+        ("consolidation", affirming("consolidation")),
+    ]
     with open(os.path.join(OUT, "notes.jsonl"), "w") as f:
         for n in notes:
             f.write(json.dumps({k: v for k, v in n.items() if not k.startswith("_")}) + "\n")
@@ -362,6 +393,14 @@ def main():
         for qi, (text, rel) in enumerate(abbrev_queries):
             assert rel, f"query {text!r} has no relevant note"
             qid = f"a{qi + 1:02d}"
+            fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
+            for doc, g in sorted(rel.items()):
+                fr.write(f"{qid}\t{doc}\t{g}\n")
+    with open(os.path.join(OUT, "queries_negation.jsonl"), "w") as fq, open(os.path.join(OUT, "qrels_negation.tsv"), "w") as fr:
+        fr.write("query-id\tcorpus-id\tscore\n")
+        for qi, (text, rel) in enumerate(negation_queries):
+            assert any(g > 0 for g in rel.values()), f"query {text!r} has no relevant note"
+            qid = f"n{qi + 1:02d}"
             fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
             for doc, g in sorted(rel.items()):
                 fr.write(f"{qid}\t{doc}\t{g}\n")

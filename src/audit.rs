@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "embed",
     "fill_mask",
     "classify",
+    "annotate",
     "eval",
     "export",
     "audit",

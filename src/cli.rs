@@ -145,6 +145,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli_train::FinetuneCommand,
     },
+    /// Assertion status of clinical text: negated, possible, historical, family and
+    /// hypothetical scopes, with their triggers.
+    Annotate(crate::cli_clinical::AnnotateArgs),
     /// Classify texts with a model made by `finetune classify`; prints JSON.
     Classify {
         /// The fine-tuned classification folder (or Hub id).
@@ -232,6 +235,13 @@ pub struct EvalArgs {
     /// (false: the dictionary's frequencies alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub sense_context: bool,
+    /// Which mentions count: any, or affirmed (not negated, possible, hypothetical or about
+    /// the family).
+    #[arg(long, default_value = "any")]
+    pub assertion: String,
+    /// With --assertion affirmed, demote semantic hits matched in negated or family sentences.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub demote_unaffirmed: bool,
 }
 
 impl EvalArgs {
@@ -249,6 +259,12 @@ impl EvalArgs {
             expand: self.expand,
             expansion_weight: self.expansion_weight,
             sense_context: self.sense_context,
+            assertion: match self.assertion.as_str() {
+                "any" => crate::search::Assertion::Any,
+                "affirmed" => crate::search::Assertion::Affirmed,
+                other => anyhow::bail!("--assertion {other:?}: use any or affirmed"),
+            },
+            demote_unaffirmed: self.demote_unaffirmed,
             abbreviations: Some(crate::clinical::abbrev::Dictionary::load(
                 self.abbreviations.as_deref(),
             )?),
@@ -629,7 +645,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 let s = &report.stages;
                 eprintln!(
-                    "ingested {} notes ({} chunks) in {:.1}s: {:.1} notes/s, {:.1} chunks/s; stages (s): parse {:.2}, embed {:.2}, sled {:.2}, tantivy {:.2}, hnsw {:.2}{}",
+                    "ingested {} notes ({} chunks) in {:.1}s: {:.1} notes/s, {:.1} chunks/s; stages (s): parse {:.2}, embed {:.2} (of which assertions {:.2}), sled {:.2}, tantivy {:.2}, hnsw {:.2}{}",
                     report.notes,
                     report.chunks,
                     report.seconds,
@@ -637,6 +653,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     report.chunks as f64 / report.seconds.max(1e-9),
                     s.parse,
                     s.embed,
+                    s.annotate,
                     s.sled,
                     s.tantivy,
                     s.hnsw,
@@ -766,6 +783,14 @@ pub fn run(cli: Cli) -> Result<()> {
                     "predictions": preds,
                 }))?
             );
+        }
+        Command::Annotate(mut args) => {
+            let texts = if args.eval.is_some() {
+                vec![]
+            } else {
+                read_texts(std::mem::take(&mut args.texts))?
+            };
+            crate::cli_clinical::run(args, texts)?
         }
         Command::Keys { command } => crate::cli_access::keys(command)?,
         Command::Audit(args) => crate::cli_access::audit(args)?,

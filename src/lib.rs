@@ -20,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 mod cli_access;
+mod cli_clinical;
 mod cli_train;
 pub mod clinical;
 pub mod config;

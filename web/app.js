@@ -168,7 +168,7 @@ function fmt(x, digits = 3) {
 /** The parameters that say how a query was read, carried from a search to its notes. */
 function queryParams(params) {
   const out = {};
-  for (const k of ["q", "syntax", "expand", "expand_skip"]) if (params.get(k)) out[k] = params.get(k);
+  for (const k of ["q", "syntax", "expand", "expand_skip", "assertion"]) if (params.get(k)) out[k] = params.get(k);
   return out;
 }
 
@@ -187,6 +187,7 @@ function hitCard(hit, mode, counts, qp) {
       el("span", { class: "rank" }, hit.rank + "."),
       el("a", { class: "title", href: link }, hit.title || hit.id),
       n > 1 ? el("span", { class: `badge in-${n}`, title: `found by ${n} of the 3 rankings` }, n === 3 ? "in all 3" : "in 2") : null,
+      hit.assertion ? el("span", { class: `badge assertion ${hit.assertion}`, title: `the snippet's matches are ${hit.assertion} mentions` }, hit.assertion) : null,
     ),
     meta.length ? el("div", { class: "meta" }, meta.map((m) => el("span", { class: "badge" }, m))) : null,
     scores,
@@ -249,6 +250,8 @@ async function searchPage(main, params) {
         el("input", { type: "checkbox", id: "syntax-advanced", name: "syntax", value: "advanced", checked: f("syntax") === "advanced" }), "Advanced syntax"),
       el("label", { class: "check", title: "Also search abbreviations' expansions (SOB: shortness of breath) and long forms' abbreviations" },
         el("input", { type: "checkbox", id: "expand", checked: f("expand") !== "false" }), "Expand abbreviations"),
+      el("label", { class: "check", title: "Leave out negated, possible, hypothetical and family mentions (\"denies chest pain\", \"mother had breast cancer\")" },
+        el("input", { type: "checkbox", id: "affirmed", name: "assertion", value: "affirmed", checked: f("assertion") === "affirmed" }), "Affirmed mentions only"),
     ),
   );
   const out = el("div", { id: "results", "aria-live": "polite" });
@@ -281,7 +284,7 @@ async function searchPage(main, params) {
     return;
   }
   const body = { q, mode: view === "fused" ? "hybrid" : "compare" };
-  for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k", "syntax", "expand", "expand_skip"]) if (f(k)) body[k] = f(k);
+  for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k", "syntax", "expand", "expand_skip", "assertion"]) if (f(k)) body[k] = f(k);
   const qp = queryParams(params);
   out.append(el("p", { class: "summary" }, "Searching…"));
   let res;
@@ -319,12 +322,15 @@ async function searchPage(main, params) {
 // ---------------------------------------------------------------------------------------
 // Note page
 
-/** Renders text with character spans: `best` (a chunk) as a block, `terms` as marks. */
-function markedText(text, best, terms) {
+/** Renders text with character spans: `best` (a chunk) as a block, `terms` as marks, and
+ * the scopes of negated and family mentions muted with their triggers in bold. */
+function markedText(text, best, terms, assertions) {
   const chars = Array.from(text);
   const cuts = new Set([0, chars.length]);
   if (best) { cuts.add(best[0]); cuts.add(best[1]); }
   for (const [a, b] of terms) { cuts.add(a); cuts.add(b); }
+  const scopes = (assertions || []).filter((x) => x.status === "negated" || x.status === "family");
+  for (const x of scopes) { cuts.add(x.start); cuts.add(x.end); cuts.add(x.trigger.start); cuts.add(x.trigger.end); }
   const points = [...cuts].filter((x) => x >= 0 && x <= chars.length).sort((a, b) => a - b);
   const out = [];
   for (let i = 0; i + 1 < points.length; i++) {
@@ -333,6 +339,10 @@ function markedText(text, best, terms) {
     const inTerm = terms.some(([s, e]) => a >= s && b <= e);
     const inBest = best && a >= best[0] && b <= best[1];
     let node = inTerm ? el("mark", {}, piece) : document.createTextNode(piece);
+    const scope = scopes.find((x) => a >= x.start && b <= x.end);
+    const trigger = scopes.find((x) => a >= x.trigger.start && b <= x.trigger.end);
+    if (trigger) node = el("b", { class: "trigger " + trigger.status, title: `${trigger.status} trigger` }, node);
+    if (scope) node = el("span", { class: "scope " + scope.status, title: `${scope.status} (trigger: ${scope.trigger.text})` }, node);
     if (inBest) node = el("span", { class: "chunk-best" }, node);
     out.push(node);
   }
@@ -346,14 +356,14 @@ async function notePage(main, params, id) {
   const n = data.note;
   const bestChunk = data.chunks.find((c) => c.index === data.best_chunk);
   const best = bestChunk ? [bestChunk.char_start, bestChunk.char_end] : null;
-  const textBox = el("div", { class: "note-text", id: "note-text" }, markedText(n.text, best, data.terms || []));
+  const textBox = el("div", { class: "note-text", id: "note-text" }, markedText(n.text, best, data.terms || [], data.assertions));
   const kv = el("dl", { class: "kv" });
   for (const [k, v] of [["id", n.id], ["patient", n.patient_id], ["type", n.note_type], ["specialty", n.specialty], ["date", n.date]].concat(Object.entries(n.extra || {}))) {
     if (v) kv.append(el("dt", {}, k), el("dd", {}, v));
   }
   const chunks = el("div", { class: "chunks" }, data.chunks.map((c) =>
     el("button", { type: "button", class: c.index === data.best_chunk ? "best" : "", onclick: () => {
-      textBox.replaceChildren(...markedText(n.text, [c.char_start, c.char_end], data.terms || []));
+      textBox.replaceChildren(...markedText(n.text, [c.char_start, c.char_end], data.terms || [], data.assertions));
       const mark = textBox.querySelector(".chunk-best");
       if (mark) mark.scrollIntoView({ block: "center" });
     } }, `Chunk ${c.index + 1}: chars ${c.char_start}–${c.char_end}`, c.score !== null && c.score !== undefined ? ` · cos ${c.score.toFixed(3)}` : "")));
@@ -659,7 +669,7 @@ async function auditPage(main, params) {
   main.append(el("h1", {}, "Access audit"));
   const field = (name, label, placeholder) => el("label", {}, label, el("input", { id: "audit-" + name, name, value: params.get(name) || "", placeholder }));
   const action = el("select", { id: "audit-action", name: "action" }, el("option", { value: "" }, "any"),
-    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
+    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
   const form = el("form", { class: "panel", id: "audit-form" },
     el("p", { class: "summary" }, "Every request that touched patient data, newest last: who (the key's name), when (UTC), what action, which notes and patients. Query text is recorded as its SHA-256 unless the server is configured to keep it."),
     el("div", { class: "filters" }, field("patient", "Patient", "P1037"), field("principal", "Principal", "alice"), field("note", "Note", "P1037-07"),

@@ -19,7 +19,9 @@
 use serde::Serialize;
 
 /// The status a scope gives what it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Said to be absent: "denies chest pain", "no evidence of pneumonia".
@@ -301,6 +303,9 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("to prevent", Kind::Trigger(Hypothetical, Pre)),
     ("prevention of", Kind::Trigger(Hypothetical, Pre)),
     ("prophylaxis", Kind::Trigger(Hypothetical, Post)),
+    ("prn", Kind::Trigger(Hypothetical, Pre)),
+    ("as needed for", Kind::Trigger(Hypothetical, Pre)),
+    ("as needed", Kind::Trigger(Hypothetical, Pre)),
     ("risks", Kind::Trigger(Hypothetical, Pre)),
     ("risks are", Kind::Trigger(Hypothetical, Pre)),
     ("risk for", Kind::Trigger(Hypothetical, Pre)),
@@ -392,6 +397,10 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("whereas", Kind::Termination),
     ("which", Kind::Termination),
     ("presents with", Kind::Termination),
+    ("presents", Kind::Termination),
+    ("presented", Kind::Termination),
+    ("presenting", Kind::Termination),
+    ("complaints of", Kind::Termination),
     ("presented with", Kind::Termination),
     ("presenting with", Kind::Termination),
     ("complains of", Kind::Termination),

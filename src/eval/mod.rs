@@ -253,6 +253,11 @@ pub struct EvalOptions {
     pub expansion_weight: f32,
     /// Choose among senses with the collection's co-occurrences (see `Searcher`).
     pub sense_context: bool,
+    /// Every mention, or affirmed mentions only.
+    pub assertion: crate::search::Assertion,
+    /// With affirmed mentions only, demote semantic hits matched in negated or family
+    /// sentences.
+    pub demote_unaffirmed: bool,
     /// The abbreviation dictionary (the shipped one when None).
     pub abbreviations: Option<std::sync::Arc<crate::clinical::abbrev::Dictionary>>,
 }
@@ -268,6 +273,8 @@ impl Default for EvalOptions {
             expand: true,
             expansion_weight: crate::search::EXPANSION_WEIGHT,
             sense_context: true,
+            assertion: crate::search::Assertion::Any,
+            demote_unaffirmed: true,
             abbreviations: None,
         }
     }
@@ -344,6 +351,7 @@ pub fn evaluate(
     searcher.ef = opts.ef;
     searcher.expansion_weight = opts.expansion_weight;
     searcher.sense_context = opts.sense_context;
+    searcher.demote_unaffirmed = opts.demote_unaffirmed;
     if let Some(d) = &opts.abbreviations {
         searcher.abbreviations = d.clone();
     }
@@ -358,6 +366,7 @@ pub fn evaluate(
         req.fusion = opts.fusion;
         req.details = false;
         req.expand = opts.expand;
+        req.assertion = opts.assertion;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

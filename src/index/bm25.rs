@@ -40,6 +40,9 @@ struct Fields {
     id: Field,
     title: Field,
     text: Field,
+    /// The text with negated, possible, hypothetical and family scopes blanked
+    /// ([`crate::clinical::assertion::affirmed_view`]): searched for affirmed mentions only.
+    affirmed: Field,
     patient_id: Field,
     note_type: Field,
     specialty: Field,
@@ -75,7 +78,8 @@ fn schema(stem: bool) -> Schema {
     );
     b.add_text_field("id", STRING | STORED);
     b.add_text_field("title", text_opts.clone());
-    b.add_text_field("text", text_opts);
+    b.add_text_field("text", text_opts.clone());
+    b.add_text_field("affirmed", text_opts);
     b.add_text_field("patient_id", STRING);
     b.add_text_field("note_type", STRING);
     b.add_text_field("specialty", STRING);
@@ -88,11 +92,31 @@ impl Bm25Index {
     /// A corrupt index is an error; the caller rebuilds it from the store.
     pub fn open(dir: &Path, stem: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let index = if dir.join("meta.json").exists() {
+        let mut index = if dir.join("meta.json").exists() {
             Index::open_in_dir(dir)?
         } else {
             Index::create_in_dir(dir, schema(stem))?
         };
+        if index.schema().get_field("affirmed").is_err() {
+            // An index made before the affirmed field: made again with the stemming it had
+            // (its applied sequence starts at 0, so the engine refills it from the store).
+            let stemmed = index
+                .schema()
+                .get_field("text")
+                .ok()
+                .and_then(|f| match index.schema().get_field_entry(f).field_type() {
+                    tantivy::schema::FieldType::Str(o) => o
+                        .get_indexing_options()
+                        .map(|i| i.tokenizer() == ANALYZER_STEM),
+                    _ => None,
+                })
+                .unwrap_or(stem);
+            drop(index);
+            tracing::info!("BM25 index without the affirmed field: rebuilding it");
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            index = Index::create_in_dir(dir, schema(stemmed))?;
+        }
         index.tokenizers().register(ANALYZER_PLAIN, analyzer(false));
         index.tokenizers().register(ANALYZER_STEM, analyzer(true));
         let s = index.schema();
@@ -104,6 +128,7 @@ impl Bm25Index {
             id: field("id")?,
             title: field("title")?,
             text: field("text")?,
+            affirmed: field("affirmed")?,
             patient_id: field("patient_id")?,
             note_type: field("note_type")?,
             specialty: field("specialty")?,
@@ -158,7 +183,7 @@ impl Bm25Index {
             w.delete_term(Term::from_field_text(self.f.id, id));
             if let Op::Upsert(_) = op {
                 if let Some(stored) = store.get(id)? {
-                    w.add_document(self.document(&stored.note))?;
+                    w.add_document(self.document(&stored))?;
                 }
             }
         }
@@ -171,7 +196,7 @@ impl Bm25Index {
         let w = self.lock_writer()?;
         w.delete_all_documents()?;
         for stored in store.notes() {
-            w.add_document(self.document(&stored?.note))?;
+            w.add_document(self.document(&stored?))?;
         }
         self.commit(w, store.last_seq()?)
     }
@@ -209,8 +234,14 @@ impl Bm25Index {
     }
 
     /// The tantivy document of a note; metadata lowercased so filters match any case.
-    fn document(&self, n: &crate::note::Note) -> TantivyDocument {
-        let mut d = doc!(self.f.id => n.id.clone(), self.f.text => n.text.clone());
+    fn document(&self, stored: &crate::store::StoredNote) -> TantivyDocument {
+        let n = &stored.note;
+        let affirmed = crate::clinical::assertion::affirmed_view(&n.text, &stored.annotation());
+        let mut d = doc!(
+            self.f.id => n.id.clone(),
+            self.f.text => n.text.clone(),
+            self.f.affirmed => affirmed,
+        );
         if let Some(t) = &n.title {
             d.add_text(self.f.title, t);
         }
@@ -286,10 +317,15 @@ impl Bm25Index {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![];
         let (mut used, mut dropped) = (0usize, 0usize);
         for c in &query.clauses {
+            let body = if query.affirmed_only {
+                self.f.affirmed
+            } else {
+                self.f.text
+            };
             let fields: Vec<Field> = match c.fields {
-                q::Fields::Both => vec![self.f.title, self.f.text],
+                q::Fields::Both => vec![self.f.title, body],
                 q::Fields::Title => vec![self.f.title],
-                q::Fields::Text => vec![self.f.text],
+                q::Fields::Text => vec![body],
             };
             let mut tokens = self.analyse(&c.text)?;
             let room = MAX_QUERY_TERMS.saturating_sub(used);
@@ -481,6 +517,8 @@ impl Bm25Index {
     /// generator reads term statistics: once per request is enough). It marks what was
     /// searched (expansions included), never the excluded words.
     pub fn snippets(&self, query: &TextQuery, max_chars: usize) -> Result<Snippets> {
+        // Terms of the text field (the snippet is cut from the text), whichever view was
+        // searched.
         let positive = TextQuery {
             clauses: query
                 .clauses
@@ -488,6 +526,7 @@ impl Bm25Index {
                 .filter(|c| c.occur != q::Occur::MustNot)
                 .cloned()
                 .collect(),
+            affirmed_only: false,
         };
         let q = self.build(&positive)?.query;
         let searcher = self.reader.searcher();

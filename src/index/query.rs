@@ -92,6 +92,9 @@ impl Clause {
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct TextQuery {
     pub clauses: Vec<Clause>,
+    /// Search the note text's affirmed view (negated, possible, hypothetical and family
+    /// mentions blanked) instead of the whole text; titles are searched as they are.
+    pub affirmed_only: bool,
 }
 
 impl TextQuery {
@@ -99,6 +102,7 @@ impl TextQuery {
     pub fn plain(text: &str) -> TextQuery {
         TextQuery {
             clauses: vec![Clause::words(text)],
+            affirmed_only: false,
         }
     }
 
@@ -246,7 +250,10 @@ pub fn parse_advanced(text: &str) -> Result<TextQuery, SyntaxError> {
             "the query only excludes: add a word to search for".into(),
         ));
     }
-    Ok(TextQuery { clauses })
+    Ok(TextQuery {
+        clauses,
+        affirmed_only: false,
+    })
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub enum Outcome {
 pub struct Prepared {
     pub notes: Vec<EmbeddedNote>,
     pub outcomes: Vec<Outcome>,
+    /// Seconds spent finding the notes' assertion scopes (part of step 2).
+    pub annotate_secs: f64,
 }
 
 impl Prepared {
@@ -169,10 +171,14 @@ pub fn prepare(encoder: &Encoder, items: Vec<Item>) -> Result<Prepared> {
     let notes: Vec<&Note> = valid.iter().map(|(_, r)| &r.note).collect();
     let windows = embed_notes(encoder, &notes)?;
     let mut ready = Vec::with_capacity(valid.len());
+    let mut annotate_secs = 0.0;
     for ((i, rec), w) in valid.into_iter().zip(windows) {
         outcomes[i] = Some(match w {
             Ok(windows) => {
+                // `new` annotates the text (assertion scopes), the only work it does.
+                let t = std::time::Instant::now();
                 let e = EmbeddedNote::new(rec.note, windows);
+                annotate_secs += t.elapsed().as_secs_f64();
                 let o = Outcome::Stored {
                     id: e.note.id.clone(),
                     chunks: e.windows.len(),
@@ -188,6 +194,7 @@ pub fn prepare(encoder: &Encoder, items: Vec<Item>) -> Result<Prepared> {
         });
     }
     Ok(Prepared {
+        annotate_secs,
         notes: ready,
         outcomes: outcomes
             .into_iter()

@@ -59,6 +59,8 @@ impl Default for IngestOptions {
 pub struct StageTimes {
     pub parse: f64,
     pub embed: f64,
+    /// Assertion scopes of each note (inside `embed`: the same thread).
+    pub annotate: f64,
     pub sled: f64,
     pub tantivy: f64,
     pub hnsw: f64,
@@ -199,6 +201,7 @@ pub fn run(
                     report.stages.sled += times.store.as_secs_f64();
                     report.stages.tantivy += times.bm25.as_secs_f64();
                     report.stages.hnsw += times.vectors.as_secs_f64();
+                    report.stages.annotate += batch.annotate_secs;
                     report.notes += batch.notes.len();
                     report.chunks += batch.notes.iter().map(|n| n.windows.len()).sum::<usize>();
                     report.capped += batch.notes.iter().filter(|n| n.windows_capped).count();

@@ -21,7 +21,7 @@ mod retrieve;
 pub mod rrf;
 pub mod score_fusion;
 
-pub use params::{Fusion, GroupBy, Mode, ParamError, SearchRequest};
+pub use params::{Assertion, Fusion, GroupBy, Mode, ParamError, SearchRequest};
 pub use present::segments;
 pub use response::{
     AppliedExpansion, ChunkMatch, Group, Hit, Ranking, SearchResponse, Segment, Signal, Timings,
@@ -86,6 +86,9 @@ pub struct Searcher<'a> {
     /// abbreviation itself) choose among an ambiguous abbreviation's senses; false: the
     /// dictionary's frequencies alone.
     pub sense_context: bool,
+    /// With `assertion=affirmed`, demote semantic hits matched in a negated or family
+    /// sentence (false: BM25's affirmed view only; for measuring the demotion).
+    pub demote_unaffirmed: bool,
     /// hnsw search breadth (raised to the number of chunks asked for).
     pub ef: usize,
     /// Filtered sets of at most this many notes are searched exactly on the vector side.
@@ -105,6 +108,7 @@ impl<'a> Searcher<'a> {
             abbreviations: crate::clinical::abbrev::Dictionary::builtin(),
             expansion_weight: EXPANSION_WEIGHT,
             sense_context: true,
+            demote_unaffirmed: true,
             ef: MIN_EF,
             exact_limit: EXACT_FILTER_LIMIT,
         }
@@ -140,6 +144,7 @@ impl<'a> Searcher<'a> {
         let mut text = req
             .text_query()
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        text.affirmed_only = req.assertion == Assertion::Affirmed;
         let mut expansions = vec![];
         if req.expand {
             let corpus: &dyn crate::clinical::abbrev::Cooccurrence = &self.engine.bm25;
@@ -204,7 +209,10 @@ impl<'a> Searcher<'a> {
         let semantic = match qv {
             Some(v) => {
                 let t = Instant::now();
-                let s = self.semantic_candidates(v, depth, &req.filter)?;
+                let mut s = self.semantic_candidates(v, depth, &req.filter)?;
+                if req.assertion == Assertion::Affirmed && self.demote_unaffirmed {
+                    self.demote_unaffirmed(&plan.text, &mut s)?;
+                }
                 timings.semantic_ms = ms(t);
                 s
             }

@@ -54,6 +54,18 @@ impl Default for Fusion {
     }
 }
 
+/// Which mentions count (`assertion=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assertion {
+    /// Every mention, as written.
+    #[default]
+    Any,
+    /// Affirmed mentions only: BM25 searches the note's affirmed view, and a semantic hit
+    /// whose best window matches the query in a negated or family sentence is demoted.
+    Affirmed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
@@ -84,6 +96,8 @@ pub struct SearchRequest {
     pub expand: bool,
     /// Words of the query not to expand (lowercase), e.g. one the user removed in the UI.
     pub expand_skip: Vec<String>,
+    /// Every mention, or affirmed mentions only.
+    pub assertion: Assertion,
 }
 
 impl SearchRequest {
@@ -101,6 +115,7 @@ impl SearchRequest {
             syntax: Syntax::Plain,
             expand: true,
             expand_skip: vec![],
+            assertion: Assertion::Any,
         }
     }
 
@@ -205,6 +220,13 @@ impl SearchRequest {
                 }
                 "snippet_chars" => req.snippet_chars = parse_num(v, 20, 2000).map_err(bad)?,
                 "syntax" => req.syntax = v.parse().map_err(bad)?,
+                "assertion" => {
+                    req.assertion = match v.to_ascii_lowercase().as_str() {
+                        "" | "any" => Assertion::Any,
+                        "affirmed" => Assertion::Affirmed,
+                        other => return Err(bad(format!("{other:?}: use any or affirmed"))),
+                    }
+                }
                 "expand" => {
                     req.expand = match v.to_ascii_lowercase().as_str() {
                         "" | "true" | "1" | "yes" => true,

@@ -77,7 +77,6 @@ impl Searcher<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn hydrate(
         &self,
         req: &SearchRequest,
@@ -117,6 +116,7 @@ impl Searcher<'_> {
             None => (Signal::default(), None),
         };
         let (fragment, ranges) = snippets.snippet(text);
+        let assertion = snippet_status(&loaded.note, &fragment, &ranges);
         let snippet = if fragment.is_empty() {
             vec![Segment {
                 text: head_chars(text, req.snippet_chars),
@@ -157,10 +157,36 @@ impl Searcher<'_> {
                 score: s,
             }),
             snippet,
+            assertion,
             window,
             group: None,
         })
     }
+}
+
+/// The assertion status of a snippet's highlighted matches: None when any of them is
+/// affirmed (or none is highlighted); else the strongest status among them.
+fn snippet_status(
+    stored: &crate::store::StoredNote,
+    fragment: &str,
+    ranges: &[std::ops::Range<usize>],
+) -> Option<crate::clinical::assertion::Status> {
+    let text = &stored.note.text;
+    let base = text
+        .find(fragment)
+        .filter(|_| !fragment.is_empty() && !ranges.is_empty())?;
+    let ann = stored.annotation();
+    let mut worst = None;
+    for r in ranges {
+        let s = text[..base + r.start].chars().count();
+        let e = s + text[base + r.start..base + r.end].chars().count();
+        let st = crate::clinical::assertion::status_at(&ann, s, e)?;
+        if st.is_affirmed() {
+            return None;
+        }
+        worst = Some(worst.map_or(st, |w: crate::clinical::assertion::Status| w.min(st)));
+    }
+    worst
 }
 
 /// The best-matching excerpt of a window, with the query's terms marked.
@@ -245,6 +271,7 @@ pub(super) fn lean_hits(
             fused: (mode == Mode::Hybrid).then_some(*score),
             best_chunk: None,
             snippet: vec![],
+            assertion: None,
             window: None,
             group: None,
         })

@@ -77,6 +77,9 @@ pub struct Hit {
     pub best_chunk: Option<ChunkMatch>,
     /// BM25 term highlights in the best fragment of the note.
     pub snippet: Vec<Segment>,
+    /// The assertion status of the snippet's matches: null when one of them is affirmed
+    /// (or nothing is highlighted), else the strongest of theirs (`negated`, `family`, ...).
+    pub assertion: Option<crate::clinical::assertion::Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSnippet>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -125,6 +125,80 @@ impl Searcher<'_> {
 
 /// Whether a note's metadata passes a filter (the vector side's check on large filtered sets;
 /// the BM25 side filters inside tantivy with the same case-insensitive rules).
+/// A semantic score is multiplied by this when its note's best window matches the query only
+/// in negated or family mentions (`assertion=affirmed`). Chosen on the negation query set of
+/// sample_corpus (README, "Negation and other assertions").
+pub const UNAFFIRMED_DEMOTION: f32 = 0.5;
+
+impl Searcher<'_> {
+    /// Demotes, then re-sorts, semantic candidates whose best window says the query's words
+    /// only where they are negated or about the family. In the window the sentence holding
+    /// the most query words (title, expansions included; common words not) is taken as the
+    /// one that matched; when every query word there lies in a negated or family scope, the
+    /// cosine is multiplied by [`UNAFFIRMED_DEMOTION`]. A window sharing no word with the
+    /// query is left alone: nothing says what in it matched. Returns how many were demoted.
+    pub(super) fn demote_unaffirmed(
+        &self,
+        query: &crate::index::query::TextQuery,
+        cands: &mut [SemanticCandidate],
+    ) -> Result<usize> {
+        use crate::clinical::assertion::{annotate, status_at, Status};
+        let terms: std::collections::HashSet<String> =
+            crate::clinical::words(&query.positive_text())
+                .iter()
+                .map(|w| w.text.to_lowercase())
+                .filter(|w| !crate::clinical::is_stopword(w))
+                .collect();
+        if terms.is_empty() {
+            return Ok(0);
+        }
+        let mut demoted = 0;
+        for c in cands.iter_mut() {
+            let Some((stored, chunks)) = self.engine.store.get_with_chunks(&c.id)? else {
+                continue;
+            };
+            let Some(chunk) = chunks.iter().find(|k| k.id == c.chunk) else {
+                continue;
+            };
+            let text = &stored.note.text;
+            let ann = annotate(text);
+            // Character offset of every byte offset that starts a word.
+            let char_at = |b: usize| text[..b].chars().count();
+            let hits: Vec<(usize, usize)> = crate::clinical::words(text)
+                .iter()
+                .filter(|w| w.start >= chunk.start && w.end <= chunk.end)
+                .filter(|w| terms.contains(&w.text.to_lowercase()))
+                .map(|w| (char_at(w.start), char_at(w.end)))
+                .collect();
+            let best = ann
+                .sentences
+                .iter()
+                .map(|&(s, e)| {
+                    let inside: Vec<&(usize, usize)> =
+                        hits.iter().filter(|h| h.0 >= s && h.1 <= e).collect();
+                    (inside.len(), inside)
+                })
+                .filter(|(n, _)| *n > 0)
+                .max_by_key(|(n, _)| *n);
+            let Some((_, inside)) = best else {
+                continue;
+            };
+            let unaffirmed = inside.iter().all(|&&(s, e)| {
+                matches!(
+                    status_at(&ann, s, e),
+                    Some(Status::Negated | Status::Family)
+                )
+            });
+            if unaffirmed {
+                c.score *= UNAFFIRMED_DEMOTION;
+                demoted += 1;
+            }
+        }
+        cands.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        Ok(demoted)
+    }
+}
+
 pub fn note_passes(note: &crate::note::Note, f: &Filter) -> bool {
     let eq = |want: &Option<String>, have: &Option<String>| match want {
         None => true,

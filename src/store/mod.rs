@@ -112,6 +112,66 @@ pub struct StoredNote {
     /// Set when the note had more windows than the cap and its tail was not embedded.
     #[serde(default)]
     pub windows_capped: bool,
+    /// The assertion scopes of the text, found at ingest (absent in notes stored before
+    /// assertions existed: [`StoredNote::annotation`] computes them then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertions: Option<Vec<Scope>>,
+}
+
+/// An assertion scope as stored: character offsets of the scope and of its trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    pub start: u32,
+    pub end: u32,
+    pub status: crate::clinical::assertion::Status,
+    pub trigger: (u32, u32),
+}
+
+impl Scope {
+    pub fn of(a: &crate::clinical::assertion::Assertion) -> Scope {
+        Scope {
+            start: a.start as u32,
+            end: a.end as u32,
+            status: a.status,
+            trigger: (a.trigger.start as u32, a.trigger.end as u32),
+        }
+    }
+}
+
+impl StoredNote {
+    /// The note's assertion annotation: as stored, or computed now for a note stored before
+    /// assertions were (the same annotator; sentences are not stored).
+    pub fn annotation(&self) -> crate::clinical::assertion::Annotation {
+        use crate::clinical::assertion::{annotate, Annotation, Assertion, Trigger};
+        match &self.assertions {
+            None => annotate(&self.note.text),
+            Some(scopes) => Annotation {
+                sentences: vec![],
+                assertions: scopes
+                    .iter()
+                    .map(|s| {
+                        let (ts, te) = (s.trigger.0 as usize, s.trigger.1 as usize);
+                        Assertion {
+                            start: s.start as usize,
+                            end: s.end as usize,
+                            status: s.status,
+                            trigger: Trigger {
+                                start: ts,
+                                end: te,
+                                text: self
+                                    .note
+                                    .text
+                                    .chars()
+                                    .skip(ts)
+                                    .take(te.saturating_sub(ts))
+                                    .collect(),
+                            },
+                        }
+                    })
+                    .collect(),
+            },
+        }
+    }
 }
 
 /// One embedded window of a note.
@@ -151,6 +211,8 @@ pub struct EmbeddedNote {
     pub note: Note,
     pub windows: Vec<Window>,
     pub windows_capped: bool,
+    /// The text's assertion scopes (see [`crate::clinical::assertion`]).
+    pub assertions: Vec<Scope>,
 }
 
 impl EmbeddedNote {
@@ -159,10 +221,16 @@ impl EmbeddedNote {
     pub fn new(note: Note, windows: Vec<Window>) -> Self {
         let end = note.text.trim_end().len();
         let windows_capped = windows.last().is_some_and(|l| l.end < end);
+        let assertions = crate::clinical::assertion::annotate(&note.text)
+            .assertions
+            .iter()
+            .map(Scope::of)
+            .collect();
         EmbeddedNote {
             note,
             windows,
             windows_capped,
+            assertions,
         }
     }
 }
@@ -292,6 +360,7 @@ impl Store {
                         seq,
                         chunk_ids: ids,
                         windows_capped: u.windows_capped,
+                        assertions: Some(u.assertions.clone()),
                     };
                     let v = serde_json::to_vec(&stored)
                         .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?;

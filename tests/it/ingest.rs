@@ -458,11 +458,10 @@ fn a_title_is_embedded_with_its_note_and_spans_still_point_into_the_text() {
         .unwrap();
     engine
         .apply(
-            &[clinsearch::store::EmbeddedNote {
-                note: note.clone(),
-                windows: windows.clone(),
-                windows_capped: false,
-            }],
+            &[clinsearch::store::EmbeddedNote::new(
+                note.clone(),
+                windows.clone(),
+            )],
             &[],
         )
         .unwrap();

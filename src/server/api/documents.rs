@@ -296,6 +296,7 @@ pub async fn document_get(
             "best_chunk": best.map(|(i, _)| i),
             "terms": terms,
             "windows_capped": stored.windows_capped,
+            "assertions": stored.annotation().assertions,
             "same_patient": same_patient,
         })))
     })

@@ -1,11 +1,13 @@
 //! The JSON API, one file per resource: `status` (health, stats, facets, the OpenAPI
 //! description, metrics), `search`, `documents`, `models` (embed, fill-mask, classify),
+//! `annotate` (assertion status),
 //! `ingest` (upload jobs) and `eval` (evaluation jobs). Routes and their permissions are in
 //! [`super::routes`]. Handlers validate, then hand blocking work (sled, tantivy, candle) to
 //! the blocking pool; query embeddings go through the batching worker.
 //! The OpenAPI description (`openapi.json`) documents every route registered here; a test
 //! keeps the two in step.
 
+mod annotate;
 mod documents;
 mod eval;
 mod ingest;
@@ -13,6 +15,7 @@ mod models;
 mod search;
 mod status;
 
+pub use annotate::*;
 pub use documents::*;
 pub use eval::*;
 pub use ingest::*;
