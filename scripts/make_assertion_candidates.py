@@ -11,14 +11,27 @@ Method (also in the fixture's header and the README):
   3. Stratified by a cue in the sentence, to have every status represented: negation cues,
      uncertainty cues, history cues, family cues, conditional cues, and no cue at all;
      QUOTA sentences per stratum, drawn with a fixed seed, at most 2 per note.
-Usage: scripts/make_assertion_candidates.py [MTSAMPLES_CSV] > candidates.tsv
+The held-out test set (tests/fixtures/assertion_test.tsv) was drawn the same way with
+--seed 7 --scale 0.5 --exclude tests/fixtures/assertion_dev.tsv, labelled before the annotator
+was run on it, and never used to change the trigger lists.
+
+Usage: scripts/make_assertion_candidates.py [MTSAMPLES_CSV] [--seed N] [--scale F]
+           [--exclude FIXTURE.tsv] > candidates.tsv
 """
 import csv
 import random
 import re
 import sys
 
-CSV = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/mtsamples/mtsamples.csv"
+import argparse
+
+ap = argparse.ArgumentParser()
+ap.add_argument("csv", nargs="?", default="../shared/data/mtsamples/mtsamples.csv")
+ap.add_argument("--seed", type=int, default=20261202)
+ap.add_argument("--scale", type=float, default=1.0)
+ap.add_argument("--exclude", action="append", default=[])
+ARGS = ap.parse_args()
+CSV = ARGS.csv
 CONCEPTS = ["chest pain", "fever", "chills", "nausea", "vomiting", "shortness of breath", "dyspnea", "cough",
             "pneumonia", "diabetes", "hypertension", "cancer", "fracture", "headache", "edema", "infection",
             "bleeding", "murmur", "rash", "tenderness", "pain", "seizure", "stroke", "asthma", "depression",
@@ -40,7 +53,13 @@ QUOTA = {"negation": 130, "uncertain": 55, "history": 55, "family": 45, "conditi
 
 def main():
     csv.field_size_limit(1 << 30)
-    rng = random.Random(20261202)
+    rng = random.Random(ARGS.seed)
+    excluded = set()
+    for path in ARGS.exclude:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#") and line.strip():
+                    excluded.add(line.rstrip("\n").split("\t")[3])
     pools = {k: [] for k in QUOTA}
     concept_re = re.compile(r"\b(" + "|".join(re.escape(c) for c in sorted(CONCEPTS, key=len, reverse=True)) + r")\b", re.I)
     with open(CSV, encoding="utf-8") as f:
@@ -55,12 +74,13 @@ def main():
                     continue
                 m = concept_re.search(sent)
                 # A heading ("DISCHARGE", "ALLERGIES:") is not a mention.
-                if not m or m.group(0).isupper():
+                if not m or m.group(0).isupper() or sent in excluded:
                     continue
                 cue = next((k for k, r in CUES.items() if re.search(r, sent, re.I)), "none")
                 pools[cue].append((row["note_id"], sent, m.group(0)))
     out = []
     for cue, quota in QUOTA.items():
+        quota = round(quota * ARGS.scale)
         pool = pools[cue]
         rng.shuffle(pool)
         per_note = {}

@@ -75,6 +75,19 @@ impl Default for OpenOptions {
     }
 }
 
+/// Below this much free space an index failure is reported as a full disk.
+const LOW_SPACE_BYTES: u64 = 4 << 20;
+
+/// Bytes available to us on the file system holding `dir` (None when it cannot be asked).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 impl Engine {
     /// Opens `dir` for the model `identity` (None: read-only use that embeds nothing, such
     /// as `delete`, `stats` or `reindex`). A data directory built by another model is an error.
@@ -155,6 +168,16 @@ impl Engine {
     }
 
     fn degrade(&self, reason: String, rebuild_vectors: bool) -> Error {
+        // Index libraries report a full disk as a dead worker thread or a short write: say
+        // what happened when the data directory's file system has no room left.
+        let reason = match free_bytes(&self.dir) {
+            Some(free) if free < LOW_SPACE_BYTES => format!(
+                "{reason} (the disk holding {} is full: {} KiB free)",
+                self.dir.display(),
+                free / 1024
+            ),
+            _ => reason,
+        };
         tracing::error!("engine degraded: {reason}");
         let mut d = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
         let rebuild = rebuild_vectors || d.as_ref().is_some_and(|d| d.rebuild_vectors);

@@ -424,3 +424,58 @@ fn with_keys_the_ui_asks_for_one_and_shows_the_audit_to_admins_only() {
     );
     b.screenshot("audit");
 }
+
+#[test]
+fn expansions_show_under_the_box_and_the_affirmed_toggle_marks_and_mutes_negations() {
+    let Some(b) = Browser::start() else { return };
+    let (_dir, url) = serve();
+    // UTI: the notes write "urinary tract infection"; the reply's expansion shows as a chip.
+    b.goto(&format!("{url}/#/search?q=UTI%20BUN"));
+    let chips = b.wait_text("#expansions", "urinary tract infection");
+    assert!(chips.contains("BUN"), "{chips}");
+    assert!(!b.find_all(".column[data-mode=bm25] .hit").is_empty());
+    b.screenshot("expansions");
+    // Removing one expansion searches again without it, and keeps it removed.
+    let remove = b.wait(".expansion[data-from=UTI] button.remove");
+    b.click(&remove);
+    b.wait_text("#summary", "ms");
+    let hash = b.script("return location.hash", vec![]);
+    assert!(hash.as_str().unwrap().contains("expand_skip=uti"), "{hash}");
+    let chips = b.text(&b.wait("#expansions"));
+    assert!(
+        !chips.contains("urinary") && chips.contains("BUN"),
+        "{chips}"
+    );
+
+    // "melena": most notes only deny it; the badge says so, and the toggle leaves them out.
+    b.goto(&format!("{url}/#/search?q=melena&view=fused"));
+    b.wait(".columns.single .hit");
+    assert!(
+        !b.find_all(".badge.assertion.negated").is_empty(),
+        "negated hits are badged"
+    );
+    let toggle = b.wait("#affirmed");
+    b.click(&toggle);
+    let submit = b.wait("#search-form button[type=submit]");
+    b.click(&submit);
+    b.wait_text("#summary", "ms");
+    let hash = b.script("return location.hash", vec![]);
+    assert!(
+        hash.as_str().unwrap().contains("assertion=affirmed"),
+        "{hash}"
+    );
+    b.wait(".columns.single .hit");
+    let badges = b.find_all(".columns.single .hit:nth-child(-n+3) .badge.assertion.negated");
+    assert!(badges.is_empty(), "the first hits affirm melena");
+    b.screenshot("affirmed");
+
+    // A note that denies melena: its negated scope is muted with the trigger in bold.
+    b.goto(&format!("{url}/#/note/P1000-01?q=melena"));
+    b.wait("#note-text .scope.negated");
+    let trigger = b.text(&b.wait("#note-text .trigger.negated"));
+    assert!(!trigger.is_empty());
+    // Advanced syntax: an unclosed quote is an error naming the position.
+    b.goto(&format!("{url}/#/search?q=%22chest%20pain&syntax=advanced"));
+    let err = b.wait_text("#results", "character");
+    assert!(err.contains("never closed"), "{err}");
+}
