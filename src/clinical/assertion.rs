@@ -164,6 +164,9 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("likely", Kind::Trigger(Possible, Pre)),
     ("suspected", Kind::Trigger(Possible, Pre)),
     ("suspect", Kind::Trigger(Possible, Pre)),
+    ("suspecting", Kind::Trigger(Possible, Pre)),
+    ("suspected of", Kind::Trigger(Possible, Pre)),
+    ("suspected of having", Kind::Trigger(Possible, Pre)),
     ("suspicious for", Kind::Trigger(Possible, Pre)),
     ("suspicion for", Kind::Trigger(Possible, Pre)),
     ("suspicion of", Kind::Trigger(Possible, Pre)),
@@ -294,7 +297,6 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("watch for", Kind::Trigger(Hypothetical, Pre)),
     ("monitor for", Kind::Trigger(Hypothetical, Pre)),
     ("monitoring for", Kind::Trigger(Hypothetical, Pre)),
-    ("signs of", Kind::Trigger(Hypothetical, Pre)),
     ("risk of", Kind::Trigger(Hypothetical, Pre)),
     ("risks of", Kind::Trigger(Hypothetical, Pre)),
     ("risks include", Kind::Trigger(Hypothetical, Pre)),
@@ -320,8 +322,23 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("avoid", Kind::Trigger(Hypothetical, Pre)),
     ("to avoid", Kind::Trigger(Hypothetical, Pre)),
     ("result in", Kind::Trigger(Hypothetical, Pre)),
+    ("could have", Kind::Trigger(Hypothetical, Pre)),
     // Pseudo triggers: they contain a trigger word and assert nothing.
     ("no change", Kind::Pseudo),
+    ("no recent change", Kind::Pseudo),
+    ("prior examination", Kind::Pseudo),
+    ("prior exam", Kind::Pseudo),
+    ("prior study", Kind::Pseudo),
+    ("prior studies", Kind::Pseudo),
+    ("prior imaging", Kind::Pseudo),
+    ("prior films", Kind::Pseudo),
+    ("previous examination", Kind::Pseudo),
+    ("previous exam", Kind::Pseudo),
+    ("previous study", Kind::Pseudo),
+    ("previous studies", Kind::Pseudo),
+    ("previous films", Kind::Pseudo),
+    ("history of abrupt onset", Kind::Pseudo),
+    ("history of sudden onset", Kind::Pseudo),
     ("no significant change", Kind::Pseudo),
     ("no interval change", Kind::Pseudo),
     ("no increase", Kind::Pseudo),
@@ -400,6 +417,10 @@ const TRIGGERS: &[(&str, Kind)] = &[
     ("presents", Kind::Termination),
     ("presented", Kind::Termination),
     ("presenting", Kind::Termination),
+    ("developed", Kind::Termination),
+    ("who has", Kind::Termination),
+    ("who has had", Kind::Termination),
+    ("who is", Kind::Termination),
     ("complaints of", Kind::Termination),
     ("presented with", Kind::Termination),
     ("presenting with", Kind::Termination),
@@ -708,8 +729,13 @@ fn find_triggers(
             }
         }
     }
-    // Longest first; between equal lengths a trigger that looks forward, then the leftmost.
-    let backward = |k: &Kind| !matches!(k, Kind::Trigger(_, Pre));
+    // Longest first; between equal lengths a pseudo trigger (it exists to block), then one
+    // that looks forward, then the leftmost.
+    let backward = |k: &Kind| match k {
+        Kind::Pseudo => 0,
+        Kind::Trigger(_, Pre) => 1,
+        _ => 2,
+    };
     all.sort_by(|x, y| {
         (y.1 - y.0)
             .cmp(&(x.1 - x.0))
