@@ -323,6 +323,15 @@ fn run_eval(
             report.seconds
         );
         print!("{}", crate::eval::format_table(&report));
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        if report.empty_queries > 0 || report.unknown_documents > 0 {
+            eprintln!(
+                "{} queries without text (scored 0), {} judged documents not in the collection",
+                report.empty_queries, report.unknown_documents
+            );
+        }
     }
     Ok(())
 }

@@ -614,7 +614,7 @@ function perQueryTable(r, detailBox) {
 function renderReport(r, out) {
   const detail = el("div", { id: "eval-detail-box" });
   out.replaceChildren(
-    el("p", { class: "summary", id: "eval-summary" }, `${r.queries} judged queries${r.unjudged_queries ? ` (${r.unjudged_queries} without judgments skipped)` : ""}, evaluated in ${r.seconds.toFixed(1)} s; hybrid fusion ${r.fusion.method}.`),
+    el("p", { class: "summary", id: "eval-summary" }, `${r.queries} judged queries${r.unjudged_queries ? ` (${r.unjudged_queries} without judgments skipped)` : ""}${r.empty_queries ? `, ${r.empty_queries} without text (scored 0)` : ""}${r.unknown_documents ? `, ${r.unknown_documents} judged documents not in the collection` : ""}, evaluated in ${r.seconds.toFixed(1)} s; hybrid fusion ${r.fusion.method}.`),
     el("div", { class: "panel scroll-x" }, el("h2", {}, "Metrics"), metricsTable(r)),
     el("div", { class: "grid2" }, recallChart(r), el("div", { class: "panel scroll-x" }, el("h2", {}, "Which mode wins, query by query"), pairsTable(r))),
     el("div", { class: "panel" }, el("h2", {}, "Per query"), el("p", { class: "summary" }, "Select a query to see the three rankings side by side with the judged relevant notes marked."), perQueryTable(r, detail)),

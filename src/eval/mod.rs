@@ -35,6 +35,9 @@ pub struct QuerySet {
     pub qrels: HashMap<String, Judged>,
     /// Queries of the query file without any judgment (not evaluated).
     pub unjudged: usize,
+    /// What is wrong with the files but did not stop the evaluation, as `file:line: ...`
+    /// (a query without text: scored 0, as trec_eval scores a judged query with no results).
+    pub warnings: Vec<String>,
 }
 
 fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
@@ -49,7 +52,25 @@ pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
 
 /// Queries from text; `path` names the source in errors.
 pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
+    Ok(parse_queries_checked(text, path)?.0)
+}
+
+/// [`parse_queries`] with what it found wrong but kept: a query without text is kept (it
+/// scores 0) and reported as `file:line: query ID has no text`.
+pub fn parse_queries_checked(
+    text: &str,
+    path: &Path,
+) -> Result<(Vec<(String, String)>, Vec<String>)> {
     let mut out = vec![];
+    let mut warnings = vec![];
+    let mut warn_empty = |n: usize, id: &str, text: &str| {
+        if !text.chars().any(char::is_alphanumeric) {
+            warnings.push(format!(
+                "{}:{n}: query {id} has no text (scored 0)",
+                path.display()
+            ));
+        }
+    };
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let line = line.trim_end_matches('\r');
@@ -74,6 +95,7 @@ pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
                 .or_else(|| v.get("query"))
                 .and_then(|x| x.as_str())
                 .ok_or_else(|| bad(path, n, "no \"text\""))?;
+            warn_empty(n, &id, text);
             out.push((id, text.to_string()));
         } else {
             let (id, text) = line
@@ -82,6 +104,7 @@ pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
             if i == 0 && id == "query-id" {
                 continue;
             }
+            warn_empty(n, id.trim(), text);
             out.push((id.trim().to_string(), text.trim().to_string()));
         }
     }
@@ -91,7 +114,7 @@ pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
             path.display()
         )));
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// Reads qrels: BEIR TSV with a header (`query-id corpus-id score`) or TREC
@@ -151,7 +174,11 @@ pub fn parse_qrels(text: &str, path: &Path) -> Result<HashMap<String, Judged>> {
 impl QuerySet {
     /// Reads a query file and a qrels file and keeps the judged queries.
     pub fn load(queries: &Path, qrels: &Path) -> Result<QuerySet> {
-        Self::from_parts(read_queries(queries)?, read_qrels(qrels)?)
+        let text = std::fs::read_to_string(queries).map_err(|e| Error::io(queries, e))?;
+        let (all, warnings) = parse_queries_checked(&text, queries)?;
+        let mut set = Self::from_parts(all, read_qrels(qrels)?)?;
+        set.warnings = warnings;
+        Ok(set)
     }
 
     pub fn from_parts(
@@ -172,6 +199,7 @@ impl QuerySet {
             unjudged: total - queries.len(),
             queries,
             qrels,
+            warnings: vec![],
         })
     }
 }
@@ -226,6 +254,12 @@ pub struct PairResult {
 pub struct EvalReport {
     pub queries: usize,
     pub unjudged_queries: usize,
+    /// Judged queries without text (scored 0).
+    pub empty_queries: usize,
+    /// Judged documents that are not in the collection (relevant ones can never be found).
+    pub unknown_documents: usize,
+    /// `file:line` reports of queries without text, and a sample of the unknown documents.
+    pub warnings: Vec<String>,
     pub ks: Vec<usize>,
     pub fusion: Fusion,
     pub summaries: Vec<ModeSummary>,
@@ -336,12 +370,56 @@ pub fn evaluate(
     progress: &dyn Fn(usize, usize),
 ) -> Result<(EvalReport, Runs)> {
     let started = Instant::now();
+    let empty_queries = set
+        .queries
+        .iter()
+        .filter(|(_, t)| !t.chars().any(char::is_alphanumeric))
+        .count();
+    // Judged documents the collection does not hold (for a restricted view: that it may not
+    // see, which is the same to it).
+    let mut unknown: Vec<String> = vec![];
+    let mut unknown_documents = 0;
+    for (qid, _) in &set.queries {
+        for doc in set.qrels[qid].keys() {
+            let visible = match engine.store.get(doc)? {
+                None => false,
+                Some(n) => opts
+                    .restrict
+                    .as_ref()
+                    .is_none_or(|r| crate::search::note_passes(&n.note, r)),
+            };
+            if !visible {
+                unknown_documents += 1;
+                if unknown.len() < 10 {
+                    unknown.push(format!(
+                        "query {qid}: judged document {doc} is not in the collection"
+                    ));
+                }
+            }
+        }
+    }
+    let mut warnings = set.warnings.clone();
+    warnings.extend(unknown);
     let needs_vectors = opts.modes.iter().any(|m| m.needs_vector());
     let vectors: Vec<Option<Vec<f32>>> = if needs_vectors {
         let mut out = Vec::with_capacity(set.queries.len());
+        // A query without words is not embedded (the encoder refuses empty text): it gets
+        // an empty run and scores 0.
+        let has_words = |t: &str| t.chars().any(char::is_alphanumeric);
         for chunk in set.queries.chunks(64) {
-            let texts: Vec<&str> = chunk.iter().map(|(_, t)| t.as_str()).collect();
-            out.extend(embed(&texts)?.into_iter().map(Some));
+            let texts: Vec<&str> = chunk
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .filter(|t| has_words(t))
+                .collect();
+            let mut vecs = if texts.is_empty() {
+                vec![].into_iter()
+            } else {
+                embed(&texts)?.into_iter()
+            };
+            for (_, t) in chunk {
+                out.push(if has_words(t) { vecs.next() } else { None });
+            }
         }
         out
     } else {
@@ -490,6 +568,9 @@ pub fn evaluate(
         EvalReport {
             queries: per_query.len(),
             unjudged_queries: set.unjudged,
+            empty_queries,
+            unknown_documents,
+            warnings,
             ks: opts.ks.clone(),
             fusion: opts.fusion,
             summaries,

@@ -320,3 +320,58 @@ fn the_cli_prints_the_table_and_writes_trec_run_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--modes"));
 }
+
+/// Imperfect judgments (issue 17, part 4): a query without text is reported with its file and
+/// line and scored 0, queries without judgments are skipped with a count, and judgments of
+/// documents the collection does not hold are counted; the evaluation goes on.
+#[test]
+fn an_evaluation_goes_on_past_empty_queries_and_unknown_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("queries.jsonl");
+    let r = dir.path().join("qrels.tsv");
+    std::fs::write(
+        &q,
+        "{\"_id\": \"TQ1\", \"text\": \"apixaban\"}\n{\"_id\": \"TQ2\", \"text\": \"  \"}\n{\"_id\": \"TQ3\", \"text\": \"unjudged\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &r,
+        "query-id\tcorpus-id\tscore\nTQ1\tP1006-01\t2\nTQ1\tno-such-note\t1\nTQ2\tP1006-01\t1\n",
+    )
+    .unwrap();
+    let set = clinsearch::eval::QuerySet::load(&q, &r).unwrap();
+    assert_eq!(
+        set.warnings,
+        vec![format!(
+            "{}:2: query TQ2 has no text (scored 0)",
+            q.display()
+        )]
+    );
+    // With the semantic mode too: the empty query must not reach the encoder.
+    let enc = crate::ingest::tiny_encoder();
+    let embed = |t: &[&str]| enc.embed(t);
+    let (report, _) = clinsearch::eval::evaluate(
+        &crate::server::shared().state.engine,
+        &embed,
+        &set,
+        &clinsearch::eval::EvalOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            report.queries,
+            report.unjudged_queries,
+            report.empty_queries
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(report.unknown_documents, 1);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("no-such-note")),
+        "{:?}",
+        report.warnings
+    );
+    let tq2 = report.per_query.iter().find(|p| p.id == "TQ2").unwrap();
+    assert!(tq2.modes.values().all(|m| m.ndcg_10 == 0.0));
+}
