@@ -207,13 +207,13 @@ pub struct EvalArgs {
     /// Recall cut-offs.
     #[arg(long = "k", default_value = "1,5,10,20,100")]
     pub ks: String,
-    /// Hybrid fusion: rrf or weighted.
+    /// Hybrid fusion: rrf, weighted (min-max), dbsf (mean +- 3 sd) or zscore.
     #[arg(long, default_value = "rrf")]
     pub fusion: String,
     /// RRF constant.
     #[arg(long, default_value_t = 60.0)]
     pub rrf_k: f32,
-    /// Weighted fusion: weight of the semantic score.
+    /// Weight of the semantic side (score fusions; with rrf, other than 0.5: weighted RRF).
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f32,
     /// Write one TREC run file per mode into this folder.
@@ -246,11 +246,8 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     fn options(&self) -> Result<crate::eval::EvalOptions> {
-        let fusion = match self.fusion.as_str() {
-            "rrf" => crate::search::Fusion::Rrf { k: self.rrf_k },
-            "weighted" => crate::search::Fusion::Weighted { alpha: self.alpha },
-            other => anyhow::bail!("--fusion {other:?}: use rrf or weighted"),
-        };
+        let fusion = crate::search::Fusion::from_parts(&self.fusion, self.rrf_k, self.alpha)
+            .map_err(|e| anyhow::anyhow!("--fusion: {e}"))?;
         Ok(crate::eval::EvalOptions {
             modes: crate::eval::parse_modes(&self.modes)
                 .map_err(|e| anyhow::anyhow!("--modes: {e}"))?,

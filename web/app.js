@@ -180,7 +180,7 @@ function hitCard(hit, mode, counts, qp) {
   const scores = el("div", { class: "scores" },
     el("span", {}, "BM25 ", el("b", {}, hit.bm25.rank ? "#" + hit.bm25.rank : "–"), " ", fmt(hit.bm25.score, 2)),
     el("span", {}, "semantic ", el("b", {}, hit.semantic.rank ? "#" + hit.semantic.rank : "–"), " ", fmt(hit.semantic.score)),
-    hit.fused !== undefined ? el("span", {}, "fused ", el("b", {}, fmt(hit.fused, 4))) : null,
+    hit.fused !== undefined ? el("span", { class: "fused", title: hit.fusion ? `BM25 adds ${fmt(hit.fusion.bm25, 4)}, semantic adds ${fmt(hit.fusion.semantic, 4)}` : "" }, "fused ", el("b", {}, fmt(hit.fused, 4))) : null,
   );
   const card = el("li", { class: cls, "data-id": hit.id },
     el("div", { class: "head" },
@@ -237,7 +237,9 @@ async function searchPage(main, params) {
       el("label", {}, "To", el("input", { type: "date", name: "date_to", value: f("date_to") })),
       el("label", {}, "Fusion", el("select", { name: "fusion" },
         el("option", { value: "rrf", selected: f("fusion") !== "weighted" }, "Reciprocal rank (k=60)"),
-        el("option", { value: "weighted", selected: f("fusion") === "weighted" }, "Weighted scores (α=0.5)"),
+        el("option", { value: "weighted", selected: f("fusion") === "weighted" }, "Weighted scores, min-max (α=0.5)"),
+        el("option", { value: "dbsf", selected: f("fusion") === "dbsf" }, "Distribution-based, mean ± 3σ (α=0.5)"),
+        el("option", { value: "zscore", selected: f("fusion") === "zscore" }, "Z-scores (α=0.5)"),
       )),
       el("label", {}, "Group", el("select", { name: "group_by" },
         el("option", { value: "note" }, "by note"),
@@ -307,7 +309,7 @@ async function searchPage(main, params) {
   const notices = res.notices.map((n) => el("p", { class: "notice" }, n));
   const t = res.timings;
   const summary = el("p", { class: "summary", id: "summary" },
-    `${res.took_ms.toFixed(1)} ms (embedding ${t.embed_ms.toFixed(1)}, BM25 ${t.bm25_ms.toFixed(1)}, vectors ${t.semantic_ms.toFixed(1)}, fusion ${res.fusion.method}${res.fusion.method === "rrf" ? " k=" + res.fusion.k : " α=" + res.fusion.alpha})`);
+    `${res.took_ms.toFixed(1)} ms (embedding ${t.embed_ms.toFixed(1)}, BM25 ${t.bm25_ms.toFixed(1)}, vectors ${t.semantic_ms.toFixed(1)}, fusion ${res.fusion.method}${res.fusion.k !== undefined ? " k=" + res.fusion.k : ""}${res.fusion.alpha !== undefined ? " α=" + res.fusion.alpha : ""})`);
   if (res.mode === "compare") {
     const legend = el("div", { class: "legend" },
       el("span", { class: "badge in-3" }, "in all 3"), el("span", { class: "badge in-2" }, "in 2"), "hover a note to find it in the other columns");

@@ -55,12 +55,12 @@ pub fn parse_queries(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
     Ok(parse_queries_checked(text, path)?.0)
 }
 
+/// Queries `(id, text)` and the warnings about them.
+pub type CheckedQueries = (Vec<(String, String)>, Vec<String>);
+
 /// [`parse_queries`] with what it found wrong but kept: a query without text is kept (it
 /// scores 0) and reported as `file:line: query ID has no text`.
-pub fn parse_queries_checked(
-    text: &str,
-    path: &Path,
-) -> Result<(Vec<(String, String)>, Vec<String>)> {
+pub fn parse_queries_checked(text: &str, path: &Path) -> Result<CheckedQueries> {
     let mut out = vec![];
     let mut warnings = vec![];
     let mut warn_empty = |n: usize, id: &str, text: &str| {

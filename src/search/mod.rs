@@ -14,18 +14,20 @@
 //! The searcher never embeds: the caller passes the query vector (the server batches query
 //! embeddings of concurrent requests on one worker; the CLI and evaluation embed directly).
 
+pub mod dbsf;
 mod params;
 mod present;
 mod response;
 mod retrieve;
 pub mod rrf;
 pub mod score_fusion;
+pub mod zscore;
 
 pub use params::{Assertion, Fusion, GroupBy, Mode, ParamError, SearchRequest};
 pub use present::segments;
 pub use response::{
-    AppliedExpansion, ChunkMatch, Group, Hit, Ranking, SearchResponse, Segment, Signal, Timings,
-    WindowSnippet,
+    AppliedExpansion, ChunkMatch, FusedShares, Group, Hit, Ranking, SearchResponse, Segment,
+    Signal, Timings, WindowSnippet,
 };
 pub use retrieve::{cosine, note_passes};
 
@@ -59,6 +61,47 @@ pub const MIN_EF: usize = 64;
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A fused note: its score and each retriever's share of it (they add up to the score), so a
+/// hit can say why it ranks where it does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fused {
+    pub id: String,
+    pub score: f32,
+    pub bm25: f32,
+    pub semantic: f32,
+}
+
+/// Every note of two lists once, in order of first appearance (BM25 first), with the shares
+/// `part(id, bm25 score, semantic score)` gives it, sorted by their sum (ties: appearance).
+pub(crate) fn combine(
+    bm25: &[(String, f32)],
+    semantic: &[(String, f32)],
+    part: impl Fn(&str, Option<f32>, Option<f32>) -> (f32, f32),
+) -> Vec<Fused> {
+    let b: HashMap<&str, f32> = bm25.iter().map(|(i, s)| (i.as_str(), *s)).collect();
+    let s: HashMap<&str, f32> = semantic.iter().map(|(i, s)| (i.as_str(), *s)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<(Fused, usize)> = vec![];
+    for (id, _) in bm25.iter().chain(semantic) {
+        if !seen.insert(id.as_str()) {
+            continue;
+        }
+        let (pb, ps) = part(id, b.get(id.as_str()).copied(), s.get(id.as_str()).copied());
+        let n = out.len();
+        out.push((
+            Fused {
+                id: id.clone(),
+                score: pb + ps,
+                bm25: pb,
+                semantic: ps,
+            },
+            n,
+        ));
+    }
+    out.sort_by(|a, b| b.0.score.total_cmp(&a.0.score).then(a.1.cmp(&b.1)));
+    out.into_iter().map(|(f, _)| f).collect()
 }
 
 /// Weight of an expansion's clause relative to the words typed (times the sense's share
@@ -235,6 +278,8 @@ impl<'a> Searcher<'a> {
             m => vec![m],
         };
         let mut ordered: Vec<(Mode, Vec<(String, f32)>)> = vec![];
+        // Each retriever's share of every fused score, for the hits' explanations.
+        let mut shares: HashMap<String, (f32, f32)> = HashMap::new();
         for &m in &modes {
             let list: Vec<(String, f32)> = match m {
                 Mode::Bm25 => bm25.clone(),
@@ -242,14 +287,22 @@ impl<'a> Searcher<'a> {
                 _ => {
                     let sem: Vec<(String, f32)> =
                         semantic.iter().map(|c| (c.id.clone(), c.score)).collect();
-                    match req.fusion {
-                        Fusion::Rrf { k } => {
-                            let a: Vec<String> = bm25.iter().map(|(i, _)| i.clone()).collect();
-                            let b: Vec<String> = sem.iter().map(|(i, _)| i.clone()).collect();
-                            rrf::fuse(&[&a, &b], k)
+                    let a: Vec<String> = bm25.iter().map(|(i, _)| i.clone()).collect();
+                    let b: Vec<String> = sem.iter().map(|(i, _)| i.clone()).collect();
+                    let fused = match req.fusion {
+                        Fusion::Rrf { k } => rrf::fuse_weighted(&a, &b, k, 0.5),
+                        Fusion::WeightedRrf { k, alpha } => rrf::fuse_weighted(&a, &b, k, alpha),
+                        Fusion::Weighted { alpha } => {
+                            score_fusion::fuse_explained(&bm25, &sem, alpha)
                         }
-                        Fusion::Weighted { alpha } => score_fusion::fuse(&bm25, &sem, alpha),
-                    }
+                        Fusion::Dbsf { alpha } => dbsf::fuse(&bm25, &sem, alpha),
+                        Fusion::Zscore { alpha } => zscore::fuse(&bm25, &sem, alpha),
+                    };
+                    shares = fused
+                        .iter()
+                        .map(|f| (f.id.clone(), (f.bm25, f.semantic)))
+                        .collect();
+                    fused.into_iter().map(|f| (f.id, f.score)).collect()
                 }
             };
             ordered.push((m, list));
@@ -288,6 +341,9 @@ impl<'a> Searcher<'a> {
                 hit.score = score;
                 if m == Mode::Hybrid {
                     hit.fused = Some(score);
+                    hit.fusion = shares
+                        .get(&hit.id)
+                        .map(|&(bm25, semantic)| FusedShares { bm25, semantic });
                 }
                 hit.group = group;
                 hits.push(hit);

@@ -42,10 +42,44 @@ impl std::str::FromStr for Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Fusion {
-    /// Reciprocal rank fusion with constant `k`.
+    /// Reciprocal rank fusion with constant `k` ([`super::rrf`]).
     Rrf { k: f32 },
-    /// `alpha * semantic + (1 - alpha) * bm25` over min-max normalised scores.
+    /// RRF with the semantic side weighted `alpha` and BM25 `1 - alpha` (0.5: plain RRF).
+    #[serde(rename = "weighted_rrf")]
+    WeightedRrf { k: f32, alpha: f32 },
+    /// `alpha * semantic + (1 - alpha) * bm25` over min-max normalised scores
+    /// ([`super::score_fusion`]).
     Weighted { alpha: f32 },
+    /// The same over scores mapped by each list's mean +- 3 standard deviations
+    /// ([`super::dbsf`]).
+    Dbsf { alpha: f32 },
+    /// The same over z-scores ([`super::zscore`]).
+    Zscore { alpha: f32 },
+}
+
+impl Fusion {
+    /// A fusion from a method name (`rrf`, `weighted`, `dbsf`, `zscore`), RRF's `k` and the
+    /// semantic weight `alpha` (for `rrf`, an alpha other than 0.5 is weighted RRF).
+    pub fn from_parts(method: &str, k: f32, alpha: f32) -> std::result::Result<Fusion, String> {
+        if !(k.is_finite() && k > 0.0 && k <= 1e6) {
+            return Err("rrf_k: must be a number above 0".into());
+        }
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err("alpha: must be between 0 and 1".into());
+        }
+        Ok(match method {
+            "rrf" if alpha != 0.5 => Fusion::WeightedRrf { k, alpha },
+            "rrf" => Fusion::Rrf { k },
+            "weighted" => Fusion::Weighted { alpha },
+            "dbsf" => Fusion::Dbsf { alpha },
+            "zscore" => Fusion::Zscore { alpha },
+            other => {
+                return Err(format!(
+                    "fusion: unknown {other:?}: use rrf, weighted, dbsf or zscore"
+                ))
+            }
+        })
+    }
 }
 
 impl Default for Fusion {
@@ -182,9 +216,11 @@ impl SearchRequest {
                     fusion = Some(match v.to_ascii_lowercase().as_str() {
                         "rrf" => "rrf",
                         "weighted" => "weighted",
+                        "dbsf" => "dbsf",
+                        "zscore" => "zscore",
                         other => {
                             return Err(bad(format!(
-                                "unknown fusion {other:?}: use rrf or weighted"
+                                "unknown fusion {other:?}: use rrf, weighted, dbsf or zscore"
                             )))
                         }
                     })
@@ -251,6 +287,16 @@ impl SearchRequest {
         }
         req.fusion = match fusion {
             Some("weighted") => Fusion::Weighted {
+                alpha: alpha.unwrap_or(0.5),
+            },
+            Some("dbsf") => Fusion::Dbsf {
+                alpha: alpha.unwrap_or(0.5),
+            },
+            Some("zscore") => Fusion::Zscore {
+                alpha: alpha.unwrap_or(0.5),
+            },
+            Some("rrf") if alpha.is_some_and(|a| a != 0.5) => Fusion::WeightedRrf {
+                k: rrf_k.unwrap_or(60.0),
                 alpha: alpha.unwrap_or(0.5),
             },
             _ if alpha.is_some() && rrf_k.is_none() && fusion.is_none() => Fusion::Weighted {

@@ -150,6 +150,7 @@ impl Searcher<'_> {
             bm25,
             semantic,
             fused: None,
+            fusion: None,
             best_chunk: best.map(|(c, s)| ChunkMatch {
                 index: c.index,
                 char_start: c.char_start,
@@ -269,6 +270,7 @@ pub(super) fn lean_hits(
                     score: Some(c.score),
                 }),
             fused: (mode == Mode::Hybrid).then_some(*score),
+            fusion: None,
             best_chunk: None,
             snippet: vec![],
             assertion: None,

@@ -73,6 +73,9 @@ pub struct Hit {
     /// The fused score (hybrid rankings only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fused: Option<f32>,
+    /// What each retriever added to the fused score (hybrid rankings only; they sum to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusedShares>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best_chunk: Option<ChunkMatch>,
     /// BM25 term highlights in the best fragment of the note.
@@ -84,6 +87,13 @@ pub struct Hit {
     pub window: Option<WindowSnippet>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<Group>,
+}
+
+/// Each retriever's share of a fused score, after its normalisation and weight.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FusedShares {
+    pub bm25: f32,
+    pub semantic: f32,
 }
 
 /// One ranking: a page of hits and how many candidates it was cut from.

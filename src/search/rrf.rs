@@ -4,8 +4,35 @@
 //! note missing from a list contributes nothing from it. Ranks, not scores, are added, so a
 //! BM25 score (unbounded) never has to be compared with a cosine (in [-1, 1]). `k = 60` is the
 //! value of the paper and of most engines; a smaller `k` lets the top ranks dominate.
+//!
+//! Weighted RRF ([`fuse_weighted`]) multiplies each retriever's terms by a weight:
+//! `2 (1 - alpha) / (k + rank_bm25) + 2 alpha / (k + rank_semantic)`, so `alpha = 0.5` is
+//! plain RRF and `alpha` moves weight toward the semantic side as in the score fusions.
 
 use std::collections::HashMap;
+
+use super::Fused;
+
+/// Weighted RRF of a BM25 and a semantic list (ids best first), with each retriever's share
+/// of every fused score.
+pub fn fuse_weighted(bm25: &[String], semantic: &[String], k: f32, alpha: f32) -> Vec<Fused> {
+    let rank = |list: &[String]| -> HashMap<String, usize> {
+        list.iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i + 1))
+            .collect()
+    };
+    let (rb, rs) = (rank(bm25), rank(semantic));
+    let b: Vec<(String, f32)> = bm25.iter().map(|id| (id.clone(), 0.0)).collect();
+    let s: Vec<(String, f32)> = semantic.iter().map(|id| (id.clone(), 0.0)).collect();
+    super::combine(&b, &s, |id, _, _| {
+        let term = |r: Option<&usize>, w: f32| r.map_or(0.0, |&r| w / (k + r as f32));
+        (
+            term(rb.get(id), 2.0 * (1.0 - alpha)),
+            term(rs.get(id), 2.0 * alpha),
+        )
+    })
+}
 
 /// Fused scores of the notes of `lists` (each list best first), highest first; ties keep the
 /// order of first appearance so results are deterministic.
@@ -45,6 +72,21 @@ mod tests {
         assert_eq!(fused[0].0, "y");
         assert!((fused[0].1 - 2.0 / 62.0).abs() < 1e-7);
         assert_eq!(fused.len(), 3);
+    }
+
+    #[test]
+    fn weighted_rrf_at_one_half_is_plain_rrf_and_weights_move_the_order() {
+        let a = ids(&["x", "y", "w"]);
+        let b = ids(&["z", "y", "x"]);
+        let plain = fuse(&[&a, &b], 60.0);
+        let half = fuse_weighted(&a, &b, 60.0, 0.5);
+        for (p, h) in plain.iter().zip(&half) {
+            assert_eq!(p.0, h.id);
+            assert!((p.1 - h.score).abs() < 1e-7);
+            assert!((h.bm25 + h.semantic - h.score).abs() < 1e-7);
+        }
+        assert_eq!(fuse_weighted(&a, &b, 60.0, 0.0)[0].id, "x");
+        assert_eq!(fuse_weighted(&a, &b, 60.0, 1.0)[0].id, "z");
     }
 
     #[test]

@@ -27,6 +27,22 @@ pub fn normalise(list: &[(String, f32)]) -> HashMap<&str, f32> {
         .collect()
 }
 
+/// [`fuse`] with each retriever's share of every fused score.
+pub fn fuse_explained(
+    bm25: &[(String, f32)],
+    semantic: &[(String, f32)],
+    alpha: f32,
+) -> Vec<super::Fused> {
+    let nb = normalise(bm25);
+    let ns = normalise(semantic);
+    super::combine(bm25, semantic, |id, _, _| {
+        (
+            (1.0 - alpha) * nb.get(id).copied().unwrap_or(0.0),
+            alpha * ns.get(id).copied().unwrap_or(0.0),
+        )
+    })
+}
+
 /// Fused scores, highest first; ties keep the order of first appearance (BM25 list first).
 pub fn fuse(bm25: &[(String, f32)], semantic: &[(String, f32)], alpha: f32) -> Vec<(String, f32)> {
     let nb = normalise(bm25);

@@ -211,6 +211,47 @@ async fn hybrid_rrf_scores_are_the_sum_of_reciprocal_ranks() {
     assert!(fused.windows(2).all(|w| w[0] >= w[1]));
 }
 
+/// Every fusion explains its fused score: each retriever's share is in the hit and the two
+/// add up to it; weighted RRF at alpha 0.5 is plain RRF.
+#[actix_web::test]
+async fn every_fusion_explains_each_fused_score_by_its_two_shares() {
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    let mut plain = vec![];
+    for params in [
+        "fusion=rrf",
+        "fusion=rrf&alpha=0.5",
+        "fusion=rrf&alpha=0.8",
+        "fusion=weighted",
+        "fusion=dbsf",
+        "fusion=zscore&alpha=0.3",
+    ] {
+        let (s, v) = call(
+            &app,
+            get(&format!(
+                "/api/search?q=chest%20pain&mode=hybrid&k=10&{params}"
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{params}: {v}");
+        let h = hits(&v, "hybrid");
+        assert_eq!(h.len(), 10, "{params}");
+        for hit in &h {
+            let f = hit["fused"].as_f64().unwrap();
+            let parts = hit["fusion"]["bm25"].as_f64().unwrap()
+                + hit["fusion"]["semantic"].as_f64().unwrap();
+            assert!((f - parts).abs() < 1e-5, "{params}: {f} vs {parts}");
+        }
+        let fused: Vec<f64> = h.iter().map(|x| x["fused"].as_f64().unwrap()).collect();
+        assert!(fused.windows(2).all(|w| w[0] >= w[1]), "{params}");
+        if params.starts_with("fusion=rrf") && !params.contains("0.8") {
+            plain.push(ids(&h));
+        }
+    }
+    assert_eq!(plain[0], plain[1], "weighted RRF at 0.5 is RRF");
+    let (_, v) = call(&app, get("/api/search?q=x&fusion=magic")).await;
+    assert_eq!(v["error"]["param"], "fusion");
+}
+
 #[actix_web::test]
 async fn weighted_fusion_at_the_extremes_reproduces_each_retriever() {
     let app = test::init_service(server::app(shared().state.clone())).await;

@@ -111,27 +111,12 @@ pub async fn eval_start(
         opts.ks =
             crate::eval::parse_ks(&text.join(",")).map_err(|e| invalid(format!("ks: {e}")))?;
     }
-    opts.fusion = match body.fusion.as_deref().unwrap_or("rrf") {
-        "rrf" => {
-            let k = body.rrf_k.unwrap_or(60.0);
-            if !(k.is_finite() && k > 0.0) {
-                return Err(invalid("rrf_k: must be above 0".into()));
-            }
-            crate::search::Fusion::Rrf { k }
-        }
-        "weighted" => {
-            let a = body.alpha.unwrap_or(0.5);
-            if !(0.0..=1.0).contains(&a) {
-                return Err(invalid("alpha: must be between 0 and 1".into()));
-            }
-            crate::search::Fusion::Weighted { alpha: a }
-        }
-        other => {
-            return Err(invalid(format!(
-                "fusion: unknown {other:?}: use rrf or weighted"
-            )))
-        }
-    };
+    opts.fusion = crate::search::Fusion::from_parts(
+        body.fusion.as_deref().unwrap_or("rrf"),
+        body.rrf_k.unwrap_or(60.0),
+        body.alpha.unwrap_or(0.5),
+    )
+    .map_err(invalid)?;
     opts.ef = state.config.ef_search;
     // A restricted key evaluates over the notes it may see, as if the others did not exist.
     opts.restrict = principal.restrict.clone();
