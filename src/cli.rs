@@ -130,6 +130,22 @@ pub enum Command {
         #[arg(long)]
         save_set: Option<String>,
     },
+    /// Choose the hybrid fusion (method, weight, RRF k, candidate depth) on a stored judged
+    /// set by 5-fold cross-validation and store it as the data directory's default.
+    Tune {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The stored query set (see `eval --save-set`).
+        #[arg(long)]
+        set: String,
+        /// Report, but do not store the choice.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks over public data sets.
     Bench {
         #[command(subcommand)]
@@ -207,7 +223,8 @@ pub struct EvalArgs {
     /// Recall cut-offs.
     #[arg(long = "k", default_value = "1,5,10,20,100")]
     pub ks: String,
-    /// Hybrid fusion: rrf, weighted (min-max), dbsf (mean +- 3 sd) or zscore.
+    /// Hybrid fusion: rrf, weighted (min-max), dbsf (mean +- 3 sd), zscore, or tuned (what
+    /// `clinsearch tune` stored for this data directory; RRF k=60 when nothing was tuned).
     #[arg(long, default_value = "rrf")]
     pub fusion: String,
     /// RRF constant.
@@ -246,14 +263,20 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     fn options(&self) -> Result<crate::eval::EvalOptions> {
-        let fusion = crate::search::Fusion::from_parts(&self.fusion, self.rrf_k, self.alpha)
-            .map_err(|e| anyhow::anyhow!("--fusion: {e}"))?;
+        let use_tuned = self.fusion == "tuned";
+        let fusion = if use_tuned {
+            crate::search::Fusion::default()
+        } else {
+            crate::search::Fusion::from_parts(&self.fusion, self.rrf_k, self.alpha)
+                .map_err(|e| anyhow::anyhow!("--fusion: {e}"))?
+        };
         Ok(crate::eval::EvalOptions {
             modes: crate::eval::parse_modes(&self.modes)
                 .map_err(|e| anyhow::anyhow!("--modes: {e}"))?,
             ks: crate::eval::parse_ks(&self.ks).map_err(|e| anyhow::anyhow!("--k: {e}"))?,
             fusion,
             expand: self.expand,
+            use_tuned,
             expansion_weight: self.expansion_weight,
             sense_context: self.sense_context,
             assertion: match self.assertion.as_str() {
@@ -742,6 +765,59 @@ pub fn run(cli: Cli) -> Result<()> {
                 _ => anyhow::bail!("give --queries and --qrels, or --set NAME"),
             };
             run_eval(&engine, encoder.as_ref(), &qset, &eval)?;
+        }
+        Command::Tune {
+            data,
+            model,
+            set,
+            dry_run,
+            json,
+        } => {
+            let encoder = model.load_for(&data.dir)?;
+            let identity = crate::store::ModelIdentity::from_info(encoder.info());
+            let engine = data.open(Some(&identity))?;
+            let qset = crate::eval::load_set(&data.dir, &set)?;
+            let opts = crate::eval::EvalOptions {
+                modes: vec![crate::search::Mode::Bm25, crate::search::Mode::Semantic],
+                ..Default::default()
+            };
+            let embed = |t: &[&str]| encoder.embed(t);
+            let (_, runs) = crate::eval::evaluate(&engine, &embed, &qset, &opts, &|_, _| {})?;
+            let tuned = crate::eval::tune::tune(&set, &qset, &runs)?;
+            if !dry_run {
+                crate::eval::tune::store(&data.dir, &tuned)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tuned)?);
+            } else {
+                println!(
+                    "{} queries, {}-fold cross-validation: held-out hybrid nDCG@10 {:.4} against {:.4} for RRF k=60 (gain {:+.4}, paired randomisation test p = {:.4})",
+                    tuned.queries,
+                    crate::eval::tune::FOLDS,
+                    tuned.cv_ndcg_10,
+                    tuned.baseline_ndcg_10,
+                    tuned.cv_ndcg_10 - tuned.baseline_ndcg_10,
+                    tuned.p_value
+                );
+                println!(
+                    "chosen on all queries: {} (candidate depth {}){}",
+                    serde_json::to_string(&tuned.choice.fusion)?,
+                    tuned.choice.depth,
+                    if dry_run {
+                        "; not stored (--dry-run)"
+                    } else {
+                        "; stored as this data directory's default fusion"
+                    }
+                );
+                for (i, c) in tuned.fold_choices.iter().enumerate() {
+                    println!(
+                        "  fold {}: {} depth {}",
+                        i + 1,
+                        serde_json::to_string(&c.fusion)?,
+                        c.depth
+                    );
+                }
+            }
         }
         Command::Bench {
             command:

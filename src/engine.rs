@@ -36,6 +36,9 @@ pub struct Engine {
     write: Mutex<()>,
     /// Why the engine is degraded (an index behind the store), or None when healthy.
     degraded: Mutex<Option<Degraded>>,
+    /// The fusion `clinsearch tune` chose for this collection (`DATA/fusion.json`): used by
+    /// searches that do not ask for one.
+    pub tuned_fusion: Option<crate::eval::tune::FusionChoice>,
 }
 
 /// What is wrong, and what healing must do.
@@ -124,6 +127,7 @@ impl Engine {
             vectors,
             write: Mutex::new(()),
             degraded: Mutex::new(None),
+            tuned_fusion: crate::eval::tune::load(dir)?.map(|t| t.choice),
         };
         engine.catch_up_bm25()?;
         Ok(engine)

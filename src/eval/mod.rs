@@ -9,6 +9,7 @@
 
 pub mod metrics;
 pub mod significance;
+pub mod tune;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -289,6 +290,9 @@ pub struct EvalOptions {
     pub sense_context: bool,
     /// Every mention, or affirmed mentions only.
     pub assertion: crate::search::Assertion,
+    /// Fuse as searches without fusion parameters do (the collection's tuned fusion when
+    /// `tune` stored one) instead of with `fusion`.
+    pub use_tuned: bool,
     /// With affirmed mentions only, demote semantic hits matched in negated or family
     /// sentences.
     pub demote_unaffirmed: bool,
@@ -308,6 +312,7 @@ impl Default for EvalOptions {
             expansion_weight: crate::search::EXPANSION_WEIGHT,
             sense_context: true,
             assertion: crate::search::Assertion::Any,
+            use_tuned: false,
             demote_unaffirmed: true,
             abbreviations: None,
         }
@@ -445,6 +450,7 @@ pub fn evaluate(
         req.details = false;
         req.expand = opts.expand;
         req.assertion = opts.assertion;
+        req.fusion_explicit = !opts.use_tuned;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

@@ -232,12 +232,17 @@ impl<'a> Searcher<'a> {
         };
         let mut timings = Timings::default();
         let need = req.offset + req.k;
+        // A fusion tuned for this collection, unless the request chose one.
+        let (fusion, fusion_depth) = match (&self.engine.tuned_fusion, req.fusion_explicit) {
+            (Some(t), false) => (Fusion::from(t.fusion), t.depth),
+            _ => (req.fusion, FUSION_DEPTH),
+        };
         let depth = match req.group_by {
             // Grouping folds several notes into one hit: look deeper to fill the page.
             GroupBy::Patient => (need * 5).max(FUSION_DEPTH),
             GroupBy::Note => match req.mode {
                 Mode::Bm25 | Mode::Semantic => need,
-                Mode::Hybrid | Mode::Compare => need.max(FUSION_DEPTH),
+                Mode::Hybrid | Mode::Compare => need.max(fusion_depth),
             },
         };
 
@@ -289,7 +294,7 @@ impl<'a> Searcher<'a> {
                         semantic.iter().map(|c| (c.id.clone(), c.score)).collect();
                     let a: Vec<String> = bm25.iter().map(|(i, _)| i.clone()).collect();
                     let b: Vec<String> = sem.iter().map(|(i, _)| i.clone()).collect();
-                    let fused = match req.fusion {
+                    let fused = match fusion {
                         Fusion::Rrf { k } => rrf::fuse_weighted(&a, &b, k, 0.5),
                         Fusion::WeightedRrf { k, alpha } => rrf::fuse_weighted(&a, &b, k, alpha),
                         Fusion::Weighted { alpha } => {
@@ -362,7 +367,7 @@ impl<'a> Searcher<'a> {
             k: req.k,
             offset: req.offset,
             filter: req.filter.clone(),
-            fusion: req.fusion,
+            fusion,
             group_by: req.group_by,
             syntax: req.syntax,
             expansions: plan.expansions,

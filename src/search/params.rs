@@ -132,6 +132,9 @@ pub struct SearchRequest {
     pub expand_skip: Vec<String>,
     /// Every mention, or affirmed mentions only.
     pub assertion: Assertion,
+    /// Whether the request named a fusion (`fusion`, `rrf_k` or `alpha`); when it did not,
+    /// a fusion tuned for the collection replaces the default.
+    pub fusion_explicit: bool,
 }
 
 impl SearchRequest {
@@ -150,6 +153,7 @@ impl SearchRequest {
             expand: true,
             expand_skip: vec![],
             assertion: Assertion::Any,
+            fusion_explicit: false,
         }
     }
 
@@ -285,6 +289,7 @@ impl SearchRequest {
                 }
             }
         }
+        req.fusion_explicit = fusion.is_some() || rrf_k.is_some() || alpha.is_some();
         req.fusion = match fusion {
             Some("weighted") => Fusion::Weighted {
                 alpha: alpha.unwrap_or(0.5),

@@ -375,3 +375,73 @@ fn an_evaluation_goes_on_past_empty_queries_and_unknown_documents() {
     let tq2 = report.per_query.iter().find(|p| p.id == "TQ2").unwrap();
     assert!(tq2.modes.values().all(|m| m.ndcg_10 == 0.0));
 }
+
+/// `tune` cross-validates the fusion grid on a stored set; its stored choice becomes the
+/// fusion of searches that do not name one, and a search that names one keeps it.
+#[actix_web::test]
+async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
+    use actix_web::test as atest;
+    use clinsearch::eval::tune;
+    let dir = tempfile::tempdir().unwrap();
+    let state = crate::server::sample_state(dir.path());
+    let set = clinsearch::eval::load_set(dir.path(), "sample").unwrap();
+    let enc = crate::ingest::tiny_encoder();
+    let embed = |t: &[&str]| enc.embed(t);
+    let opts = clinsearch::eval::EvalOptions {
+        modes: vec![
+            clinsearch::search::Mode::Bm25,
+            clinsearch::search::Mode::Semantic,
+        ],
+        ..Default::default()
+    };
+    let (_, runs) =
+        clinsearch::eval::evaluate(&state.engine, &embed, &set, &opts, &|_, _| {}).unwrap();
+    let t = tune::tune("sample", &set, &runs).unwrap();
+    assert_eq!(t.queries, 45);
+    assert_eq!(t.fold_choices.len(), tune::FOLDS);
+    assert!((0.0..=1.0).contains(&t.p_value));
+    // The held-out figure is the choice's score on queries it was not chosen on: recompute
+    // the baseline the same way and check it agrees.
+    let rows: Vec<f64> = set
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, (qid, _))| {
+            let b = &runs["bm25"][i].1;
+            let s = &runs["semantic"][i].1;
+            clinsearch::eval::metrics::ndcg(
+                &tune::fuse_run(b, s, &tune::baseline()),
+                &set.qrels[qid],
+                10,
+            )
+        })
+        .collect();
+    let base = rows.iter().sum::<f64>() / rows.len() as f64;
+    assert!((base - t.baseline_ndcg_10).abs() < 1e-9);
+    // Store a choice and reopen: searches without fusion parameters use it.
+    let chosen = tune::Tuned {
+        choice: tune::FusionChoice {
+            fusion: tune::StoredFusion::Dbsf { alpha: 0.7 },
+            depth: 100,
+        },
+        ..t
+    };
+    drop(state);
+    tune::store(dir.path(), &chosen).unwrap();
+    let state = crate::server::seeded_state(dir.path(), clinsearch::config::Layer::default(), None);
+    assert_eq!(state.engine.tuned_fusion, Some(chosen.choice));
+    let app = atest::init_service(clinsearch::server::app(state)).await;
+    let (_, v) = crate::server::call(
+        &app,
+        crate::server::get("/api/search?q=chest%20pain&mode=hybrid"),
+    )
+    .await;
+    assert_eq!(v["fusion"]["method"], "dbsf");
+    assert!((v["fusion"]["alpha"].as_f64().unwrap() - 0.7).abs() < 1e-6);
+    let (_, v) = crate::server::call(
+        &app,
+        crate::server::get("/api/search?q=chest%20pain&mode=hybrid&fusion=rrf"),
+    )
+    .await;
+    assert_eq!(v["fusion"]["method"], "rrf");
+}

@@ -1,0 +1,281 @@
+//! Choosing the hybrid fusion from judgments: method, weight, RRF constant and candidate
+//! depth, by k-fold cross-validation on a judged query set.
+//!
+//! The BM25 and semantic runs of every query are computed once; each configuration of the
+//! grid then fuses them in memory. For each fold the configuration with the best mean
+//! nDCG@10 on the other folds is scored on the held-out one, so the figure reported is what a
+//! tuned choice earns on queries it was not chosen on (the training fit is higher and is not
+//! reported as the result). The configuration best on all queries is the one stored
+//! (`DATA/fusion.json`) and used by searches that do not ask for a fusion themselves.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::ndcg;
+use super::{Judged, QuerySet, Runs};
+use crate::error::{Error, Result};
+use crate::search::{dbsf, rrf, score_fusion, zscore, Fusion};
+
+/// File in the data directory holding the tuned fusion.
+pub const TUNED_FILE: &str = "fusion.json";
+/// Folds of the cross-validation.
+pub const FOLDS: usize = 5;
+
+/// A fusion and the candidate depth each retriever contributes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FusionChoice {
+    pub fusion: StoredFusion,
+    pub depth: usize,
+}
+
+/// [`Fusion`] as stored (serde both ways).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum StoredFusion {
+    Rrf { k: f32 },
+    WeightedRrf { k: f32, alpha: f32 },
+    Weighted { alpha: f32 },
+    Dbsf { alpha: f32 },
+    Zscore { alpha: f32 },
+}
+
+impl From<StoredFusion> for Fusion {
+    fn from(s: StoredFusion) -> Fusion {
+        match s {
+            StoredFusion::Rrf { k } => Fusion::Rrf { k },
+            StoredFusion::WeightedRrf { k, alpha } => Fusion::WeightedRrf { k, alpha },
+            StoredFusion::Weighted { alpha } => Fusion::Weighted { alpha },
+            StoredFusion::Dbsf { alpha } => Fusion::Dbsf { alpha },
+            StoredFusion::Zscore { alpha } => Fusion::Zscore { alpha },
+        }
+    }
+}
+
+/// What `tune` found and stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tuned {
+    pub choice: FusionChoice,
+    /// The query set it was tuned on.
+    pub set: String,
+    pub queries: usize,
+    /// Mean held-out nDCG@10 of the cross-validated choice, and of RRF k=60 (depth 50) on
+    /// the same queries.
+    pub cv_ndcg_10: f64,
+    pub baseline_ndcg_10: f64,
+    /// Paired randomisation test of the two per-query held-out figures.
+    pub p_value: f64,
+    /// The choice of each fold (they may differ: a sign of how stable the choice is).
+    pub fold_choices: Vec<FusionChoice>,
+}
+
+/// The grid searched.
+pub fn grid() -> Vec<FusionChoice> {
+    let mut out = vec![];
+    let alphas = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+    for depth in [20usize, 50, 100] {
+        for k in [5f32, 10.0, 20.0, 40.0, 60.0, 100.0] {
+            out.push(FusionChoice {
+                fusion: StoredFusion::Rrf { k },
+                depth,
+            });
+            for alpha in [0.3f32, 0.4, 0.6, 0.7] {
+                out.push(FusionChoice {
+                    fusion: StoredFusion::WeightedRrf { k, alpha },
+                    depth,
+                });
+            }
+        }
+        for alpha in alphas {
+            for f in [
+                StoredFusion::Weighted { alpha },
+                StoredFusion::Dbsf { alpha },
+                StoredFusion::Zscore { alpha },
+            ] {
+                out.push(FusionChoice { fusion: f, depth });
+            }
+        }
+    }
+    out
+}
+
+/// RRF k=60 at the searcher's default depth: what a search does without tuning.
+pub fn baseline() -> FusionChoice {
+    FusionChoice {
+        fusion: StoredFusion::Rrf { k: 60.0 },
+        depth: crate::search::FUSION_DEPTH,
+    }
+}
+
+/// One judged query: its judgments and its BM25 and semantic runs.
+type Row<'a> = (&'a Judged, &'a [(String, f64)], &'a [(String, f64)]);
+
+/// The fused run of one query under `choice`.
+pub fn fuse_run(
+    bm25: &[(String, f64)],
+    semantic: &[(String, f64)],
+    choice: &FusionChoice,
+) -> Vec<(String, f64)> {
+    let cut = |l: &[(String, f64)]| -> Vec<(String, f32)> {
+        l.iter()
+            .take(choice.depth)
+            .map(|(d, s)| (d.clone(), *s as f32))
+            .collect()
+    };
+    let (b, s) = (cut(bm25), cut(semantic));
+    let ids = |l: &[(String, f32)]| -> Vec<String> { l.iter().map(|(d, _)| d.clone()).collect() };
+    let fused = match choice.fusion {
+        StoredFusion::Rrf { k } => rrf::fuse_weighted(&ids(&b), &ids(&s), k, 0.5),
+        StoredFusion::WeightedRrf { k, alpha } => rrf::fuse_weighted(&ids(&b), &ids(&s), k, alpha),
+        StoredFusion::Weighted { alpha } => score_fusion::fuse_explained(&b, &s, alpha),
+        StoredFusion::Dbsf { alpha } => dbsf::fuse(&b, &s, alpha),
+        StoredFusion::Zscore { alpha } => zscore::fuse(&b, &s, alpha),
+    };
+    let mut run: Vec<(String, f64)> = fused.into_iter().map(|f| (f.id, f.score as f64)).collect();
+    super::metrics::trec_order(&mut run);
+    run
+}
+
+/// Per query: (judgments, BM25 run, semantic run), from the runs of an evaluation with both
+/// modes.
+fn per_query<'a>(set: &'a QuerySet, runs: &'a Runs) -> Result<Vec<Row<'a>>> {
+    let get = |m: &str| {
+        runs.get(m)
+            .ok_or_else(|| Error::InvalidInput(format!("tuning needs the {m} runs")))
+    };
+    let (b, s) = (get("bm25")?, get("semantic")?);
+    Ok(set
+        .queries
+        .iter()
+        .zip(b.iter().zip(s))
+        .map(|((qid, _), ((_, rb), (_, rs)))| (&set.qrels[qid], rb.as_slice(), rs.as_slice()))
+        .collect())
+}
+
+fn mean_ndcg(rows: &[Row<'_>], idx: &[usize], c: &FusionChoice) -> f64 {
+    if idx.is_empty() {
+        return 0.0;
+    }
+    idx.iter()
+        .map(|&i| {
+            let (j, b, s) = rows[i];
+            ndcg(&fuse_run(b, s, c), j, 10)
+        })
+        .sum::<f64>()
+        / idx.len() as f64
+}
+
+fn best(rows: &[Row<'_>], idx: &[usize], grid: &[FusionChoice]) -> FusionChoice {
+    let mut best = (f64::NEG_INFINITY, baseline());
+    for c in grid {
+        let m = mean_ndcg(rows, idx, c);
+        // Strictly better only: on a tie the earlier (simpler, RRF first) choice stays.
+        if m > best.0 + 1e-12 {
+            best = (m, *c);
+        }
+    }
+    best.1
+}
+
+/// Cross-validates the grid on `set` (its BM25 and semantic `runs`, from [`super::evaluate`]
+/// with both modes) and returns what to store.
+pub fn tune(name: &str, set: &QuerySet, runs: &Runs) -> Result<Tuned> {
+    let rows = per_query(set, runs)?;
+    let n = rows.len();
+    if n < FOLDS * 2 {
+        return Err(Error::InvalidInput(format!(
+            "{n} judged queries: tuning by {FOLDS}-fold cross-validation needs at least {}",
+            FOLDS * 2
+        )));
+    }
+    let grid = grid();
+    // Query i is in fold i mod FOLDS: deterministic, and spread over the file's order.
+    let mut held = vec![0.0; n];
+    let mut base = vec![0.0; n];
+    let mut fold_choices = vec![];
+    for f in 0..FOLDS {
+        let train: Vec<usize> = (0..n).filter(|i| i % FOLDS != f).collect();
+        let test: Vec<usize> = (0..n).filter(|i| i % FOLDS == f).collect();
+        let c = best(&rows, &train, &grid);
+        fold_choices.push(c);
+        for &i in &test {
+            let (j, b, s) = rows[i];
+            held[i] = ndcg(&fuse_run(b, s, &c), j, 10);
+            base[i] = ndcg(&fuse_run(b, s, &baseline()), j, 10);
+        }
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let choice = best(&rows, &all, &grid);
+    Ok(Tuned {
+        choice,
+        set: name.to_string(),
+        queries: n,
+        cv_ndcg_10: held.iter().sum::<f64>() / n as f64,
+        baseline_ndcg_10: base.iter().sum::<f64>() / n as f64,
+        p_value: super::significance::randomization_test(&held, &base),
+        fold_choices,
+    })
+}
+
+/// Stores the tuned choice in the data directory (written aside, then renamed).
+pub fn store(data: &Path, t: &Tuned) -> Result<()> {
+    let path = data.join(TUNED_FILE);
+    let tmp = data.join(format!("{TUNED_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(t).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// The tuned choice of a data directory, if `tune` stored one. A file that cannot be read is
+/// an error (not silently the default).
+pub fn load(data: &Path) -> Result<Option<Tuned>> {
+    let path = data.join(TUNED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_holds_every_method_and_the_baseline() {
+        let g = grid();
+        assert!(g.contains(&baseline()));
+        for m in ["rrf", "weighted_rrf", "weighted", "dbsf", "zscore"] {
+            assert!(
+                g.iter()
+                    .any(|c| serde_json::to_value(c.fusion).unwrap()["method"] == m),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_choice_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let t = Tuned {
+            choice: FusionChoice {
+                fusion: StoredFusion::Dbsf { alpha: 0.7 },
+                depth: 100,
+            },
+            set: "s".into(),
+            queries: 20,
+            cv_ndcg_10: 0.5,
+            baseline_ndcg_10: 0.4,
+            p_value: 0.03,
+            fold_choices: vec![],
+        };
+        store(dir.path(), &t).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.choice, t.choice);
+        std::fs::write(dir.path().join(TUNED_FILE), "{").unwrap();
+        assert!(load(dir.path()).is_err());
+    }
+}
