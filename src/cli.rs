@@ -256,6 +256,9 @@ pub struct EvalArgs {
     /// the family).
     #[arg(long, default_value = "any")]
     pub assertion: String,
+    /// BM25 query words: keep every word, or drop common English words.
+    #[arg(long, default_value = "keep")]
+    pub stopwords: String,
     /// With --assertion affirmed, demote semantic hits matched in negated or family sentences.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub demote_unaffirmed: bool,
@@ -277,6 +280,11 @@ impl EvalArgs {
             fusion,
             expand: self.expand,
             use_tuned,
+            drop_stopwords: match self.stopwords.as_str() {
+                "keep" => false,
+                "drop" => true,
+                other => anyhow::bail!("--stopwords {other:?}: use keep or drop"),
+            },
             expansion_weight: self.expansion_weight,
             sense_context: self.sense_context,
             assertion: match self.assertion.as_str() {
@@ -841,6 +849,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 "live_vectors": engine.vectors.len(),
                 "last_seq": engine.store.last_seq()?,
                 "store_bytes": engine.store.size_on_disk(),
+                "tuned_fusion": engine.tuned_fusion,
             });
             println!("{}", serde_json::to_string_pretty(&stats)?);
         }

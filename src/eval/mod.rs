@@ -290,6 +290,8 @@ pub struct EvalOptions {
     pub sense_context: bool,
     /// Every mention, or affirmed mentions only.
     pub assertion: crate::search::Assertion,
+    /// Leave common English words out of BM25's optional query words.
+    pub drop_stopwords: bool,
     /// Fuse as searches without fusion parameters do (the collection's tuned fusion when
     /// `tune` stored one) instead of with `fusion`.
     pub use_tuned: bool,
@@ -313,6 +315,7 @@ impl Default for EvalOptions {
             sense_context: true,
             assertion: crate::search::Assertion::Any,
             use_tuned: false,
+            drop_stopwords: false,
             demote_unaffirmed: true,
             abbreviations: None,
         }
@@ -451,6 +454,7 @@ pub fn evaluate(
         req.expand = opts.expand;
         req.assertion = opts.assertion;
         req.fusion_explicit = !opts.use_tuned;
+        req.drop_stopwords = opts.drop_stopwords;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

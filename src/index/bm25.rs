@@ -327,7 +327,22 @@ impl Bm25Index {
                 q::Fields::Title => vec![self.f.title],
                 q::Fields::Text => vec![body],
             };
-            let mut tokens = self.analyse(&c.text)?;
+            let text = if query.drop_stopwords && !c.phrase && c.occur == q::Occur::Should {
+                let kept: Vec<&str> = crate::clinical::words(&c.text)
+                    .iter()
+                    .filter(|w| !crate::clinical::is_stopword(&w.text.to_lowercase()))
+                    .map(|w| w.text)
+                    .collect();
+                // A query of common words only ("the", "what is it") keeps them.
+                if kept.is_empty() {
+                    std::borrow::Cow::Borrowed(c.text.as_str())
+                } else {
+                    std::borrow::Cow::Owned(kept.join(" "))
+                }
+            } else {
+                std::borrow::Cow::Borrowed(c.text.as_str())
+            };
+            let mut tokens = self.analyse(&text)?;
             let room = MAX_QUERY_TERMS.saturating_sub(used);
             if tokens.len() > room {
                 dropped += tokens.len() - room;
@@ -527,6 +542,7 @@ impl Bm25Index {
                 .cloned()
                 .collect(),
             affirmed_only: false,
+            drop_stopwords: query.drop_stopwords,
         };
         let q = self.build(&positive)?.query;
         let searcher = self.reader.searcher();

@@ -95,6 +95,9 @@ pub struct TextQuery {
     /// Search the note text's affirmed view (negated, possible, hypothetical and family
     /// mentions blanked) instead of the whole text; titles are searched as they are.
     pub affirmed_only: bool,
+    /// Leave common English words ([`crate::clinical::is_stopword`]) out of optional word
+    /// clauses (phrases, required and excluded words keep them).
+    pub drop_stopwords: bool,
 }
 
 impl TextQuery {
@@ -103,6 +106,7 @@ impl TextQuery {
         TextQuery {
             clauses: vec![Clause::words(text)],
             affirmed_only: false,
+            drop_stopwords: false,
         }
     }
 
@@ -253,6 +257,7 @@ pub fn parse_advanced(text: &str) -> Result<TextQuery, SyntaxError> {
     Ok(TextQuery {
         clauses,
         affirmed_only: false,
+        drop_stopwords: false,
     })
 }
 

@@ -132,6 +132,8 @@ pub struct SearchRequest {
     pub expand_skip: Vec<String>,
     /// Every mention, or affirmed mentions only.
     pub assertion: Assertion,
+    /// Leave common English words out of BM25's optional words (`stopwords=drop`).
+    pub drop_stopwords: bool,
     /// Whether the request named a fusion (`fusion`, `rrf_k` or `alpha`); when it did not,
     /// a fusion tuned for the collection replaces the default.
     pub fusion_explicit: bool,
@@ -154,6 +156,7 @@ impl SearchRequest {
             expand_skip: vec![],
             assertion: Assertion::Any,
             fusion_explicit: false,
+            drop_stopwords: false,
         }
     }
 
@@ -260,6 +263,13 @@ impl SearchRequest {
                 }
                 "snippet_chars" => req.snippet_chars = parse_num(v, 20, 2000).map_err(bad)?,
                 "syntax" => req.syntax = v.parse().map_err(bad)?,
+                "stopwords" => {
+                    req.drop_stopwords = match v.to_ascii_lowercase().as_str() {
+                        "" | "keep" => false,
+                        "drop" => true,
+                        other => return Err(bad(format!("{other:?}: use keep or drop"))),
+                    }
+                }
                 "assertion" => {
                     req.assertion = match v.to_ascii_lowercase().as_str() {
                         "" | "any" => Assertion::Any,
