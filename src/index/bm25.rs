@@ -330,7 +330,12 @@ impl Bm25Index {
             let text = if query.drop_stopwords && !c.phrase && c.occur == q::Occur::Should {
                 let kept: Vec<&str> = crate::clinical::words(&c.text)
                     .iter()
-                    .filter(|w| !crate::clinical::is_stopword(&w.text.to_lowercase()))
+                    // A word in capitals is an abbreviation ("ST elevation", "ALL"), not a
+                    // common word.
+                    .filter(|w| {
+                        let caps = w.text.len() >= 2 && !w.text.chars().any(char::is_lowercase);
+                        caps || !crate::clinical::is_stopword(&w.text.to_lowercase())
+                    })
                     .map(|w| w.text)
                     .collect();
                 // A query of common words only ("the", "what is it") keeps them.
