@@ -256,6 +256,10 @@ pub struct EvalArgs {
     /// the family).
     #[arg(long, default_value = "any")]
     pub assertion: String,
+    /// A note's semantic score from its windows: max (best window), first, max_first
+    /// (best + 0.1 first) or top2 (mean of the two best).
+    #[arg(long, default_value = "max")]
+    pub note_score: String,
     /// BM25 query words: keep every word, or drop common English words.
     #[arg(long, default_value = "keep")]
     pub stopwords: String,
@@ -280,6 +284,10 @@ impl EvalArgs {
             fusion,
             expand: self.expand,
             use_tuned,
+            note_score: self
+                .note_score
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--note-score {e}"))?,
             drop_stopwords: match self.stopwords.as_str() {
                 "keep" => false,
                 "drop" => true,

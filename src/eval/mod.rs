@@ -292,6 +292,8 @@ pub struct EvalOptions {
     pub assertion: crate::search::Assertion,
     /// Leave common English words out of BM25's optional query words.
     pub drop_stopwords: bool,
+    /// How a note's semantic score comes from its windows.
+    pub note_score: crate::search::NoteScore,
     /// Fuse as searches without fusion parameters do (the collection's tuned fusion when
     /// `tune` stored one) instead of with `fusion`.
     pub use_tuned: bool,
@@ -316,6 +318,7 @@ impl Default for EvalOptions {
             assertion: crate::search::Assertion::Any,
             use_tuned: false,
             drop_stopwords: false,
+            note_score: crate::search::NoteScore::Max,
             demote_unaffirmed: true,
             abbreviations: None,
         }
@@ -455,6 +458,7 @@ pub fn evaluate(
         req.assertion = opts.assertion;
         req.fusion_explicit = !opts.use_tuned;
         req.drop_stopwords = opts.drop_stopwords;
+        req.note_score = opts.note_score;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

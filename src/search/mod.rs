@@ -23,7 +23,7 @@ pub mod rrf;
 pub mod score_fusion;
 pub mod zscore;
 
-pub use params::{Assertion, Fusion, GroupBy, Mode, ParamError, SearchRequest};
+pub use params::{Assertion, Fusion, GroupBy, Mode, NoteScore, ParamError, SearchRequest};
 pub use present::segments;
 pub use response::{
     AppliedExpansion, ChunkMatch, FusedShares, Group, Hit, Ranking, SearchResponse, Segment,
@@ -259,6 +259,9 @@ impl<'a> Searcher<'a> {
             Some(v) => {
                 let t = Instant::now();
                 let mut s = self.semantic_candidates(v, depth, &req.filter)?;
+                if req.note_score != NoteScore::Max {
+                    self.rescore_notes(v, req.note_score, &mut s)?;
+                }
                 if req.assertion == Assertion::Affirmed && self.demote_unaffirmed {
                     self.demote_unaffirmed(&plan.text, &mut s)?;
                 }

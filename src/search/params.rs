@@ -88,6 +88,34 @@ impl Default for Fusion {
     }
 }
 
+/// How a note's semantic score comes from its windows' cosines (`note_score=`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteScore {
+    /// The best window (MaxP).
+    #[default]
+    Max,
+    /// The first window (FirstP): the title and the opening.
+    First,
+    /// The best window plus a tenth of the first: `(best + 0.1 first) / 1.1`.
+    MaxFirst,
+    /// The mean of the two best windows (the best alone for a one-window note).
+    Top2,
+}
+
+impl std::str::FromStr for NoteScore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "" | "max" => NoteScore::Max,
+            "first" => NoteScore::First,
+            "max_first" => NoteScore::MaxFirst,
+            "top2" => NoteScore::Top2,
+            other => return Err(format!("{other:?}: use max, first, max_first or top2")),
+        })
+    }
+}
+
 /// Which mentions count (`assertion=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +162,8 @@ pub struct SearchRequest {
     pub assertion: Assertion,
     /// Leave common English words out of BM25's optional words (`stopwords=drop`).
     pub drop_stopwords: bool,
+    /// How a note's semantic score comes from its windows.
+    pub note_score: NoteScore,
     /// Whether the request named a fusion (`fusion`, `rrf_k` or `alpha`); when it did not,
     /// a fusion tuned for the collection replaces the default.
     pub fusion_explicit: bool,
@@ -157,6 +187,7 @@ impl SearchRequest {
             assertion: Assertion::Any,
             fusion_explicit: false,
             drop_stopwords: false,
+            note_score: NoteScore::Max,
         }
     }
 
@@ -263,6 +294,7 @@ impl SearchRequest {
                 }
                 "snippet_chars" => req.snippet_chars = parse_num(v, 20, 2000).map_err(bad)?,
                 "syntax" => req.syntax = v.parse().map_err(bad)?,
+                "note_score" => req.note_score = v.parse().map_err(bad)?,
                 "stopwords" => {
                     req.drop_stopwords = match v.to_ascii_lowercase().as_str() {
                         "" | "keep" => false,

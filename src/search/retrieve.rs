@@ -131,6 +131,43 @@ impl Searcher<'_> {
 pub const UNAFFIRMED_DEMOTION: f32 = 0.5;
 
 impl Searcher<'_> {
+    /// Re-scores the candidate notes from all their windows' cosines as `how` says (the
+    /// candidates are those whose best window the index found), then re-sorts them.
+    pub(super) fn rescore_notes(
+        &self,
+        qv: &[f32],
+        how: super::NoteScore,
+        cands: &mut [SemanticCandidate],
+    ) -> Result<()> {
+        use super::NoteScore;
+        for c in cands.iter_mut() {
+            let Some((_, chunks)) = self.engine.store.get_with_chunks(&c.id)? else {
+                continue;
+            };
+            let mut scored: Vec<(u32, f32)> = chunks
+                .iter()
+                .map(|k| (k.index, cosine(&k.vector, qv)))
+                .collect();
+            if scored.is_empty() {
+                continue;
+            }
+            let first = scored
+                .iter()
+                .min_by_key(|(i, _)| *i)
+                .map_or(0.0, |(_, s)| *s);
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let best = scored[0].1;
+            c.score = match how {
+                NoteScore::Max => best,
+                NoteScore::First => first,
+                NoteScore::MaxFirst => (best + 0.1 * first) / 1.1,
+                NoteScore::Top2 => scored.get(1).map_or(best, |(_, s2)| (best + s2) / 2.0),
+            };
+        }
+        cands.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        Ok(())
+    }
+
     /// Demotes, then re-sorts, semantic candidates whose best window says the query's words
     /// only where they are negated or about the family. In the window the sentence holding
     /// the most query words (title, expansions included; common words not) is taken as the

@@ -1207,3 +1207,50 @@ async fn evaluation_runs_on_a_stored_set_or_posted_judgments() {
     let (s, _) = call(&app, get("/api/eval/eval-999")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// `note_score=first` ranks notes by their first window's cosine (what the note view shows
+/// for chunk 0), `max` (the default) by their best window's.
+#[actix_web::test]
+async fn note_scores_rank_by_the_window_they_name() {
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    for (how, pick) in [("first", true), ("max", false)] {
+        let (s, v) = call(
+            &app,
+            get(&format!(
+                "/api/search?q=chest%20pain%20with%20troponin&mode=semantic&k=10&note_score={how}"
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let mut scores = vec![];
+        for h in hits(&v, "semantic") {
+            let id = h["id"].as_str().unwrap();
+            let (_, d) = call(
+                &app,
+                get(&format!(
+                    "/api/documents/{id}?q=chest%20pain%20with%20troponin"
+                )),
+            )
+            .await;
+            let chunks = d["chunks"].as_array().unwrap();
+            let cos: Vec<f64> = chunks
+                .iter()
+                .map(|c| c["score"].as_f64().unwrap())
+                .collect();
+            scores.push(if pick {
+                cos[0]
+            } else {
+                cos.iter().cloned().fold(f64::MIN, f64::max)
+            });
+        }
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1] - 1e-5),
+            "{how}: {scores:?}"
+        );
+    }
+    let (s, v) = call(&app, get("/api/search?q=x&note_score=mean")).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("note_score"))
+    );
+}
