@@ -793,12 +793,24 @@ pub fn run(cli: Cli) -> Result<()> {
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
             let engine = data.open(Some(&identity))?;
             let qset = crate::eval::load_set(&data.dir, &set)?;
-            let opts = crate::eval::EvalOptions {
-                modes: vec![crate::search::Mode::Bm25, crate::search::Mode::Semantic],
-                ..Default::default()
-            };
+            use crate::search::NoteScore;
             let embed = |t: &[&str]| encoder.embed(t);
-            let (_, runs) = crate::eval::evaluate(&engine, &embed, &qset, &opts, &|_, _| {})?;
+            // The runs under each note score (BM25 is the same in all).
+            let mut runs = vec![];
+            for note_score in [
+                NoteScore::Max,
+                NoteScore::First,
+                NoteScore::MaxFirst,
+                NoteScore::Top2,
+            ] {
+                let opts = crate::eval::EvalOptions {
+                    modes: vec![crate::search::Mode::Bm25, crate::search::Mode::Semantic],
+                    note_score,
+                    ..Default::default()
+                };
+                let (_, r) = crate::eval::evaluate(&engine, &embed, &qset, &opts, &|_, _| {})?;
+                runs.push((note_score, r));
+            }
             let tuned = crate::eval::tune::tune(&set, &qset, &runs)?;
             if !dry_run {
                 crate::eval::tune::store(&data.dir, &tuned)?;
@@ -816,9 +828,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     tuned.p_value
                 );
                 println!(
-                    "chosen on all queries: {} (candidate depth {}){}",
+                    "chosen on all queries: {} (candidate depth {}, note score {:?}){}",
                     serde_json::to_string(&tuned.choice.fusion)?,
                     tuned.choice.depth,
+                    tuned.choice.note_score,
                     if dry_run {
                         "; not stored (--dry-run)"
                     } else {
@@ -827,10 +840,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
                 for (i, c) in tuned.fold_choices.iter().enumerate() {
                     println!(
-                        "  fold {}: {} depth {}",
+                        "  fold {}: {} depth {} note score {:?}",
                         i + 1,
                         serde_json::to_string(&c.fusion)?,
-                        c.depth
+                        c.depth,
+                        c.note_score
                     );
                 }
             }

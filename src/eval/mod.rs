@@ -459,6 +459,7 @@ pub fn evaluate(
         req.fusion_explicit = !opts.use_tuned;
         req.drop_stopwords = opts.drop_stopwords;
         req.note_score = opts.note_score;
+        req.note_score_explicit = !opts.use_tuned;
         if let Some(r) = &opts.restrict {
             req.filter = req.filter.and(r);
         }

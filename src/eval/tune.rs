@@ -15,18 +15,21 @@ use serde::{Deserialize, Serialize};
 use super::metrics::ndcg;
 use super::{Judged, QuerySet, Runs};
 use crate::error::{Error, Result};
-use crate::search::{dbsf, rrf, score_fusion, zscore, Fusion};
+use crate::search::{dbsf, rrf, score_fusion, zscore, Fusion, NoteScore};
 
 /// File in the data directory holding the tuned fusion.
 pub const TUNED_FILE: &str = "fusion.json";
 /// Folds of the cross-validation.
 pub const FOLDS: usize = 5;
 
-/// A fusion and the candidate depth each retriever contributes to it.
+/// A fusion, the candidate depth each retriever contributes to it, and how a note's
+/// semantic score comes from its windows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FusionChoice {
     pub fusion: StoredFusion,
     pub depth: usize,
+    #[serde(default)]
+    pub note_score: NoteScore,
 }
 
 /// [`Fusion`] as stored (serde both ways).
@@ -78,11 +81,13 @@ pub fn grid() -> Vec<FusionChoice> {
             out.push(FusionChoice {
                 fusion: StoredFusion::Rrf { k },
                 depth,
+                note_score: NoteScore::Max,
             });
             for alpha in [0.3f32, 0.4, 0.6, 0.7] {
                 out.push(FusionChoice {
                     fusion: StoredFusion::WeightedRrf { k, alpha },
                     depth,
+                    note_score: NoteScore::Max,
                 });
             }
         }
@@ -92,7 +97,11 @@ pub fn grid() -> Vec<FusionChoice> {
                 StoredFusion::Dbsf { alpha },
                 StoredFusion::Zscore { alpha },
             ] {
-                out.push(FusionChoice { fusion: f, depth });
+                out.push(FusionChoice {
+                    fusion: f,
+                    depth,
+                    note_score: NoteScore::Max,
+                });
             }
         }
     }
@@ -104,11 +113,26 @@ pub fn baseline() -> FusionChoice {
     FusionChoice {
         fusion: StoredFusion::Rrf { k: 60.0 },
         depth: crate::search::FUSION_DEPTH,
+        note_score: NoteScore::Max,
     }
 }
 
-/// One judged query: its judgments and its BM25 and semantic runs.
-type Row<'a> = (&'a Judged, &'a [(String, f64)], &'a [(String, f64)]);
+/// One judged query: its judgments, its BM25 run and its semantic run under each note score
+/// tried.
+type Row<'a> = (
+    &'a Judged,
+    &'a [(String, f64)],
+    Vec<(NoteScore, &'a [(String, f64)])>,
+);
+
+/// The semantic run of a row under a choice's note score.
+fn semantic_of<'a>(row: &Row<'a>, c: &FusionChoice) -> &'a [(String, f64)] {
+    row.2
+        .iter()
+        .find(|(n, _)| *n == c.note_score)
+        .or(row.2.first())
+        .map_or(&[][..], |(_, r)| r)
+}
 
 /// The fused run of one query under `choice`.
 pub fn fuse_run(
@@ -136,19 +160,33 @@ pub fn fuse_run(
     run
 }
 
-/// Per query: (judgments, BM25 run, semantic run), from the runs of an evaluation with both
-/// modes.
-fn per_query<'a>(set: &'a QuerySet, runs: &'a Runs) -> Result<Vec<Row<'a>>> {
-    let get = |m: &str| {
-        runs.get(m)
+/// Per query: (judgments, BM25 run, semantic run per note score), from the runs of
+/// evaluations with both modes, one per note score.
+fn per_query<'a>(set: &'a QuerySet, runs: &'a [(NoteScore, Runs)]) -> Result<Vec<Row<'a>>> {
+    let get = |r: &'a Runs, m: &str| {
+        r.get(m)
             .ok_or_else(|| Error::InvalidInput(format!("tuning needs the {m} runs")))
     };
-    let (b, s) = (get("bm25")?, get("semantic")?);
+    let first = &runs
+        .first()
+        .ok_or_else(|| Error::InvalidInput("tuning needs runs".into()))?
+        .1;
+    let b = get(first, "bm25")?;
+    let sems: Vec<(NoteScore, &Vec<(String, Vec<(String, f64)>)>)> = runs
+        .iter()
+        .map(|(n, r)| Ok((*n, get(r, "semantic")?)))
+        .collect::<Result<_>>()?;
     Ok(set
         .queries
         .iter()
-        .zip(b.iter().zip(s))
-        .map(|((qid, _), ((_, rb), (_, rs)))| (&set.qrels[qid], rb.as_slice(), rs.as_slice()))
+        .enumerate()
+        .map(|(i, (qid, _))| {
+            (
+                &set.qrels[qid],
+                b[i].1.as_slice(),
+                sems.iter().map(|(n, s)| (*n, s[i].1.as_slice())).collect(),
+            )
+        })
         .collect())
 }
 
@@ -158,8 +196,8 @@ fn mean_ndcg(rows: &[Row<'_>], idx: &[usize], c: &FusionChoice) -> f64 {
     }
     idx.iter()
         .map(|&i| {
-            let (j, b, s) = rows[i];
-            ndcg(&fuse_run(b, s, c), j, 10)
+            let row = &rows[i];
+            ndcg(&fuse_run(row.1, semantic_of(row, c), c), row.0, 10)
         })
         .sum::<f64>()
         / idx.len() as f64
@@ -177,9 +215,10 @@ fn best(rows: &[Row<'_>], idx: &[usize], grid: &[FusionChoice]) -> FusionChoice 
     best.1
 }
 
-/// Cross-validates the grid on `set` (its BM25 and semantic `runs`, from [`super::evaluate`]
-/// with both modes) and returns what to store.
-pub fn tune(name: &str, set: &QuerySet, runs: &Runs) -> Result<Tuned> {
+/// Cross-validates the grid on `set` and returns what to store. `runs` holds, for each note
+/// score to try, the runs of [`super::evaluate`] with both modes under it (BM25 is taken from
+/// the first); the grid is every fusion configuration under every note score given.
+pub fn tune(name: &str, set: &QuerySet, runs: &[(NoteScore, Runs)]) -> Result<Tuned> {
     let rows = per_query(set, runs)?;
     let n = rows.len();
     if n < FOLDS * 2 {
@@ -188,7 +227,15 @@ pub fn tune(name: &str, set: &QuerySet, runs: &Runs) -> Result<Tuned> {
             FOLDS * 2
         )));
     }
-    let grid = grid();
+    let grid: Vec<FusionChoice> = runs
+        .iter()
+        .flat_map(|(n, _)| {
+            grid().into_iter().map(move |c| FusionChoice {
+                note_score: *n,
+                ..c
+            })
+        })
+        .collect();
     // Query i is in fold i mod FOLDS: deterministic, and spread over the file's order.
     let mut held = vec![0.0; n];
     let mut base = vec![0.0; n];
@@ -199,9 +246,10 @@ pub fn tune(name: &str, set: &QuerySet, runs: &Runs) -> Result<Tuned> {
         let c = best(&rows, &train, &grid);
         fold_choices.push(c);
         for &i in &test {
-            let (j, b, s) = rows[i];
-            held[i] = ndcg(&fuse_run(b, s, &c), j, 10);
-            base[i] = ndcg(&fuse_run(b, s, &baseline()), j, 10);
+            let row = &rows[i];
+            held[i] = ndcg(&fuse_run(row.1, semantic_of(row, &c), &c), row.0, 10);
+            let b = baseline();
+            base[i] = ndcg(&fuse_run(row.1, semantic_of(row, &b), &b), row.0, 10);
         }
     }
     let all: Vec<usize> = (0..n).collect();
@@ -264,6 +312,7 @@ mod tests {
             choice: FusionChoice {
                 fusion: StoredFusion::Dbsf { alpha: 0.7 },
                 depth: 100,
+                note_score: NoteScore::First,
             },
             set: "s".into(),
             queries: 20,

@@ -259,8 +259,12 @@ impl<'a> Searcher<'a> {
             Some(v) => {
                 let t = Instant::now();
                 let mut s = self.semantic_candidates(v, depth, &req.filter)?;
-                if req.note_score != NoteScore::Max {
-                    self.rescore_notes(v, req.note_score, &mut s)?;
+                let note_score = match (&self.engine.tuned_fusion, req.note_score_explicit) {
+                    (Some(t), false) => t.note_score,
+                    _ => req.note_score,
+                };
+                if note_score != NoteScore::Max {
+                    self.rescore_notes(v, note_score, &mut s)?;
                 }
                 if req.assertion == Assertion::Affirmed && self.demote_unaffirmed {
                     self.demote_unaffirmed(&plan.text, &mut s)?;

@@ -89,7 +89,7 @@ impl Default for Fusion {
 }
 
 /// How a note's semantic score comes from its windows' cosines (`note_score=`).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoteScore {
     /// The best window (MaxP).
@@ -164,6 +164,8 @@ pub struct SearchRequest {
     pub drop_stopwords: bool,
     /// How a note's semantic score comes from its windows.
     pub note_score: NoteScore,
+    /// Whether the request named a note score (otherwise a tuned one replaces the default).
+    pub note_score_explicit: bool,
     /// Whether the request named a fusion (`fusion`, `rrf_k` or `alpha`); when it did not,
     /// a fusion tuned for the collection replaces the default.
     pub fusion_explicit: bool,
@@ -188,6 +190,7 @@ impl SearchRequest {
             fusion_explicit: false,
             drop_stopwords: false,
             note_score: NoteScore::Max,
+            note_score_explicit: false,
         }
     }
 
@@ -294,7 +297,10 @@ impl SearchRequest {
                 }
                 "snippet_chars" => req.snippet_chars = parse_num(v, 20, 2000).map_err(bad)?,
                 "syntax" => req.syntax = v.parse().map_err(bad)?,
-                "note_score" => req.note_score = v.parse().map_err(bad)?,
+                "note_score" => {
+                    req.note_score = v.parse().map_err(bad)?;
+                    req.note_score_explicit = true;
+                }
                 "stopwords" => {
                     req.drop_stopwords = match v.to_ascii_lowercase().as_str() {
                         "" | "keep" => false,

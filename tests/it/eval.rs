@@ -396,6 +396,7 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
     };
     let (_, runs) =
         clinsearch::eval::evaluate(&state.engine, &embed, &set, &opts, &|_, _| {}).unwrap();
+    let runs = vec![(clinsearch::search::NoteScore::Max, runs)];
     let t = tune::tune("sample", &set, &runs).unwrap();
     assert_eq!(t.queries, 45);
     assert_eq!(t.fold_choices.len(), tune::FOLDS);
@@ -407,8 +408,8 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
         .iter()
         .enumerate()
         .map(|(i, (qid, _))| {
-            let b = &runs["bm25"][i].1;
-            let s = &runs["semantic"][i].1;
+            let b = &runs[0].1["bm25"][i].1;
+            let s = &runs[0].1["semantic"][i].1;
             clinsearch::eval::metrics::ndcg(
                 &tune::fuse_run(b, s, &tune::baseline()),
                 &set.qrels[qid],
@@ -423,6 +424,7 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
         choice: tune::FusionChoice {
             fusion: tune::StoredFusion::Dbsf { alpha: 0.7 },
             depth: 100,
+            note_score: clinsearch::search::NoteScore::First,
         },
         ..t
     };
@@ -444,4 +446,28 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
     )
     .await;
     assert_eq!(v["fusion"]["method"], "rrf");
+    // The tuned note score (first window) is the default too; an explicit one overrides it.
+    let sem = |q: &'static str| crate::server::get(q);
+    let (_, tuned) = crate::server::call(
+        &app,
+        sem("/api/search?q=chest%20pain%20troponin&mode=semantic&k=20"),
+    )
+    .await;
+    let (_, first) = crate::server::call(
+        &app,
+        sem("/api/search?q=chest%20pain%20troponin&mode=semantic&k=20&note_score=first"),
+    )
+    .await;
+    let (_, max) = crate::server::call(
+        &app,
+        sem("/api/search?q=chest%20pain%20troponin&mode=semantic&k=20&note_score=max"),
+    )
+    .await;
+    let ids = |v: &serde_json::Value| crate::server::ids(&crate::server::hits(v, "semantic"));
+    assert_eq!(ids(&tuned), ids(&first));
+    assert_ne!(
+        ids(&first),
+        ids(&max),
+        "the two note scores should rank differently here"
+    );
 }
