@@ -160,6 +160,9 @@ pub fn fuse_run(
     run
 }
 
+/// One mode's runs: per query, its id and run.
+type QueryRuns = Vec<(String, Vec<(String, f64)>)>;
+
 /// Per query: (judgments, BM25 run, semantic run per note score), from the runs of
 /// evaluations with both modes, one per note score.
 fn per_query<'a>(set: &'a QuerySet, runs: &'a [(NoteScore, Runs)]) -> Result<Vec<Row<'a>>> {
@@ -172,7 +175,7 @@ fn per_query<'a>(set: &'a QuerySet, runs: &'a [(NoteScore, Runs)]) -> Result<Vec
         .ok_or_else(|| Error::InvalidInput("tuning needs runs".into()))?
         .1;
     let b = get(first, "bm25")?;
-    let sems: Vec<(NoteScore, &Vec<(String, Vec<(String, f64)>)>)> = runs
+    let sems: Vec<(NoteScore, &QueryRuns)> = runs
         .iter()
         .map(|(n, r)| Ok((*n, get(r, "semantic")?)))
         .collect::<Result<_>>()?;
