@@ -380,30 +380,21 @@ def main():
     with open(os.path.join(OUT, "notes.jsonl"), "w") as f:
         for n in notes:
             f.write(json.dumps({k: v for k, v in n.items() if not k.startswith("_")}) + "\n")
-    with open(os.path.join(OUT, "queries.jsonl"), "w") as fq, open(os.path.join(OUT, "qrels.tsv"), "w") as fr:
-        fr.write("query-id\tcorpus-id\tscore\n")
-        for qi, (text, rel) in enumerate(queries):
-            assert rel, f"query {text!r} has no relevant note"
-            qid = f"q{qi + 1:02d}"
-            fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
-            for doc, g in sorted(rel.items()):
-                fr.write(f"{qid}\t{doc}\t{g}\n")
-    with open(os.path.join(OUT, "queries_abbrev.jsonl"), "w") as fq, open(os.path.join(OUT, "qrels_abbrev.tsv"), "w") as fr:
-        fr.write("query-id\tcorpus-id\tscore\n")
-        for qi, (text, rel) in enumerate(abbrev_queries):
-            assert rel, f"query {text!r} has no relevant note"
-            qid = f"a{qi + 1:02d}"
-            fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
-            for doc, g in sorted(rel.items()):
-                fr.write(f"{qid}\t{doc}\t{g}\n")
-    with open(os.path.join(OUT, "queries_negation.jsonl"), "w") as fq, open(os.path.join(OUT, "qrels_negation.tsv"), "w") as fr:
-        fr.write("query-id\tcorpus-id\tscore\n")
-        for qi, (text, rel) in enumerate(negation_queries):
-            assert any(g > 0 for g in rel.values()), f"query {text!r} has no relevant note"
-            qid = f"n{qi + 1:02d}"
-            fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
-            for doc, g in sorted(rel.items()):
-                fr.write(f"{qid}\t{doc}\t{g}\n")
+    def write_set(suffix, prefix, qs):
+        """queries{suffix}.jsonl and qrels{suffix}.tsv; ids {prefix}01, {prefix}02, ..."""
+        with open(os.path.join(OUT, f"queries{suffix}.jsonl"), "w") as fq, \
+                open(os.path.join(OUT, f"qrels{suffix}.tsv"), "w") as fr:
+            fr.write("query-id\tcorpus-id\tscore\n")
+            for qi, (text, rel) in enumerate(qs):
+                assert any(g > 0 for g in rel.values()), f"query {text!r} has no relevant note"
+                qid = f"{prefix}{qi + 1:02d}"
+                fq.write(json.dumps({"_id": qid, "text": text}) + "\n")
+                for doc, g in sorted(rel.items()):
+                    fr.write(f"{qid}\t{doc}\t{g}\n")
+
+    write_set("", "q", queries)
+    write_set("_abbrev", "a", abbrev_queries)
+    write_set("_negation", "n", negation_queries)
     types = {n["note_type"] for n in notes}
     specs = {n["specialty"] for n in notes}
     print(f"{len(notes)} notes, {len(types)} note types, {len(specs)} specialties, {len(queries)} queries -> {OUT}")

@@ -793,9 +793,27 @@ pub fn run(cli: Cli) -> Result<()> {
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
             let engine = data.open(Some(&identity))?;
             let qset = crate::eval::load_set(&data.dir, &set)?;
-            use crate::search::NoteScore;
-            let embed = |t: &[&str]| encoder.embed(t);
-            // The runs under each note score (BM25 is the same in all).
+            use crate::search::{Mode, NoteScore};
+            // The query vectors do not depend on the note score: embed each query once.
+            let cache =
+                std::cell::RefCell::new(std::collections::HashMap::<String, Vec<f32>>::new());
+            let embed = |t: &[&str]| -> crate::Result<Vec<Vec<f32>>> {
+                let missing: Vec<&str> = t
+                    .iter()
+                    .copied()
+                    .filter(|x| !cache.borrow().contains_key(*x))
+                    .collect();
+                if !missing.is_empty() {
+                    let vecs = encoder.embed(&missing)?;
+                    let mut c = cache.borrow_mut();
+                    for (x, v) in missing.into_iter().zip(vecs) {
+                        c.insert(x.to_string(), v);
+                    }
+                }
+                let c = cache.borrow();
+                Ok(t.iter().map(|x| c[*x].clone()).collect())
+            };
+            // The runs under each note score; BM25 does not depend on it and runs once.
             let mut runs = vec![];
             for note_score in [
                 NoteScore::Max,
@@ -803,8 +821,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 NoteScore::MaxFirst,
                 NoteScore::Top2,
             ] {
+                let modes = if runs.is_empty() {
+                    vec![Mode::Bm25, Mode::Semantic]
+                } else {
+                    vec![Mode::Semantic]
+                };
                 let opts = crate::eval::EvalOptions {
-                    modes: vec![crate::search::Mode::Bm25, crate::search::Mode::Semantic],
+                    modes,
                     note_score,
                     ..Default::default()
                 };

@@ -918,9 +918,20 @@ pub fn status_at(ann: &Annotation, start: usize, end: usize) -> Option<Status> {
 /// [`Status::is_affirmed`]) replaced by a space, so offsets stay those of the text: what BM25
 /// searches for "affirmed mentions only".
 pub fn affirmed_view(text: &str, ann: &Annotation) -> String {
+    affirmed_view_of(
+        text,
+        ann.assertions.iter().map(|a| (a.start, a.end, a.status)),
+    )
+}
+
+/// [`affirmed_view`] from bare scopes `(start, end, status)` in characters (as stored).
+pub fn affirmed_view_of(
+    text: &str,
+    scopes: impl IntoIterator<Item = (usize, usize, Status)>,
+) -> String {
     let mut blank = vec![false; text.chars().count()];
-    for a in ann.assertions.iter().filter(|a| !a.status.is_affirmed()) {
-        for b in blank.iter_mut().take(a.end).skip(a.start) {
+    for (start, end, _) in scopes.into_iter().filter(|s| !s.2.is_affirmed()) {
+        for b in blank.iter_mut().take(end).skip(start) {
             *b = true;
         }
     }

@@ -392,12 +392,13 @@ pub fn evaluate(
     let mut unknown_documents = 0;
     for (qid, _) in &set.queries {
         for doc in set.qrels[qid].keys() {
-            let visible = match engine.store.get(doc)? {
-                None => false,
-                Some(n) => opts
-                    .restrict
-                    .as_ref()
-                    .is_none_or(|r| crate::search::note_passes(&n.note, r)),
+            // The note is read only when a restriction must be checked against it.
+            let visible = match &opts.restrict {
+                None => engine.store.contains(doc)?,
+                Some(r) => engine
+                    .store
+                    .get(doc)?
+                    .is_some_and(|n| crate::search::note_passes(&n.note, r)),
             };
             if !visible {
                 unknown_documents += 1;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::ndcg;
 use super::{Judged, QuerySet, Runs};
 use crate::error::{Error, Result};
-use crate::search::{dbsf, rrf, score_fusion, zscore, Fusion, NoteScore};
+use crate::search::{Fusion, NoteScore};
 
 /// File in the data directory holding the tuned fusion.
 pub const TUNED_FILE: &str = "fusion.json";
@@ -26,33 +26,10 @@ pub const FOLDS: usize = 5;
 /// semantic score comes from its windows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FusionChoice {
-    pub fusion: StoredFusion,
+    pub fusion: Fusion,
     pub depth: usize,
     #[serde(default)]
     pub note_score: NoteScore,
-}
-
-/// [`Fusion`] as stored (serde both ways).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum StoredFusion {
-    Rrf { k: f32 },
-    WeightedRrf { k: f32, alpha: f32 },
-    Weighted { alpha: f32 },
-    Dbsf { alpha: f32 },
-    Zscore { alpha: f32 },
-}
-
-impl From<StoredFusion> for Fusion {
-    fn from(s: StoredFusion) -> Fusion {
-        match s {
-            StoredFusion::Rrf { k } => Fusion::Rrf { k },
-            StoredFusion::WeightedRrf { k, alpha } => Fusion::WeightedRrf { k, alpha },
-            StoredFusion::Weighted { alpha } => Fusion::Weighted { alpha },
-            StoredFusion::Dbsf { alpha } => Fusion::Dbsf { alpha },
-            StoredFusion::Zscore { alpha } => Fusion::Zscore { alpha },
-        }
-    }
 }
 
 /// What `tune` found and stored.
@@ -79,13 +56,13 @@ pub fn grid() -> Vec<FusionChoice> {
     for depth in [20usize, 50, 100] {
         for k in [5f32, 10.0, 20.0, 40.0, 60.0, 100.0] {
             out.push(FusionChoice {
-                fusion: StoredFusion::Rrf { k },
+                fusion: Fusion::Rrf { k },
                 depth,
                 note_score: NoteScore::Max,
             });
             for alpha in [0.3f32, 0.4, 0.6, 0.7] {
                 out.push(FusionChoice {
-                    fusion: StoredFusion::WeightedRrf { k, alpha },
+                    fusion: Fusion::WeightedRrf { k, alpha },
                     depth,
                     note_score: NoteScore::Max,
                 });
@@ -93,9 +70,9 @@ pub fn grid() -> Vec<FusionChoice> {
         }
         for alpha in alphas {
             for f in [
-                StoredFusion::Weighted { alpha },
-                StoredFusion::Dbsf { alpha },
-                StoredFusion::Zscore { alpha },
+                Fusion::Weighted { alpha },
+                Fusion::Dbsf { alpha },
+                Fusion::Zscore { alpha },
             ] {
                 out.push(FusionChoice {
                     fusion: f,
@@ -111,7 +88,7 @@ pub fn grid() -> Vec<FusionChoice> {
 /// RRF k=60 at the searcher's default depth: what a search does without tuning.
 pub fn baseline() -> FusionChoice {
     FusionChoice {
-        fusion: StoredFusion::Rrf { k: 60.0 },
+        fusion: Fusion::Rrf { k: 60.0 },
         depth: crate::search::FUSION_DEPTH,
         note_score: NoteScore::Max,
     }
@@ -146,15 +123,7 @@ pub fn fuse_run(
             .map(|(d, s)| (d.clone(), *s as f32))
             .collect()
     };
-    let (b, s) = (cut(bm25), cut(semantic));
-    let ids = |l: &[(String, f32)]| -> Vec<String> { l.iter().map(|(d, _)| d.clone()).collect() };
-    let fused = match choice.fusion {
-        StoredFusion::Rrf { k } => rrf::fuse_weighted(&ids(&b), &ids(&s), k, 0.5),
-        StoredFusion::WeightedRrf { k, alpha } => rrf::fuse_weighted(&ids(&b), &ids(&s), k, alpha),
-        StoredFusion::Weighted { alpha } => score_fusion::fuse_explained(&b, &s, alpha),
-        StoredFusion::Dbsf { alpha } => dbsf::fuse(&b, &s, alpha),
-        StoredFusion::Zscore { alpha } => zscore::fuse(&b, &s, alpha),
-    };
+    let fused = crate::search::fuse(choice.fusion, &cut(bm25), &cut(semantic));
     let mut run: Vec<(String, f64)> = fused.into_iter().map(|f| (f.id, f.score as f64)).collect();
     super::metrics::trec_order(&mut run);
     run
@@ -297,6 +266,8 @@ mod tests {
     #[test]
     fn the_grid_holds_every_method_and_the_baseline() {
         let g = grid();
+        // 3 depths x (6 RRF constants x (plain + 4 weights) + 9 alphas x 3 score fusions).
+        assert_eq!(g.len(), 171);
         assert!(g.contains(&baseline()));
         for m in ["rrf", "weighted_rrf", "weighted", "dbsf", "zscore"] {
             assert!(
@@ -313,7 +284,7 @@ mod tests {
         assert!(load(dir.path()).unwrap().is_none());
         let t = Tuned {
             choice: FusionChoice {
-                fusion: StoredFusion::Dbsf { alpha: 0.7 },
+                fusion: Fusion::Dbsf { alpha: 0.7 },
                 depth: 100,
                 note_score: NoteScore::First,
             },

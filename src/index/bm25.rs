@@ -236,7 +236,7 @@ impl Bm25Index {
     /// The tantivy document of a note; metadata lowercased so filters match any case.
     fn document(&self, stored: &crate::store::StoredNote) -> TantivyDocument {
         let n = &stored.note;
-        let affirmed = crate::clinical::assertion::affirmed_view(&n.text, &stored.annotation());
+        let affirmed = stored.affirmed_text();
         let mut d = doc!(
             self.f.id => n.id.clone(),
             self.f.text => n.text.clone(),

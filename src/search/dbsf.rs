@@ -32,8 +32,7 @@ pub fn normalise(x: f32, (mean, sd): (f32, f32)) -> f32 {
 /// Fused notes, best first; ties keep the order of first appearance (BM25 list first).
 pub fn fuse(bm25: &[(String, f32)], semantic: &[(String, f32)], alpha: f32) -> Vec<Fused> {
     let (sb, ss) = (spread(bm25), spread(semantic));
-    super::combine(bm25, semantic, |id, b, s| {
-        let _ = id;
+    super::combine(bm25, semantic, |_, b, s| {
         (
             (1.0 - alpha) * b.map_or(0.0, |x| normalise(x, sb)),
             alpha * s.map_or(0.0, |x| normalise(x, ss)),

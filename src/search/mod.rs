@@ -104,6 +104,19 @@ pub(crate) fn combine(
     out.into_iter().map(|(f, _)| f).collect()
 }
 
+/// Fuses a BM25 and a semantic candidate list (each `(id, score)`, best first) as `fusion`
+/// says: the one place the methods are dispatched, for searches and for `tune`.
+pub fn fuse(fusion: Fusion, bm25: &[(String, f32)], semantic: &[(String, f32)]) -> Vec<Fused> {
+    let ids = |l: &[(String, f32)]| -> Vec<String> { l.iter().map(|(i, _)| i.clone()).collect() };
+    match fusion {
+        Fusion::Rrf { k } => rrf::fuse(&ids(bm25), &ids(semantic), k, 0.5),
+        Fusion::WeightedRrf { k, alpha } => rrf::fuse(&ids(bm25), &ids(semantic), k, alpha),
+        Fusion::Weighted { alpha } => score_fusion::fuse(bm25, semantic, alpha),
+        Fusion::Dbsf { alpha } => dbsf::fuse(bm25, semantic, alpha),
+        Fusion::Zscore { alpha } => zscore::fuse(bm25, semantic, alpha),
+    }
+}
+
 /// Weight of an expansion's clause relative to the words typed (times the sense's share
 /// when an abbreviation keeps several senses). Chosen on the judged abbreviation set of
 /// sample_corpus (README, "Abbreviations").
@@ -235,7 +248,7 @@ impl<'a> Searcher<'a> {
         let need = req.offset + req.k;
         // A fusion tuned for this collection, unless the request chose one.
         let (fusion, fusion_depth) = match (&self.engine.tuned_fusion, req.fusion_explicit) {
-            (Some(t), false) => (Fusion::from(t.fusion), t.depth),
+            (Some(t), false) => (t.fusion, t.depth),
             _ => (req.fusion, FUSION_DEPTH),
         };
         let depth = match req.group_by {
@@ -300,17 +313,7 @@ impl<'a> Searcher<'a> {
                 _ => {
                     let sem: Vec<(String, f32)> =
                         semantic.iter().map(|c| (c.id.clone(), c.score)).collect();
-                    let a: Vec<String> = bm25.iter().map(|(i, _)| i.clone()).collect();
-                    let b: Vec<String> = sem.iter().map(|(i, _)| i.clone()).collect();
-                    let fused = match fusion {
-                        Fusion::Rrf { k } => rrf::fuse_weighted(&a, &b, k, 0.5),
-                        Fusion::WeightedRrf { k, alpha } => rrf::fuse_weighted(&a, &b, k, alpha),
-                        Fusion::Weighted { alpha } => {
-                            score_fusion::fuse_explained(&bm25, &sem, alpha)
-                        }
-                        Fusion::Dbsf { alpha } => dbsf::fuse(&bm25, &sem, alpha),
-                        Fusion::Zscore { alpha } => zscore::fuse(&bm25, &sem, alpha),
-                    };
+                    let fused = fuse(fusion, &bm25, &sem);
                     shares = fused
                         .iter()
                         .map(|f| (f.id.clone(), (f.bm25, f.semantic)))

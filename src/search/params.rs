@@ -39,7 +39,7 @@ impl std::str::FromStr for Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Fusion {
     /// Reciprocal rank fusion with constant `k` ([`super::rrf`]).

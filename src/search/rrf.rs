@@ -5,7 +5,7 @@
 //! BM25 score (unbounded) never has to be compared with a cosine (in [-1, 1]). `k = 60` is the
 //! value of the paper and of most engines; a smaller `k` lets the top ranks dominate.
 //!
-//! Weighted RRF ([`fuse_weighted`]) multiplies each retriever's terms by a weight:
+//! The weighted form multiplies each retriever's terms by a weight:
 //! `2 (1 - alpha) / (k + rank_bm25) + 2 alpha / (k + rank_semantic)`, so `alpha = 0.5` is
 //! plain RRF and `alpha` moves weight toward the semantic side as in the score fusions.
 
@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use super::Fused;
 
-/// Weighted RRF of a BM25 and a semantic list (ids best first), with each retriever's share
-/// of every fused score.
-pub fn fuse_weighted(bm25: &[String], semantic: &[String], k: f32, alpha: f32) -> Vec<Fused> {
+/// Weighted RRF of a BM25 and a semantic list (ids best first; `alpha = 0.5` is plain RRF),
+/// with each retriever's share of every fused score.
+pub fn fuse(bm25: &[String], semantic: &[String], k: f32, alpha: f32) -> Vec<Fused> {
     let rank = |list: &[String]| -> HashMap<String, usize> {
         list.iter()
             .enumerate()
@@ -34,28 +34,6 @@ pub fn fuse_weighted(bm25: &[String], semantic: &[String], k: f32, alpha: f32) -
     })
 }
 
-/// Fused scores of the notes of `lists` (each list best first), highest first; ties keep the
-/// order of first appearance so results are deterministic.
-pub fn fuse(lists: &[&[String]], k: f32) -> Vec<(String, f32)> {
-    let mut scores: HashMap<&str, (f32, usize)> = HashMap::new();
-    let mut order = 0usize;
-    for list in lists {
-        for (i, id) in list.iter().enumerate() {
-            let e = scores.entry(id.as_str()).or_insert_with(|| {
-                order += 1;
-                (0.0, order)
-            });
-            e.0 += 1.0 / (k + (i + 1) as f32);
-        }
-    }
-    let mut out: Vec<(&str, f32, usize)> =
-        scores.into_iter().map(|(id, (s, o))| (id, s, o)).collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
-    out.into_iter()
-        .map(|(id, s, _)| (id.to_string(), s))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,9 +46,9 @@ mod tests {
     fn a_note_found_by_both_retrievers_beats_one_found_by_one() {
         let a = ids(&["x", "y"]);
         let b = ids(&["z", "y"]);
-        let fused = fuse(&[&a, &b], 60.0);
-        assert_eq!(fused[0].0, "y");
-        assert!((fused[0].1 - 2.0 / 62.0).abs() < 1e-7);
+        let fused = fuse(&a, &b, 60.0, 0.5);
+        assert_eq!(fused[0].id, "y");
+        assert!((fused[0].score - 2.0 / 62.0).abs() < 1e-7);
         assert_eq!(fused.len(), 3);
     }
 
@@ -78,23 +56,28 @@ mod tests {
     fn weighted_rrf_at_one_half_is_plain_rrf_and_weights_move_the_order() {
         let a = ids(&["x", "y", "w"]);
         let b = ids(&["z", "y", "x"]);
-        let plain = fuse(&[&a, &b], 60.0);
-        let half = fuse_weighted(&a, &b, 60.0, 0.5);
-        for (p, h) in plain.iter().zip(&half) {
-            assert_eq!(p.0, h.id);
-            assert!((p.1 - h.score).abs() < 1e-7);
+        // Plain RRF by hand: 1/(k + rank) summed over the lists.
+        let rank = |l: &[String], id: &str| l.iter().position(|x| x == id).map(|i| i + 1);
+        let half = fuse(&a, &b, 60.0, 0.5);
+        for h in &half {
+            let plain: f32 = [&a, &b]
+                .iter()
+                .filter_map(|l| rank(l, &h.id))
+                .map(|r| 1.0 / (60.0 + r as f32))
+                .sum();
+            assert!((plain - h.score).abs() < 1e-7, "{}", h.id);
             assert!((h.bm25 + h.semantic - h.score).abs() < 1e-7);
         }
-        assert_eq!(fuse_weighted(&a, &b, 60.0, 0.0)[0].id, "x");
-        assert_eq!(fuse_weighted(&a, &b, 60.0, 1.0)[0].id, "z");
+        assert_eq!(fuse(&a, &b, 60.0, 0.0)[0].id, "x");
+        assert_eq!(fuse(&a, &b, 60.0, 1.0)[0].id, "z");
     }
 
     #[test]
     fn equal_scores_keep_first_appearance_order() {
         let a = ids(&["x"]);
         let b = ids(&["z"]);
-        let fused = fuse(&[&a, &b], 60.0);
-        assert_eq!(fused[0].0, "x");
-        assert_eq!(fused[1].0, "z");
+        let fused = fuse(&a, &b, 60.0, 0.5);
+        assert_eq!(fused[0].id, "x");
+        assert_eq!(fused[1].id, "z");
     }
 }

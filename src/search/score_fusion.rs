@@ -27,12 +27,9 @@ pub fn normalise(list: &[(String, f32)]) -> HashMap<&str, f32> {
         .collect()
 }
 
-/// [`fuse`] with each retriever's share of every fused score.
-pub fn fuse_explained(
-    bm25: &[(String, f32)],
-    semantic: &[(String, f32)],
-    alpha: f32,
-) -> Vec<super::Fused> {
+/// Fused notes with each retriever's share of every fused score, best first; ties keep the
+/// order of first appearance (BM25 list first).
+pub fn fuse(bm25: &[(String, f32)], semantic: &[(String, f32)], alpha: f32) -> Vec<super::Fused> {
     let nb = normalise(bm25);
     let ns = normalise(semantic);
     super::combine(bm25, semantic, |id, _, _| {
@@ -41,24 +38,6 @@ pub fn fuse_explained(
             alpha * ns.get(id).copied().unwrap_or(0.0),
         )
     })
-}
-
-/// Fused scores, highest first; ties keep the order of first appearance (BM25 list first).
-pub fn fuse(bm25: &[(String, f32)], semantic: &[(String, f32)], alpha: f32) -> Vec<(String, f32)> {
-    let nb = normalise(bm25);
-    let ns = normalise(semantic);
-    let mut seen = std::collections::HashSet::new();
-    let mut out: Vec<(String, f32, usize)> = vec![];
-    for (id, _) in bm25.iter().chain(semantic.iter()) {
-        if !seen.insert(id.as_str()) {
-            continue;
-        }
-        let b = nb.get(id.as_str()).copied().unwrap_or(0.0);
-        let s = ns.get(id.as_str()).copied().unwrap_or(0.0);
-        out.push((id.clone(), alpha * s + (1.0 - alpha) * b, out.len()));
-    }
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
-    out.into_iter().map(|(id, s, _)| (id, s)).collect()
 }
 
 #[cfg(test)]
@@ -82,13 +61,13 @@ mod tests {
     fn alpha_one_is_pure_semantic_and_alpha_zero_pure_bm25() {
         let b = l(&[("a", 10.0), ("b", 1.0)]);
         let s = l(&[("b", 0.9), ("a", 0.1)]);
-        assert_eq!(fuse(&b, &s, 1.0)[0].0, "b");
-        assert_eq!(fuse(&b, &s, 0.0)[0].0, "a");
+        assert_eq!(fuse(&b, &s, 1.0)[0].id, "b");
+        assert_eq!(fuse(&b, &s, 0.0)[0].id, "a");
     }
 
     #[test]
     fn a_single_candidate_is_not_divided_by_zero() {
         let f = fuse(&l(&[("a", 3.0)]), &[], 0.5);
-        assert_eq!(f, vec![("a".to_string(), 0.5)]);
+        assert_eq!((f.len(), f[0].id.as_str(), f[0].score), (1, "a", 0.5));
     }
 }

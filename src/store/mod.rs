@@ -139,37 +139,59 @@ impl Scope {
 }
 
 impl StoredNote {
+    /// The text with what it does not affirm blanked
+    /// ([`crate::clinical::assertion::affirmed_view`]), from the stored scopes when there are
+    /// some (no trigger text is rebuilt).
+    pub fn affirmed_text(&self) -> String {
+        use crate::clinical::assertion::{affirmed_view, affirmed_view_of, annotate};
+        let text = &self.note.text;
+        match &self.assertions {
+            Some(scopes) => affirmed_view_of(
+                text,
+                scopes
+                    .iter()
+                    .map(|s| (s.start as usize, s.end as usize, s.status)),
+            ),
+            None => affirmed_view(text, &annotate(text)),
+        }
+    }
+
     /// The note's assertion annotation: as stored, or computed now for a note stored before
     /// assertions were (the same annotator; sentences are not stored).
     pub fn annotation(&self) -> crate::clinical::assertion::Annotation {
         use crate::clinical::assertion::{annotate, Annotation, Assertion, Trigger};
-        match &self.assertions {
-            None => annotate(&self.note.text),
-            Some(scopes) => Annotation {
-                sentences: vec![],
-                assertions: scopes
-                    .iter()
-                    .map(|s| {
-                        let (ts, te) = (s.trigger.0 as usize, s.trigger.1 as usize);
-                        Assertion {
-                            start: s.start as usize,
-                            end: s.end as usize,
-                            status: s.status,
-                            trigger: Trigger {
-                                start: ts,
-                                end: te,
-                                text: self
-                                    .note
-                                    .text
-                                    .chars()
-                                    .skip(ts)
-                                    .take(te.saturating_sub(ts))
-                                    .collect(),
-                            },
-                        }
-                    })
-                    .collect(),
-            },
+        let text = &self.note.text;
+        let Some(scopes) = &self.assertions else {
+            return annotate(text);
+        };
+        // The byte offset of every character, once, to cut the triggers' text.
+        let at: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([text.len()])
+            .collect();
+        let cut = |s: usize, e: usize| {
+            let last = at.len() - 1;
+            text[at[s.min(last)]..at[e.clamp(s.min(last), last)]].to_string()
+        };
+        Annotation {
+            sentences: vec![],
+            assertions: scopes
+                .iter()
+                .map(|s| {
+                    let (ts, te) = (s.trigger.0 as usize, s.trigger.1 as usize);
+                    Assertion {
+                        start: s.start as usize,
+                        end: s.end as usize,
+                        status: s.status,
+                        trigger: Trigger {
+                            start: ts,
+                            end: te,
+                            text: cut(ts, te),
+                        },
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -390,6 +412,11 @@ impl Store {
         crate::failpoint::inject("store-flush", &self.dir)?;
         self.db.flush()?;
         Ok(seq)
+    }
+
+    /// Whether a note is stored (without reading it).
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        Ok(self.notes.contains_key(id.as_bytes())?)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<StoredNote>> {

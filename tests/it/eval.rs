@@ -422,7 +422,7 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
     // Store a choice and reopen: searches without fusion parameters use it.
     let chosen = tune::Tuned {
         choice: tune::FusionChoice {
-            fusion: tune::StoredFusion::Dbsf { alpha: 0.7 },
+            fusion: clinsearch::search::Fusion::Dbsf { alpha: 0.7 },
             depth: 100,
             note_score: clinsearch::search::NoteScore::First,
         },

@@ -21,22 +21,8 @@ pub const MAX_ANNOTATE_CHARS: usize = 1 << 20;
 
 pub async fn annotate(http: HttpRequest, body: web::Json<AnnotateBody>) -> ApiResult {
     let AnnotateBody { text, texts } = body.into_inner();
-    let (texts, single) = match (text, texts) {
-        (Some(t), None) => (vec![t], true),
-        (None, Some(ts)) => (ts, false),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "text: give exactly one of text or texts",
-            ))
-        }
-    };
-    if texts.is_empty() || texts.len() > MAX_EMBED_TEXTS {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("texts: give between 1 and {MAX_EMBED_TEXTS} texts"),
-        ));
-    }
+    let single = text.is_some();
+    let texts = one_or_many(text, texts)?;
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
     if chars > MAX_ANNOTATE_CHARS {
         return Err(ApiError::new(

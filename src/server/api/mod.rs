@@ -84,3 +84,25 @@ fn check_windows(state: &State, windows: usize) -> Result<(), ApiError> {
 fn sees_all(caller: &Caller) -> bool {
     caller.0.role == crate::auth::Role::Admin
 }
+
+/// The texts of a body that takes one `text` or several `texts` (exactly one of the two,
+/// between 1 and [`MAX_EMBED_TEXTS`] texts).
+fn one_or_many(text: Option<String>, texts: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let texts = match (text, texts) {
+        (Some(t), None) => vec![t],
+        (None, Some(ts)) => ts,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "text: give exactly one of text or texts",
+            ))
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: give between 1 and {MAX_EMBED_TEXTS} texts"),
+        ));
+    }
+    Ok(texts)
+}

@@ -121,22 +121,7 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
         (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
         _ => {}
     }
-    let texts = match (text, texts) {
-        (Some(t), None) => vec![t],
-        (None, Some(ts)) => ts,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "text: give exactly one of text or texts",
-            ))
-        }
-    };
-    if texts.is_empty() || texts.len() > MAX_EMBED_TEXTS {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("texts: give between 1 and {MAX_EMBED_TEXTS} texts"),
-        ));
-    }
+    let texts = one_or_many(text, texts)?;
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_parameter",
