@@ -138,6 +138,7 @@ fn main() {
                             size: Some(seq),
                             stride: None,
                             max_windows: None,
+                            context: None,
                         },
                         batch_size: batch,
                         dtype: parse_precision(dtype).unwrap().0,

@@ -263,6 +263,12 @@ pub struct EvalArgs {
     /// BM25 query words: keep every word, or drop common English words.
     #[arg(long, default_value = "keep")]
     pub stopwords: String,
+    /// BM25's term-frequency saturation k1 (default: the engine's, see the README's table).
+    #[arg(long)]
+    pub bm25_k1: Option<f32>,
+    /// BM25's length normalisation b, between 0 and 1.
+    #[arg(long)]
+    pub bm25_b: Option<f32>,
     /// With --assertion affirmed, demote semantic hits matched in negated or family sentences.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub demote_unaffirmed: bool,
@@ -292,6 +298,16 @@ impl EvalArgs {
                 "keep" => false,
                 "drop" => true,
                 other => anyhow::bail!("--stopwords {other:?}: use keep or drop"),
+            },
+            bm25: {
+                let d = crate::index::bm25_scorer::Bm25Params::default();
+                let p = crate::index::bm25_scorer::Bm25Params {
+                    k1: self.bm25_k1.unwrap_or(d.k1),
+                    b: self.bm25_b.unwrap_or(d.b),
+                };
+                p.check()
+                    .map_err(|e| anyhow::anyhow!("--bm25-k1/--bm25-b: {e}"))?;
+                p
             },
             expansion_weight: self.expansion_weight,
             sense_context: self.sense_context,
@@ -498,6 +514,11 @@ pub struct ModelArgs {
     /// Tokens shared by consecutive windows (default 32, less for tiny windows).
     #[arg(long, env = "CLINSEARCH_STRIDE")]
     pub stride: Option<usize>,
+    /// What later windows of a note carry: none (the title in the first window only),
+    /// title, or heading (the title and the section heading in force). Recorded in the data
+    /// directory at the first ingest.
+    #[arg(long, env = "CLINSEARCH_WINDOW_CONTEXT")]
+    pub window_context: Option<String>,
     /// Sequences per forward pass.
     #[arg(long, env = "CLINSEARCH_BATCH_SIZE", default_value_t = 32)]
     pub batch_size: usize,
@@ -519,6 +540,12 @@ impl ModelArgs {
                 size: self.window,
                 stride: self.stride,
                 max_windows: None,
+                context: self
+                    .window_context
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("--window-context: {e}"))?,
             },
             batch_size: self.batch_size,
             device: model::parse_device(&self.device)?,
@@ -982,7 +1009,10 @@ fn print_info(i: &model::ModelInfo) {
         ),
         (
             "window",
-            format!("{} tokens, stride {}", i.window_size, i.stride),
+            format!(
+                "{} tokens, stride {}, context {}",
+                i.window_size, i.stride, i.window_context
+            ),
         ),
         (
             "heads",

@@ -304,6 +304,7 @@ impl ServerConfig {
                 size: None,
                 stride: None,
                 max_windows: Some(256),
+                context: None,
             },
             batch_size: self.batch_size,
             device: crate::model::parse_device(&self.device)?,

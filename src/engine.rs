@@ -384,7 +384,8 @@ pub fn spawn_healer(engine: &std::sync::Arc<Engine>) {
         });
 }
 
-/// Fills the encoder settings a data directory was built with (window, stride, pooling) into
+/// Fills the encoder settings a data directory was built with (window, stride, window
+/// context, pooling) into
 /// `opts` where they are unset, so every command and the server embed queries and notes as
 /// the directory's notes were embedded; a setting given that contradicts the stored one is an
 /// error naming both. A directory without notes yet (or none at all) changes nothing.
@@ -416,6 +417,17 @@ pub fn fill_profile(dir: &Path, opts: &mut crate::model::EncoderOptions) -> Resu
         None => opts.window.stride = Some(stored.stride),
         Some(s) if s != stored.stride => {
             return Err(clash("stride", s.to_string(), stored.stride.to_string()))
+        }
+        _ => {}
+    }
+    match opts.window.context {
+        None => opts.window.context = Some(stored.context),
+        Some(c) if c != stored.context => {
+            return Err(clash(
+                "window context",
+                c.to_string(),
+                stored.context.to_string(),
+            ))
         }
         _ => {}
     }

@@ -4,12 +4,14 @@
 //!   with their frequencies; users add or replace entries) and query expansion both ways.
 //! * [`assertion`]: negated, possible, historical, family and hypothetical mentions
 //!   (NegEx/ConText-style triggers and scopes), and the affirmed-only view of a note.
+//! * [`sections`]: section headings (`PHYSICAL EXAM:`), carried into later windows.
 //!
 //! Everything here works on raw text with byte offsets, independent of the BM25 analyzer,
 //! because clinical short forms carry punctuation the analyzer splits on (`s/p`, `r/o`).
 
 pub mod abbrev;
 pub mod assertion;
+pub mod sections;
 
 /// A word of raw text: a run of letters and digits, joined across single `/ . & ' -` between
 /// two of them (`s/p`, `p.o`, `A-fib`, `I21.4`), with its byte span.

@@ -292,6 +292,8 @@ pub struct EvalOptions {
     pub assertion: crate::search::Assertion,
     /// Leave common English words out of BM25's optional query words.
     pub drop_stopwords: bool,
+    /// BM25's k1 and b.
+    pub bm25: crate::index::bm25_scorer::Bm25Params,
     /// How a note's semantic score comes from its windows.
     pub note_score: crate::search::NoteScore,
     /// Fuse as searches without fusion parameters do (the collection's tuned fusion when
@@ -318,6 +320,7 @@ impl Default for EvalOptions {
             assertion: crate::search::Assertion::Any,
             use_tuned: false,
             drop_stopwords: false,
+            bm25: Default::default(),
             note_score: crate::search::NoteScore::Max,
             demote_unaffirmed: true,
             abbreviations: None,
@@ -459,6 +462,7 @@ pub fn evaluate(
         req.assertion = opts.assertion;
         req.fusion_explicit = !opts.use_tuned;
         req.drop_stopwords = opts.drop_stopwords;
+        req.bm25 = opts.bm25;
         req.note_score = opts.note_score;
         req.note_score_explicit = !opts.use_tuned;
         if let Some(r) = &opts.restrict {

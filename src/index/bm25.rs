@@ -26,6 +26,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+use super::bm25_scorer::{Bm25Params, Bm25TermQuery};
 use super::query::{self as q, TextQuery, MAX_QUERY_TERMS};
 use super::Filter;
 use crate::error::{Error, Result};
@@ -271,13 +272,16 @@ impl Bm25Index {
         Ok(out)
     }
 
-    /// A term matched in any of `fields`.
-    fn term_in(fields: &[Field], token: &str) -> Box<dyn Query> {
+    /// A term matched in any of `fields`, scored with `params` (tantivy's own query for its
+    /// built-in values: it prunes with block-max WAND).
+    fn term_in(fields: &[Field], token: &str, params: Bm25Params) -> Box<dyn Query> {
         let one = |f: Field| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(f, token),
-                IndexRecordOption::WithFreqs,
-            ))
+            let term = Term::from_field_text(f, token);
+            if params.is_tantivy() {
+                Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
+            } else {
+                Box::new(Bm25TermQuery::new(term, params))
+            }
         };
         if fields.len() == 1 {
             return one(fields[0]);
@@ -377,7 +381,7 @@ impl Bm25Index {
                 clauses.push((occur, boost(Self::phrase_in(&fields, &tokens))));
             } else {
                 for t in &tokens {
-                    clauses.push((occur, boost(Self::term_in(&fields, t))));
+                    clauses.push((occur, boost(Self::term_in(&fields, t, query.bm25))));
                 }
             }
         }
@@ -548,6 +552,7 @@ impl Bm25Index {
                 .collect(),
             affirmed_only: false,
             drop_stopwords: query.drop_stopwords,
+            bm25: query.bm25,
         };
         let q = self.build(&positive)?.query;
         let searcher = self.reader.searcher();

@@ -2,6 +2,7 @@
 //! vectors (hnsw_rs). Both are rebuilt from the store when missing or corrupt.
 
 pub mod bm25;
+pub mod bm25_scorer;
 pub mod query;
 pub mod vectors;
 

@@ -10,6 +10,7 @@
 //! The analyzer (tokenising, lowercasing, folding, stemming) is applied by the index when it
 //! turns clauses into its own queries ([`super::bm25::Bm25Index`]).
 
+use super::bm25_scorer::Bm25Params;
 use serde::Serialize;
 
 /// Most query terms (after analysis, repeats included) a BM25 search uses: a pasted note of
@@ -98,6 +99,8 @@ pub struct TextQuery {
     /// Leave common English words ([`crate::clinical::is_stopword`]) out of optional word
     /// clauses (phrases, required and excluded words keep them).
     pub drop_stopwords: bool,
+    /// BM25's k1 and b for the word clauses (phrases keep tantivy's 1.2 and 0.75).
+    pub bm25: Bm25Params,
 }
 
 impl TextQuery {
@@ -107,6 +110,7 @@ impl TextQuery {
             clauses: vec![Clause::words(text)],
             affirmed_only: false,
             drop_stopwords: false,
+            bm25: Bm25Params::default(),
         }
     }
 
@@ -258,6 +262,7 @@ pub fn parse_advanced(text: &str) -> Result<TextQuery, SyntaxError> {
         clauses,
         affirmed_only: false,
         drop_stopwords: false,
+        bm25: Bm25Params::default(),
     })
 }
 

@@ -86,71 +86,67 @@ impl Prepared {
     }
 }
 
-/// What [`embed_notes`] embeds for a note: its title (when it has one) on a first line, then
-/// its text, as sentence-transformers and BEIR/MTEB embed "title text": a title such as "ED
-/// note - NSTEMI" carries much of a note's meaning. Returns the input and the length of the
-/// title prefix in bytes and characters.
-pub fn embedding_input(note: &Note) -> (std::borrow::Cow<'_, str>, usize, usize) {
-    match note
-        .title
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        Some(title) => {
-            let prefix = format!("{title}\n");
-            let (bytes, chars) = (prefix.len(), prefix.chars().count());
-            (std::borrow::Cow::Owned(prefix + &note.text), bytes, chars)
-        }
-        None => (std::borrow::Cow::Borrowed(note.text.as_str()), 0, 0),
-    }
+/// Embeds the windows of each note with the context the encoder's
+/// [`crate::model::WindowContext`] asks for (the title, and section headings found by
+/// [`crate::clinical::sections`]); window spans point into the note's text. A note the
+/// encoder rejects gets its own error; the others are still embedded.
+pub fn embed_notes(
+    encoder: &Encoder,
+    notes: &[&Note],
+) -> Result<Vec<Result<Vec<crate::model::Window>>>> {
+    let headings = headings_of(encoder, notes);
+    let docs = contexts(notes, &headings);
+    Ok(match encoder.embed_windows_in_context(&docs) {
+        Ok(w) => w.into_iter().map(Ok).collect(),
+        // One text the encoder rejects: find it by embedding one at a time.
+        Err(Error::InvalidInput(_)) => docs
+            .iter()
+            .map(|d| {
+                encoder
+                    .embed_windows_in_context(&[*d])
+                    .map(|mut v| v.remove(0))
+            })
+            .collect(),
+        Err(e) => return Err(e),
+    })
 }
 
 /// The windows [`embed_notes`] would embed for `notes`, without running the model (the
 /// server refuses a request that would take too many before doing any work).
 pub fn count_windows(encoder: &Encoder, notes: &[&Note]) -> Result<usize> {
-    let inputs: Vec<std::borrow::Cow<'_, str>> =
-        notes.iter().map(|n| embedding_input(n).0).collect();
-    let texts: Vec<&str> = inputs.iter().map(|t| t.as_ref()).collect();
-    encoder.count_windows(&texts)
+    let headings = headings_of(encoder, notes);
+    encoder.count_windows_in_context(&contexts(notes, &headings))
 }
 
-/// Embeds the windows of each note (title included, see [`embedding_input`]); window spans
-/// point into the note's text. A note the encoder rejects gets its own error; the others are
-/// still embedded.
-pub fn embed_notes(
-    encoder: &Encoder,
-    notes: &[&Note],
-) -> Result<Vec<Result<Vec<crate::model::Window>>>> {
-    let inputs: Vec<(std::borrow::Cow<'_, str>, usize, usize)> =
-        notes.iter().map(|n| embedding_input(n)).collect();
-    let texts: Vec<&str> = inputs.iter().map(|(t, _, _)| t.as_ref()).collect();
-    let raw: Vec<Result<Vec<crate::model::Window>>> = match encoder.embed_windows(&texts) {
-        Ok(w) => w.into_iter().map(Ok).collect(),
-        // One text the encoder rejects: find it by embedding one at a time.
-        Err(Error::InvalidInput(_)) => texts
-            .iter()
-            .map(|t| encoder.embed_windows(&[t]).map(|mut v| v.remove(0)))
-            .collect(),
-        Err(e) => return Err(e),
-    };
-    Ok(raw
-        .into_iter()
-        .zip(&inputs)
-        .map(|(r, (_, pb, pc))| {
-            r.map(|ws| {
-                ws.into_iter()
-                    .map(|mut w| {
-                        w.start = w.start.saturating_sub(*pb);
-                        w.end = w.end.saturating_sub(*pb);
-                        w.char_start = w.char_start.saturating_sub(*pc);
-                        w.char_end = w.char_end.saturating_sub(*pc);
-                        w
-                    })
-                    .collect()
-            })
+/// Each note's section headings as (byte offset, label), when the encoder carries them.
+fn headings_of(encoder: &Encoder, notes: &[&Note]) -> Vec<Vec<(usize, String)>> {
+    notes
+        .iter()
+        .map(|n| {
+            if encoder.window_context() != crate::model::WindowContext::Heading {
+                return vec![];
+            }
+            crate::clinical::sections::headings(&n.text)
+                .iter()
+                .map(|h| (h.start, h.label(&n.text)))
+                .collect()
         })
-        .collect())
+        .collect()
+}
+
+fn contexts<'a>(
+    notes: &[&'a Note],
+    headings: &'a [Vec<(usize, String)>],
+) -> Vec<crate::model::ContextText<'a>> {
+    notes
+        .iter()
+        .zip(headings)
+        .map(|(n, h)| crate::model::ContextText {
+            title: n.title.as_deref(),
+            text: &n.text,
+            headings: h,
+        })
+        .collect()
 }
 
 /// Step 2: embeds the checked records of a batch. Records refused by step 1 keep their

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use batch::{count_windows, embed_notes, embedding_input, Outcome};
+pub use batch::{count_windows, embed_notes, Outcome};
 pub use source::{CsvMapping, Format, Item, Record, RecordError};
 
 use crate::engine::Engine;

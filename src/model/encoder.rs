@@ -28,7 +28,75 @@ pub struct WindowConfig {
     /// At most this many windows per text; the rest of an enormous note is not embedded
     /// (a warning is logged). `None`: no cap.
     pub max_windows: Option<usize>,
+    /// What every window carries besides its own text. `None`: [`WindowContext::default`].
+    pub context: Option<WindowContext>,
 }
+
+/// What a note's windows carry besides their own stretch of text. The first window always
+/// starts with the title; the question is whether the later ones do too. A later window
+/// without them is read out of context ("No fever. Lungs clear." of whose note?), and a note
+/// scores by its best window, so on collections of long unrelated passages later windows
+/// can outrank the right notes (issue 17). The choice is recorded in the data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowContext {
+    /// The title in the first window only (the text embedded as "title\ntext").
+    #[default]
+    None,
+    /// The title at the start of every window.
+    Title,
+    /// The title, then the section heading in force (`HISTORY OF PRESENT ILLNESS:`), at
+    /// the start of every window that does not itself begin the section.
+    Heading,
+}
+
+impl WindowContext {
+    pub const ALL: [WindowContext; 3] = [
+        WindowContext::None,
+        WindowContext::Title,
+        WindowContext::Heading,
+    ];
+}
+
+impl std::fmt::Display for WindowContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WindowContext::None => "none",
+            WindowContext::Title => "title",
+            WindowContext::Heading => "heading",
+        })
+    }
+}
+
+impl std::str::FromStr for WindowContext {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "first" => Ok(WindowContext::None),
+            "title" => Ok(WindowContext::Title),
+            "heading" | "title+heading" => Ok(WindowContext::Heading),
+            other => Err(format!(
+                "unknown window context {other:?}: use none, title or heading"
+            )),
+        }
+    }
+}
+
+/// A text to embed in windows with its context (see [`Encoder::embed_windows_in_context`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ContextText<'a> {
+    pub title: Option<&'a str>,
+    pub text: &'a str,
+    /// Section headings of `text`, in order: the byte offset where each starts, and the
+    /// heading as it should be read ("PHYSICAL EXAM:"). Ignored unless the context is
+    /// [`WindowContext::Heading`].
+    pub headings: &'a [(usize, String)],
+}
+
+/// The most tokens of a title every window carries (a quarter of the window at most).
+const MAX_TITLE_TOKENS: usize = 48;
+/// The most tokens of a section heading a window carries (an eighth of the window at most).
+const MAX_HEADING_TOKENS: usize = 16;
 
 /// Everything that can be chosen when loading an encoder.
 #[derive(Debug, Clone)]
@@ -83,6 +151,8 @@ pub struct ModelInfo {
     pub normalize: bool,
     pub window_size: usize,
     pub stride: usize,
+    /// What every window carries besides its text.
+    pub window_context: WindowContext,
     /// Heads present in the checkpoint besides the encoder (`mlm`).
     pub heads: Vec<String>,
     pub weight_format: super::weights::WeightFormat,
@@ -136,6 +206,7 @@ pub struct Encoder {
     window_size: usize,
     stride: usize,
     max_windows: Option<usize>,
+    context: WindowContext,
     batch_size: usize,
 }
 
@@ -217,6 +288,7 @@ impl Encoder {
             normalize,
             window_size,
             stride,
+            window_context: opts.window.context.unwrap_or_default(),
             heads: mlm.iter().map(|_| "mlm".to_string()).collect(),
             weight_format: weights.format,
             tokenizer: tokenizer.source.into(),
@@ -237,6 +309,7 @@ impl Encoder {
             window_size,
             stride,
             max_windows: opts.window.max_windows,
+            context: opts.window.context.unwrap_or_default(),
             batch_size: opts.batch_size,
         })
     }
@@ -381,6 +454,169 @@ impl Encoder {
             }
         }
         Ok(layout)
+    }
+
+    /// What this encoder's windows carry besides their text.
+    pub fn window_context(&self) -> WindowContext {
+        self.context
+    }
+
+    /// The windows of one text with its context: for each, the tokens of the context
+    /// prefix, and the token range `[a, b)` of the text it covers. The prefix shortens the
+    /// window's own text so every sequence still fits the model; consecutive windows share
+    /// `stride` text tokens as in [`Self::window_ranges`].
+    fn context_plan(
+        &self,
+        doc: &ContextText<'_>,
+        tokens: &super::tokenizer::Tokens,
+    ) -> Result<Vec<(Vec<u32>, usize, usize)>> {
+        let cap = self.window_size - 2;
+        let title: Vec<u32> = match doc.title.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => {
+                let mut ids = self.tokenizer.encode(t)?.ids;
+                ids.truncate(MAX_TITLE_TOKENS.min(cap / 4));
+                ids
+            }
+            None => vec![],
+        };
+        let mut headings: Vec<(usize, Vec<u32>)> = vec![];
+        if self.context == WindowContext::Heading {
+            for (at, h) in doc.headings {
+                let mut ids = self.tokenizer.encode(h)?.ids;
+                ids.truncate(MAX_HEADING_TOKENS.min(cap / 8));
+                headings.push((*at, ids));
+            }
+        }
+        let n = tokens.ids.len();
+        let mut out = vec![];
+        let mut start = 0;
+        loop {
+            let mut prefix = title.clone();
+            if start > 0 {
+                // The heading in force: the last one that begins before this window does
+                // (one that begins the window is in the window already).
+                let at = tokens.offsets[start].0;
+                if let Some((_, h)) = headings.iter().rev().find(|(b, _)| *b < at) {
+                    prefix.extend_from_slice(h);
+                }
+            }
+            let end = (start + cap - prefix.len()).min(n);
+            out.push((prefix, start, end));
+            if end >= n {
+                break;
+            }
+            start = end.saturating_sub(self.stride).max(start + 1);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::embed_windows`] for texts with a title (and section headings): every window
+    /// begins with the context [`WindowContext`] asks for (the first window with the title
+    /// alone). Window spans point into the text. With [`WindowContext::None`] it embeds
+    /// "title\ntext" as [`Self::embed_windows`] does. An empty text is an error.
+    pub fn embed_windows_in_context(&self, docs: &[ContextText<'_>]) -> Result<Vec<Vec<Window>>> {
+        if self.context == WindowContext::None {
+            return self.embed_titled(docs);
+        }
+        let texts: Vec<&str> = docs.iter().map(|d| d.text).collect();
+        let all = self.tokens_all(&texts)?;
+        let mut seqs = vec![];
+        let mut layout: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
+        for (i, (doc, tokens)) in docs.iter().zip(&all).enumerate() {
+            let mut plan = self.context_plan(doc, tokens)?;
+            if let Some(cap) = self.max_windows {
+                if plan.len() > cap {
+                    tracing::warn!(
+                        text = i + 1,
+                        windows = plan.len(),
+                        cap,
+                        "text is longer than the window cap; only its first windows are embedded"
+                    );
+                    plan.truncate(cap);
+                }
+            }
+            let chars = CharIndex::new(doc.text);
+            let mut windows = Vec::with_capacity(plan.len());
+            for (index, (prefix, a, b)) in plan.into_iter().enumerate() {
+                let start = tokens.offsets[a].0;
+                let end = tokens.offsets[b - 1].1;
+                let mut ids = prefix;
+                ids.extend_from_slice(&tokens.ids[a..b]);
+                seqs.push(self.wrap(&ids));
+                windows.push(Window {
+                    index,
+                    start,
+                    end,
+                    char_start: chars.char_at(start),
+                    char_end: chars.char_at(end),
+                    tokens: b - a,
+                    vector: vec![],
+                });
+            }
+            layout.push(windows);
+        }
+        let mut vectors = self.run_batches(&seqs)?.into_iter();
+        for windows in layout.iter_mut() {
+            for w in windows.iter_mut() {
+                w.vector = vectors.next().expect("one vector per window");
+            }
+        }
+        Ok(layout)
+    }
+
+    /// "title\ntext" of a document, and the length of the title prefix in bytes and
+    /// characters: what [`WindowContext::None`] embeds, as sentence-transformers and
+    /// BEIR/MTEB embed "title text".
+    fn titled<'a>(doc: &ContextText<'a>) -> (std::borrow::Cow<'a, str>, usize, usize) {
+        match doc.title.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(title) => {
+                let prefix = format!("{title}\n");
+                let (bytes, chars) = (prefix.len(), prefix.chars().count());
+                (std::borrow::Cow::Owned(prefix + doc.text), bytes, chars)
+            }
+            None => (std::borrow::Cow::Borrowed(doc.text), 0, 0),
+        }
+    }
+
+    /// [`WindowContext::None`]: "title\ntext" in windows, spans shifted back into the text.
+    fn embed_titled(&self, docs: &[ContextText<'_>]) -> Result<Vec<Vec<Window>>> {
+        let inputs: Vec<_> = docs.iter().map(Self::titled).collect();
+        let texts: Vec<&str> = inputs.iter().map(|(t, _, _)| t.as_ref()).collect();
+        let raw = self.embed_windows(&texts)?;
+        Ok(raw
+            .into_iter()
+            .zip(&inputs)
+            .map(|(ws, (_, pb, pc))| {
+                ws.into_iter()
+                    .map(|mut w| {
+                        w.start = w.start.saturating_sub(*pb);
+                        w.end = w.end.saturating_sub(*pb);
+                        w.char_start = w.char_start.saturating_sub(*pc);
+                        w.char_end = w.char_end.saturating_sub(*pc);
+                        w
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// How many windows [`Self::embed_windows_in_context`] would embed (the cap applied),
+    /// without running the model. Texts that cannot be embedded count nothing.
+    pub fn count_windows_in_context(&self, docs: &[ContextText<'_>]) -> Result<usize> {
+        if self.context == WindowContext::None {
+            let inputs: Vec<_> = docs.iter().map(Self::titled).collect();
+            let texts: Vec<&str> = inputs.iter().map(|(t, _, _)| t.as_ref()).collect();
+            return self.count_windows(&texts);
+        }
+        let mut total = 0;
+        for doc in docs {
+            let Ok(tokens) = self.tokens_of(doc.text, "text") else {
+                continue;
+            };
+            let n = self.context_plan(doc, &tokens)?.len();
+            total += self.max_windows.map_or(n, |cap| n.min(cap));
+        }
+        Ok(total)
     }
 
     /// Token ids (with specials) and last hidden states `[seq, hidden]` of one text,

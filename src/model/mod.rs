@@ -16,6 +16,7 @@ pub mod weights;
 pub use config::{BertConfig, Pooling};
 pub use device::{parse_device, parse_dtype, parse_precision, tune_allocator};
 pub use encoder::{
-    Encoder, EncoderOptions, MaskPrediction, ModelInfo, TokenScore, Window, WindowConfig,
+    ContextText, Encoder, EncoderOptions, MaskPrediction, ModelInfo, TokenScore, Window,
+    WindowConfig, WindowContext,
 };
 pub use hub::{resolve_model, ModelSource, ResolvedModel};

@@ -202,6 +202,7 @@ impl<'a> Searcher<'a> {
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         text.affirmed_only = req.assertion == Assertion::Affirmed;
         text.drop_stopwords = req.drop_stopwords;
+        text.bm25 = req.bm25;
         let mut expansions = vec![];
         if req.expand {
             let corpus: &dyn crate::clinical::abbrev::Cooccurrence = &self.engine.bm25;

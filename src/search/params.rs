@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::index::bm25_scorer::Bm25Params;
 use crate::index::query::{Syntax, TextQuery};
 use crate::index::Filter;
 
@@ -162,6 +163,8 @@ pub struct SearchRequest {
     pub assertion: Assertion,
     /// Leave common English words out of BM25's optional words (`stopwords=drop`).
     pub drop_stopwords: bool,
+    /// BM25's k1 and b (`bm25_k1`, `bm25_b`).
+    pub bm25: Bm25Params,
     /// How a note's semantic score comes from its windows.
     pub note_score: NoteScore,
     /// Whether the request named a note score (otherwise a tuned one replaces the default).
@@ -189,6 +192,7 @@ impl SearchRequest {
             assertion: Assertion::Any,
             fusion_explicit: false,
             drop_stopwords: false,
+            bm25: Bm25Params::default(),
             note_score: NoteScore::Max,
             note_score_explicit: false,
         }
@@ -300,6 +304,19 @@ impl SearchRequest {
                 "note_score" => {
                     req.note_score = v.parse().map_err(bad)?;
                     req.note_score_explicit = true;
+                }
+                "bm25_k1" | "bm25_b" => {
+                    let x: f32 = v
+                        .parse()
+                        .map_err(|_| bad(format!("{v:?} is not a number")))?;
+                    let mut p = req.bm25;
+                    if name == "bm25_k1" {
+                        p.k1 = x;
+                    } else {
+                        p.b = x;
+                    }
+                    p.check().map_err(bad)?;
+                    req.bm25 = p;
                 }
                 "stopwords" => {
                     req.drop_stopwords = match v.to_ascii_lowercase().as_str() {

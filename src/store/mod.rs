@@ -36,6 +36,10 @@ pub struct ModelIdentity {
     /// directories built before titles were embedded read as "text".
     #[serde(default = "text_only")]
     pub input: String,
+    /// What later windows carry besides their text (directories built before this choice
+    /// existed carried nothing: `none`).
+    #[serde(default)]
+    pub context: crate::model::WindowContext,
 }
 
 fn text_only() -> String {
@@ -63,6 +67,7 @@ impl ModelIdentity {
             window_size: info.window_size,
             stride: info.stride,
             input: EMBEDDING_INPUT.into(),
+            context: info.window_context,
         }
     }
 
@@ -98,6 +103,11 @@ impl ModelIdentity {
         );
         cmp("stride", self.stride.to_string(), other.stride.to_string());
         cmp("embedded input", self.input.clone(), other.input.clone());
+        cmp(
+            "window context",
+            self.context.to_string(),
+            other.context.to_string(),
+        );
         d
     }
 }

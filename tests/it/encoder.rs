@@ -1,7 +1,7 @@
 //! The encoder layer against golden outputs computed by PyTorch transformers and
 //! sentence-transformers (tests/fixtures/make_fixtures.py).
 
-use clinsearch::model::{EncoderOptions, Pooling, WindowConfig};
+use clinsearch::model::{ContextText, EncoderOptions, Pooling, WindowConfig, WindowContext};
 use clinsearch::Error;
 
 use crate::common::*;
@@ -226,6 +226,7 @@ fn long_notes_are_split_into_overlapping_windows_that_map_back_to_the_text() {
                 size: Some(16),
                 stride: Some(4),
                 max_windows: None,
+                context: None,
             },
             ..Default::default()
         },
@@ -264,6 +265,140 @@ fn long_notes_are_split_into_overlapping_windows_that_map_back_to_the_text() {
     }
 }
 
+fn windowed(context: WindowContext) -> clinsearch::model::Encoder {
+    load(
+        &fixture("tiny-mlm-uncased"),
+        EncoderOptions {
+            window: WindowConfig {
+                size: Some(32),
+                stride: Some(4),
+                max_windows: None,
+                context: Some(context),
+            },
+            ..Default::default()
+        },
+    )
+}
+
+/// Words of the tiny model's vocabulary only, so every token is a whole word and a window's
+/// text slice tokenizes exactly as the window's tokens.
+const SECTIONED: &str =
+    "HISTORY: patient denies chest pain with shortness of breath and cough for \
+    weeks with fever and asthma and copd and chf and diabetes and hypertension. PHYSICAL EXAM: \
+    lungs with pneumonia and heart with atrial fibrillation and abdomen normal and liver normal \
+    and kidney normal with left lung mass and right lung lesion and acute renal failure and \
+    abnormal ecg and abnormal echo and abnormal xray and abnormal mri with malignant tumor.";
+
+fn headings_of(text: &str) -> Vec<(usize, String)> {
+    clinsearch::clinical::sections::headings(text)
+        .iter()
+        .map(|h| (h.start, h.label(text)))
+        .collect()
+}
+
+#[test]
+fn with_title_context_every_window_is_read_under_the_notes_title() {
+    let enc = windowed(WindowContext::Title);
+    let title = "consult";
+    let doc = ContextText {
+        title: Some(title),
+        text: SECTIONED,
+        headings: &[],
+    };
+    let windows = &enc.embed_windows_in_context(&[doc]).unwrap()[0];
+    assert!(windows.len() >= 3, "{} windows", windows.len());
+    assert_eq!(windows[0].start, 0);
+    assert_eq!(windows.last().unwrap().end, SECTIONED.len());
+    for pair in windows.windows(2) {
+        assert!(pair[1].start < pair[0].end, "consecutive windows overlap");
+    }
+    for w in windows {
+        // The title (1 token) and the window's text fit the 30 positions between the
+        // specials, and the vector is that of "title + the window's text".
+        assert!(
+            w.tokens + 1 <= 30,
+            "window {} has {} tokens",
+            w.index,
+            w.tokens
+        );
+        let read = format!("{title}\n{}", &SECTIONED[w.start..w.end]);
+        let alone = &enc.embed(&[&read]).unwrap()[0];
+        assert!(cosine(alone, &w.vector) > 0.9999, "window {}", w.index);
+    }
+    assert_eq!(
+        enc.count_windows_in_context(&[doc]).unwrap(),
+        windows.len(),
+        "counting agrees with embedding"
+    );
+}
+
+#[test]
+fn with_heading_context_a_window_inside_a_section_carries_its_heading() {
+    let enc = windowed(WindowContext::Heading);
+    let headings = headings_of(SECTIONED);
+    assert_eq!(headings.len(), 2, "{headings:?}");
+    let exam = headings[1].0;
+    let doc = ContextText {
+        title: Some("consult"),
+        text: SECTIONED,
+        headings: &headings,
+    };
+    let windows = &enc.embed_windows_in_context(&[doc]).unwrap()[0];
+    let mut inside_exam = 0;
+    for w in windows {
+        let in_force = headings.iter().rev().find(|(at, _)| *at < w.start);
+        let read = match (w.index, in_force) {
+            (0, _) | (_, None) => format!("consult\n{}", &SECTIONED[w.start..w.end]),
+            (_, Some((at, label))) => {
+                inside_exam += usize::from(*at == exam);
+                format!("consult {label} {}", &SECTIONED[w.start..w.end])
+            }
+        };
+        let alone = &enc.embed(&[&read]).unwrap()[0];
+        assert!(
+            cosine(alone, &w.vector) > 0.9999,
+            "window {}: {read:?}",
+            w.index
+        );
+    }
+    assert!(
+        inside_exam >= 2,
+        "windows inside the exam section: {inside_exam}"
+    );
+    assert_eq!(enc.count_windows_in_context(&[doc]).unwrap(), windows.len());
+}
+
+#[test]
+fn without_context_a_note_is_embedded_as_title_then_text() {
+    let enc = windowed(WindowContext::None);
+    let doc = ContextText {
+        title: Some("cardiology consult"),
+        text: SECTIONED,
+        headings: &[],
+    };
+    let got = &enc.embed_windows_in_context(&[doc]).unwrap()[0];
+    let joined = format!("cardiology consult\n{SECTIONED}");
+    let want = &enc.embed_windows(&[&joined]).unwrap()[0];
+    assert_eq!(got.len(), want.len());
+    let shift = "cardiology consult\n".len();
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.vector, w.vector);
+        assert_eq!(g.end, w.end - shift, "spans point into the text");
+    }
+    // A note shorter than one window is the same whatever the context.
+    let short = ContextText {
+        title: Some("consult"),
+        text: "no chest pain",
+        headings: &[],
+    };
+    let a = &enc.embed_windows_in_context(&[short]).unwrap()[0];
+    let b = &windowed(WindowContext::Heading)
+        .embed_windows_in_context(&[short])
+        .unwrap()[0];
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].vector, b[0].vector);
+}
+
 #[test]
 fn fifty_thousand_word_note_is_windowed_or_truncated_without_panic() {
     let enc = load(
@@ -273,6 +408,7 @@ fn fifty_thousand_word_note_is_windowed_or_truncated_without_panic() {
                 size: None,
                 stride: None,
                 max_windows: Some(8),
+                context: None,
             },
             ..Default::default()
         },
@@ -428,6 +564,7 @@ fn window_larger_than_the_model_positions_is_rejected() {
                 size: Some(1000),
                 stride: None,
                 max_windows: None,
+                context: None,
             },
             ..Default::default()
         },

@@ -351,7 +351,15 @@ fn reembed_killed_at_random_points_always_leaves_one_complete_copy() {
     run_ok(
         std::process::Command::new(env!("CARGO_BIN_EXE_clinsearch"))
             .args([
-                "ingest", "--quiet", "--window", "24", "--stride", "4", "--model",
+                "ingest",
+                "--quiet",
+                "--window",
+                "24",
+                "--stride",
+                "4",
+                "--window-context",
+                "heading",
+                "--model",
             ])
             .arg(&uncased)
             .arg("--data")
@@ -441,8 +449,8 @@ fn a_data_directory_missing_where_one_existed_is_an_error_not_an_empty_store() {
 }
 
 /// The encoder profile lives in the data directory: a directory ingested with `--window 24
-/// --stride 4` is served and evaluated without repeating them, and a contradicting flag is
-/// an error naming both values.
+/// --stride 4 --window-context heading` is served and evaluated without repeating them, and
+/// a contradicting flag is an error naming both values.
 #[test]
 fn the_encoder_profile_is_read_from_the_data_directory() {
     let bin = env!("CARGO_BIN_EXE_clinsearch");
@@ -453,7 +461,15 @@ fn the_encoder_profile_is_read_from_the_data_directory() {
     run_ok(
         std::process::Command::new(bin)
             .args([
-                "ingest", "--quiet", "--window", "24", "--stride", "4", "--model",
+                "ingest",
+                "--quiet",
+                "--window",
+                "24",
+                "--stride",
+                "4",
+                "--window-context",
+                "heading",
+                "--model",
             ])
             .arg(&model)
             .arg("--data")
@@ -488,6 +504,31 @@ fn the_encoder_profile_is_read_from_the_data_directory() {
     assert!(
         err.contains("window 32 contradicts") && err.contains("window 24"),
         "{err}"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["ingest", "--quiet", "--window-context", "title", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg(root.join("notes.jsonl"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("window context title contradicts")
+            && err.contains("window context heading"),
+        "{err}"
+    );
+    let stats = run_ok(
+        std::process::Command::new(bin)
+            .args(["stats", "--data"])
+            .arg(&data),
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        stats["model"]["context"], "heading",
+        "stats shows the window context"
     );
     // The server starts on it with no encoder flags at all.
     let mut child = std::process::Command::new(bin)

@@ -93,6 +93,7 @@ fn gpu_windows_and_padded_batches_match_the_cpu() {
         size: Some(16),
         stride: Some(4),
         max_windows: None,
+        context: None,
     };
     let cpu = load(
         &fixture("tiny-mlm-uncased"),

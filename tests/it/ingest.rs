@@ -18,6 +18,7 @@ pub fn tiny_encoder() -> Encoder {
                 size: Some(24),
                 stride: Some(4),
                 max_windows: Some(16),
+                context: None,
             },
             ..Default::default()
         },

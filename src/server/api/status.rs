@@ -54,6 +54,7 @@ pub async fn stats(state: State) -> ApiResult {
                 "normalize": info.normalize,
                 "window_size": info.window_size,
                 "stride": info.stride,
+                "window_context": info.window_context,
                 "fill_mask": st.encoder.has_mlm_head(),
                 "classifier": st.classifier.as_ref().map(|c| json!({
                     "dir": c.dir,
