@@ -1254,3 +1254,44 @@ async fn note_scores_rank_by_the_window_they_name() {
         (StatusCode::BAD_REQUEST, Some("note_score"))
     );
 }
+
+/// `bm25_k1` and `bm25_b` change BM25's scores as the formula says (with b = 0 a note's length
+/// no longer matters, with a lower k1 repeated words count less), and values outside BM25's
+/// ranges are refused naming the parameter.
+#[actix_web::test]
+async fn bm25_parameters_change_the_keyword_scores_and_are_checked() {
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    let top = |v: &serde_json::Value| -> Vec<(String, f64)> {
+        hits(v, "bm25")
+            .iter()
+            .map(|h| {
+                (
+                    h["id"].as_str().unwrap().to_string(),
+                    h["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let q = "/api/search?q=troponin%20chest%20pain&mode=bm25&k=10";
+    let (s, default) = call(&app, get(q)).await;
+    assert_eq!(s, StatusCode::OK, "{default}");
+    let (_, same) = call(&app, get(&format!("{q}&bm25_k1=1.2&bm25_b=0.75"))).await;
+    assert_eq!(top(&default), top(&same), "1.2 / 0.75 is the default");
+    let (s, lucene) = call(&app, get(&format!("{q}&bm25_k1=0.9&bm25_b=0.4"))).await;
+    assert_eq!(s, StatusCode::OK, "{lucene}");
+    let (d, l) = (top(&default), top(&lucene));
+    assert!(!l.is_empty());
+    assert!(
+        d.iter().zip(&l).any(|(a, b)| (a.1 - b.1).abs() > 1e-4),
+        "other values give other scores: {d:?} {l:?}"
+    );
+    for bad in ["bm25_k1=-1", "bm25_b=1.5", "bm25_k1=much"] {
+        let (s, v) = call(&app, get(&format!("{q}&{bad}"))).await;
+        let param = bad.split('=').next().unwrap();
+        assert_eq!(
+            (s, v["error"]["param"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(param)),
+            "{bad}: {v}"
+        );
+    }
+}
