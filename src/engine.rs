@@ -396,47 +396,31 @@ pub fn fill_profile(dir: &Path, opts: &mut crate::model::EncoderOptions) -> Resu
     let Some(stored) = Store::open(dir)?.model_identity()? else {
         return Ok(());
     };
-    let clash = |what: &str, given: String, kept: String| {
-        Error::InvalidInput(format!(
-            "{what} {given} contradicts the data directory {}, whose notes were embedded with {what} {kept}: drop the setting (it is read from the directory), or re-embed with `clinsearch reindex --reembed`",
-            dir.display()
-        ))
-    };
-    match opts.window.size {
-        None => opts.window.size = Some(stored.window_size),
-        Some(w) if w != stored.window_size => {
-            return Err(clash(
-                "window",
-                w.to_string(),
-                stored.window_size.to_string(),
-            ))
+    let w = &mut opts.window;
+    fill(dir, "window", &mut w.size, stored.window_size)?;
+    fill(dir, "stride", &mut w.stride, stored.stride)?;
+    fill(dir, "window context", &mut w.context, stored.context)?;
+    fill(dir, "pooling", &mut opts.pooling, stored.pooling)?;
+    Ok(())
+}
+
+/// One setting of [`fill_profile`]: the stored value where none was given; a given value that
+/// differs is an error naming both.
+fn fill<T: PartialEq + std::fmt::Display>(
+    dir: &Path,
+    what: &str,
+    given: &mut Option<T>,
+    stored: T,
+) -> Result<()> {
+    match given {
+        None => *given = Some(stored),
+        Some(g) if *g != stored => {
+            return Err(Error::InvalidInput(format!(
+                "{what} {g} contradicts the data directory {}, whose notes were embedded with {what} {stored}: drop the setting (it is read from the directory), or re-embed with `clinsearch reindex --reembed`",
+                dir.display()
+            )))
         }
-        _ => {}
-    }
-    match opts.window.stride {
-        None => opts.window.stride = Some(stored.stride),
-        Some(s) if s != stored.stride => {
-            return Err(clash("stride", s.to_string(), stored.stride.to_string()))
-        }
-        _ => {}
-    }
-    match opts.window.context {
-        None => opts.window.context = Some(stored.context),
-        Some(c) if c != stored.context => {
-            return Err(clash(
-                "window context",
-                c.to_string(),
-                stored.context.to_string(),
-            ))
-        }
-        _ => {}
-    }
-    match opts.pooling {
-        None => opts.pooling = Some(stored.pooling),
-        Some(p) if p != stored.pooling => {
-            return Err(clash("pooling", p.to_string(), stored.pooling.to_string()))
-        }
-        _ => {}
+        Some(_) => {}
     }
     Ok(())
 }

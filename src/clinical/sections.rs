@@ -57,39 +57,25 @@ fn is_capital_word(w: &str) -> bool {
         && (w.chars().any(char::is_uppercase) || w == "&" || w == "/")
 }
 
-/// Up to [`MAX_WORDS`] capital words ending at `end`, separated by single spaces.
+/// Up to [`MAX_WORDS`] capital words ending at `end`, separated by single spaces, after the
+/// last character that cannot be inside a heading.
 fn capitals_before(text: &str, end: usize) -> Option<Heading> {
     let head = &text[..end];
-    let mut start = end;
-    let mut words = 0;
-    let mut letters = 0;
-    loop {
-        let word_start = head[..start]
-            .rfind(|c: char| c.is_whitespace() || c == ',' || c == ':' || c == ';')
-            .map_or(0, |i| {
-                i + head[i..].chars().next().map_or(1, char::len_utf8)
-            });
-        let word = &head[word_start..start];
+    let from = head
+        .rfind([',', ':', ';', '\n', '\t', '\r'])
+        .map_or(0, |i| i + 1);
+    let (mut start, mut words, mut letters) = (end, 0, 0);
+    // A double space gives an empty piece, which ends the heading.
+    for word in head[from..].rsplit(' ') {
         if !is_capital_word(word) {
             break;
         }
         words += 1;
-        letters += word.chars().filter(|c| c.is_alphabetic()).count();
-        start = word_start;
-        // Another word before, after exactly one space?
-        if start >= 2 && &head[start - 1..start] == " " && !head[..start - 1].ends_with(' ') {
-            if words == MAX_WORDS {
-                return None;
-            }
-            let prev_start = head[..start - 1]
-                .rfind(|c: char| c.is_whitespace() || c == ',' || c == ':' || c == ';')
-                .map_or(0, |i| i + 1);
-            if is_capital_word(&head[prev_start..start - 1]) {
-                start -= 1;
-                continue;
-            }
+        if words > MAX_WORDS {
+            return None;
         }
-        break;
+        letters += word.chars().filter(|c| c.is_alphabetic()).count();
+        start -= word.len() + usize::from(words > 1);
     }
     if words == 0 || letters < 3 {
         return None;

@@ -61,12 +61,6 @@ impl Default for Bm25Params {
     }
 }
 
-impl std::fmt::Display for Bm25Params {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "k1={} b={}", self.k1, self.b)
-    }
-}
-
 /// One term scored with [`Bm25Params`].
 #[derive(Debug, Clone)]
 pub struct Bm25TermQuery {

@@ -93,6 +93,10 @@ pub struct ContextText<'a> {
     pub headings: &'a [(usize, String)],
 }
 
+/// One window to embed: the tokens of its context prefix, and the token range `[a, b)` of
+/// the text it covers.
+type Plan = (Vec<u32>, usize, usize);
+
 /// The most tokens of a title every window carries (a quarter of the window at most).
 const MAX_TITLE_TOKENS: usize = 48;
 /// The most tokens of a section heading a window carries (an eighth of the window at most).
@@ -414,27 +418,49 @@ impl Encoder {
     /// Splits each text into overlapping windows and embeds every window: one vector per
     /// window with its span in the text. An empty text is an error.
     pub fn embed_windows(&self, texts: &[&str]) -> Result<Vec<Vec<Window>>> {
+        let tokens = self.tokens_all(texts)?;
+        let plans = tokens
+            .iter()
+            .map(|t| {
+                self.window_ranges(t.ids.len())
+                    .into_iter()
+                    .map(|(a, b)| (vec![], a, b))
+                    .collect()
+            })
+            .collect();
+        self.embed_plans(texts, &tokens, plans)
+    }
+
+    /// Embeds planned windows: for each text, each window's prefix tokens and the token
+    /// range `[a, b)` of the text it covers (the window cap applied here). Spans point into
+    /// the text.
+    fn embed_plans(
+        &self,
+        texts: &[&str],
+        tokens: &[super::tokenizer::Tokens],
+        plans: Vec<Vec<Plan>>,
+    ) -> Result<Vec<Vec<Window>>> {
         let mut seqs = vec![];
         let mut layout: Vec<Vec<Window>> = Vec::with_capacity(texts.len());
-        for (i, (text, tokens)) in texts.iter().zip(self.tokens_all(texts)?).enumerate() {
-            let mut ranges = self.window_ranges(tokens.ids.len());
+        for (i, ((text, tokens), mut plan)) in texts.iter().zip(tokens).zip(plans).enumerate() {
             if let Some(cap) = self.max_windows {
-                if ranges.len() > cap {
+                if plan.len() > cap {
                     tracing::warn!(
                         text = i + 1,
-                        windows = ranges.len(),
+                        windows = plan.len(),
                         cap,
                         "text is longer than the window cap; only its first windows are embedded"
                     );
-                    ranges.truncate(cap);
+                    plan.truncate(cap);
                 }
             }
             let chars = CharIndex::new(text);
-            let mut windows = Vec::with_capacity(ranges.len());
-            for (index, (a, b)) in ranges.into_iter().enumerate() {
+            let mut windows = Vec::with_capacity(plan.len());
+            for (index, (mut ids, a, b)) in plan.into_iter().enumerate() {
                 let start = tokens.offsets[a].0;
                 let end = tokens.offsets[b - 1].1;
-                seqs.push(self.wrap(&tokens.ids[a..b]));
+                ids.extend_from_slice(&tokens.ids[a..b]);
+                seqs.push(self.wrap(&ids));
                 windows.push(Window {
                     index,
                     start,
@@ -469,7 +495,7 @@ impl Encoder {
         &self,
         doc: &ContextText<'_>,
         tokens: &super::tokenizer::Tokens,
-    ) -> Result<Vec<(Vec<u32>, usize, usize)>> {
+    ) -> Result<Vec<Plan>> {
         let cap = self.window_size - 2;
         let title: Vec<u32> = match doc.title.map(str::trim).filter(|t| !t.is_empty()) {
             Some(t) => {
@@ -519,49 +545,13 @@ impl Encoder {
             return self.embed_titled(docs);
         }
         let texts: Vec<&str> = docs.iter().map(|d| d.text).collect();
-        let all = self.tokens_all(&texts)?;
-        let mut seqs = vec![];
-        let mut layout: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
-        for (i, (doc, tokens)) in docs.iter().zip(&all).enumerate() {
-            let mut plan = self.context_plan(doc, tokens)?;
-            if let Some(cap) = self.max_windows {
-                if plan.len() > cap {
-                    tracing::warn!(
-                        text = i + 1,
-                        windows = plan.len(),
-                        cap,
-                        "text is longer than the window cap; only its first windows are embedded"
-                    );
-                    plan.truncate(cap);
-                }
-            }
-            let chars = CharIndex::new(doc.text);
-            let mut windows = Vec::with_capacity(plan.len());
-            for (index, (prefix, a, b)) in plan.into_iter().enumerate() {
-                let start = tokens.offsets[a].0;
-                let end = tokens.offsets[b - 1].1;
-                let mut ids = prefix;
-                ids.extend_from_slice(&tokens.ids[a..b]);
-                seqs.push(self.wrap(&ids));
-                windows.push(Window {
-                    index,
-                    start,
-                    end,
-                    char_start: chars.char_at(start),
-                    char_end: chars.char_at(end),
-                    tokens: b - a,
-                    vector: vec![],
-                });
-            }
-            layout.push(windows);
-        }
-        let mut vectors = self.run_batches(&seqs)?.into_iter();
-        for windows in layout.iter_mut() {
-            for w in windows.iter_mut() {
-                w.vector = vectors.next().expect("one vector per window");
-            }
-        }
-        Ok(layout)
+        let tokens = self.tokens_all(&texts)?;
+        let plans = docs
+            .iter()
+            .zip(&tokens)
+            .map(|(doc, t)| self.context_plan(doc, t))
+            .collect::<Result<_>>()?;
+        self.embed_plans(&texts, &tokens, plans)
     }
 
     /// "title\ntext" of a document, and the length of the title prefix in bytes and

@@ -351,15 +351,7 @@ fn reembed_killed_at_random_points_always_leaves_one_complete_copy() {
     run_ok(
         std::process::Command::new(env!("CARGO_BIN_EXE_clinsearch"))
             .args([
-                "ingest",
-                "--quiet",
-                "--window",
-                "24",
-                "--stride",
-                "4",
-                "--window-context",
-                "heading",
-                "--model",
+                "ingest", "--quiet", "--window", "24", "--stride", "4", "--model",
             ])
             .arg(&uncased)
             .arg("--data")
