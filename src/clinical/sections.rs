@@ -139,6 +139,8 @@ mod tests {
     fn words_in_capitals_before_a_heading_are_part_of_it_up_to_eight() {
         let t = "ST elevation noted. REVIEW OF SYSTEMS: negative.";
         assert_eq!(labels(t), ["REVIEW OF SYSTEMS:"]);
+        let t = "noted. ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT: x";
+        assert_eq!(labels(t), ["ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT:"]);
         let t = "A B C D E F G H I J: x";
         assert!(labels(t).is_empty(), "{:?}", labels(t));
     }
