@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-gpu model build bench bench-finetune soak fixtures sample-corpus
+.PHONY: run test test-gpu model build bench bench-finetune quality soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -56,6 +56,11 @@ soak: model
 # Fine-tuning against frozen-embedding baselines on MTSamples (about an hour on 2 cores).
 bench-finetune: model
 	$(CARGO) bench --bench finetune
+
+# The README's quality table: every retrieval option on every judged collection (about an
+# hour on 2 cores the first time; the data directories under target/quality/ are kept).
+quality: model
+	$(CARGO) bench --bench quality
 
 # Regenerates the tiny test models and golden outputs (needs torch, transformers and
 # sentence-transformers from PyPI). The results are committed.

@@ -38,6 +38,10 @@ use clinsearch::model::{Encoder, EncoderOptions};
 use clinsearch::train::classify::{accuracy_macro_f1, Classifier};
 use serde_json::json;
 
+#[path = "common/mtsamples.rs"]
+mod mtsamples;
+use mtsamples::*;
+
 const DOC_TYPES: &[&str] = &[
     "Surgery",
     "Consult - History and Phy.",
@@ -55,43 +59,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Row {
-    description: String,
-    specialty: String,
-    transcription: String,
-}
-
-fn read_mtsamples(path: &Path) -> Vec<Row> {
-    let mut r = csv::Reader::from_path(path).expect("read mtsamples.csv");
-    let h = r.headers().unwrap().clone();
-    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
-    let (d, s, t) = (
-        col("description"),
-        col("medical_specialty"),
-        col("transcription"),
-    );
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            Row {
-                description: rec[d].trim().to_string(),
-                specialty: rec[s].trim().to_string(),
-                transcription: rec[t].trim().to_string(),
-            }
-        })
-        .filter(|r| !r.transcription.is_empty())
-        .collect()
-}
-
-fn norm(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn write_jsonl(path: &Path, rows: impl IntoIterator<Item = serde_json::Value>) {
-    let text: String = rows.into_iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(path, text).unwrap();
 }
 
 fn bin() -> &'static str {
@@ -386,47 +353,17 @@ fn logistic_regression(
 
 fn retrieval(rows: &[Row], model: &str, dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    // Distinct notes (by transcription) with a description.
-    let mut seen = BTreeSet::new();
-    let mut notes: Vec<&Row> = rows
-        .iter()
-        .filter(|r| !r.description.is_empty() && seen.insert(norm(&r.transcription)))
-        .collect();
-    let mut rng = fastrand::Rng::with_seed(7);
-    rng.shuffle(&mut notes);
-    let n_test = notes.len() / 5;
-    let n_dev = (notes.len() - n_test) / 10;
-    let (test, rest) = notes.split_at(n_test);
-    let (dev, train) = rest.split_at(n_dev);
+    let RetrievalSplit { train, dev, test } = retrieval_split(rows);
     let pair = |r: &&Row| json!({"query": r.description, "positive": r.transcription});
     write_jsonl(&dir.join("pairs-train.jsonl"), train.iter().map(pair));
     write_jsonl(&dir.join("pairs-dev.jsonl"), dev.iter().map(pair));
-    write_jsonl(
-        &dir.join("test-notes.jsonl"),
-        test.iter().enumerate().map(|(i, r)| json!({"id": format!("t{i}"), "text": r.transcription, "note_type": r.specialty})),
-    );
-    // Queries: the distinct descriptions of held-out notes, each relevant to every held-out
-    // note it describes.
-    let mut by_desc: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, r) in test.iter().enumerate() {
-        by_desc.entry(norm(&r.description)).or_default().push(i);
-    }
-    let mut queries = vec![];
-    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
-    for (q, (desc, docs)) in by_desc.iter().enumerate() {
-        queries.push(json!({"_id": format!("q{q}"), "text": desc}));
-        for d in docs {
-            qrels.push_str(&format!("q{q}\tt{d}\t1\n"));
-        }
-    }
-    write_jsonl(&dir.join("queries.jsonl"), queries.clone());
-    std::fs::write(dir.join("qrels.tsv"), qrels).unwrap();
+    let n_queries = write_heldout(dir, &test);
     println!(
         "retrieval: {} training pairs, {} dev pairs; held out: {} notes, {} queries",
         train.len(),
         dev.len(),
         test.len(),
-        queries.len()
+        n_queries
     );
 
     let out = dir.join("model");
@@ -460,7 +397,7 @@ fn retrieval(rows: &[Row], model: &str, dir: &Path) {
     println!(
         "\nMTSamples description -> note, {} held-out notes, {} queries:",
         test.len(),
-        queries.len()
+        n_queries
     );
     println!(
         "{:<10} {:<9} {:>10} {:>10} {:>8}",

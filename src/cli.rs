@@ -212,6 +212,28 @@ pub enum BenchCommand {
         #[command(flatten)]
         eval: EvalArgs,
     },
+    /// nDCG@10 of every retrieval option (BM25 settings, note scores, fusions, tuned fusion)
+    /// on one judged set, each with a paired test against its retriever's default. The
+    /// window context is the data directory's own: one run per directory.
+    Options {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        queries: std::path::PathBuf,
+        #[arg(long)]
+        qrels: std::path::PathBuf,
+        /// The set's name in the report [default: the queries file's stem].
+        #[arg(long)]
+        name: Option<String>,
+        /// Skip the BM25 settings other than the default (they do not depend on the window
+        /// context).
+        #[arg(long)]
+        no_bm25: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options shared by `eval` and `bench beir`.
@@ -820,50 +842,17 @@ pub fn run(cli: Cli) -> Result<()> {
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
             let engine = data.open(Some(&identity))?;
             let qset = crate::eval::load_set(&data.dir, &set)?;
-            use crate::search::{Mode, NoteScore};
-            // The query vectors do not depend on the note score: embed each query once.
-            let cache =
-                std::cell::RefCell::new(std::collections::HashMap::<String, Vec<f32>>::new());
-            let embed = |t: &[&str]| -> crate::Result<Vec<Vec<f32>>> {
-                let missing: Vec<&str> = t
-                    .iter()
-                    .copied()
-                    .filter(|x| !cache.borrow().contains_key(*x))
-                    .collect();
-                if !missing.is_empty() {
-                    let vecs = encoder.embed(&missing)?;
-                    let mut c = cache.borrow_mut();
-                    for (x, v) in missing.into_iter().zip(vecs) {
-                        c.insert(x.to_string(), v);
-                    }
-                }
-                let c = cache.borrow();
-                Ok(t.iter().map(|x| c[*x].clone()).collect())
-            };
-            // The runs under each note score; BM25 does not depend on it and runs once.
-            let mut runs = vec![];
-            for note_score in [
-                NoteScore::Max,
-                NoteScore::First,
-                NoteScore::MaxFirst,
-                NoteScore::Top2,
-            ] {
-                let modes = if runs.is_empty() {
-                    vec![Mode::Bm25, Mode::Semantic]
-                } else {
-                    vec![Mode::Semantic]
-                };
-                let opts = crate::eval::EvalOptions {
-                    modes,
-                    note_score,
-                    ..Default::default()
-                };
-                let (_, r) = crate::eval::evaluate(&engine, &embed, &qset, &opts, &|_, _| {})?;
-                runs.push((note_score, r));
-            }
+            let embed = |t: &[&str]| encoder.embed(t);
+            let runs = crate::eval::tune::collect_runs(
+                &engine,
+                &embed,
+                &qset,
+                &crate::eval::EvalOptions::default(),
+                &|_, _| {},
+            )?;
             let tuned = crate::eval::tune::tune(&set, &qset, &runs)?;
             if !dry_run {
-                crate::eval::tune::store(&data.dir, &tuned)?;
+                engine.set_tuned(&tuned)?;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&tuned)?);
@@ -909,6 +898,58 @@ pub fn run(cli: Cli) -> Result<()> {
                     eval,
                 },
         } => bench_beir(&dir, data, &split, &model, &eval)?,
+        Command::Bench {
+            command:
+                BenchCommand::Options {
+                    data,
+                    model,
+                    queries,
+                    qrels,
+                    name,
+                    no_bm25,
+                    json,
+                },
+        } => {
+            let encoder = model.load_for(&data.dir)?;
+            let identity = crate::store::ModelIdentity::from_info(encoder.info());
+            let engine = data.open(Some(&identity))?;
+            let set = crate::eval::QuerySet::load(&queries, &qrels)?;
+            let name = name.unwrap_or_else(|| {
+                queries
+                    .file_stem()
+                    .map_or("queries".into(), |s| s.to_string_lossy().into_owned())
+            });
+            let embed = |t: &[&str]| encoder.embed(t);
+            let table = crate::eval::options::option_table(
+                &engine,
+                &embed,
+                &name,
+                &set,
+                !no_bm25,
+                &|what| eprintln!("{name}: {what}"),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table)?);
+            } else {
+                println!(
+                    "{} ({} queries, window context {}): nDCG@10",
+                    table.set, table.queries, table.window_context
+                );
+                for r in &table.rows {
+                    println!(
+                        "  {:<9} {:<44} {:.4}  {}",
+                        r.retriever,
+                        r.option,
+                        r.ndcg_10,
+                        if r.default {
+                            "(default)".to_string()
+                        } else {
+                            format!("p = {:.4}", r.p_value)
+                        }
+                    );
+                }
+            }
+        }
         Command::Stats { data } => {
             let engine = data.open(None)?;
             let stats = json!({
@@ -921,7 +962,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 "live_vectors": engine.vectors.len(),
                 "last_seq": engine.store.last_seq()?,
                 "store_bytes": engine.store.size_on_disk(),
-                "tuned_fusion": engine.tuned_fusion,
+                "tuned_fusion": engine.tuned_fusion(),
             });
             println!("{}", serde_json::to_string_pretty(&stats)?);
         }

@@ -38,7 +38,7 @@ pub struct Engine {
     degraded: Mutex<Option<Degraded>>,
     /// The fusion `clinsearch tune` chose for this collection (`DATA/fusion.json`): used by
     /// searches that do not ask for one.
-    pub tuned_fusion: Option<crate::eval::tune::FusionChoice>,
+    tuned_fusion: std::sync::RwLock<Option<crate::eval::tune::FusionChoice>>,
 }
 
 /// What is wrong, and what healing must do.
@@ -127,10 +127,24 @@ impl Engine {
             vectors,
             write: Mutex::new(()),
             degraded: Mutex::new(None),
-            tuned_fusion: crate::eval::tune::load(dir)?.map(|t| t.choice),
+            tuned_fusion: std::sync::RwLock::new(crate::eval::tune::load(dir)?.map(|t| t.choice)),
         };
         engine.catch_up_bm25()?;
         Ok(engine)
+    }
+
+    /// The fusion `clinsearch tune` chose for this collection, if any.
+    pub fn tuned_fusion(&self) -> Option<crate::eval::tune::FusionChoice> {
+        *self.tuned_fusion.read().unwrap()
+    }
+
+    /// Stores a tuned fusion in the data directory and uses it from the next search on (a
+    /// server tuning its own collection needs no restart).
+    pub fn set_tuned(&self, t: &crate::eval::tune::Tuned) -> Result<()> {
+        let _w = self.write.lock().unwrap();
+        crate::eval::tune::store(&self.dir, t)?;
+        *self.tuned_fusion.write().unwrap() = Some(t.choice);
+        Ok(())
     }
 
     /// The model identity recorded in the data directory.

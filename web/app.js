@@ -623,41 +623,77 @@ function renderReport(r, out) {
     detail);
 }
 
+/** Polls an evaluation or tuning job with a progress bar in `out` until it ends. */
+async function pollJob(job, out, unit) {
+  const bar = el("progress", { max: job.total, value: 0, "aria-label": "Progress" });
+  const line = el("p", { class: "summary" });
+  out.replaceChildren(bar, line);
+  while (job.state === "running") {
+    bar.value = job.done;
+    line.textContent = `${job.done} of ${job.total} ${unit}`;
+    await new Promise((res) => setTimeout(res, 300));
+    job = await api("/api/eval/" + job.id);
+  }
+  if (job.state !== "done") throw new Error(job.failure || "the job failed");
+  return job;
+}
+
+function fusionText(c) {
+  const f = c.fusion;
+  const params = Object.entries(f).filter(([k]) => k !== "method").map(([k, v]) => `${k} ${v}`).join(", ");
+  return `${f.method}${params ? " (" + params + ")" : ""}, candidate depth ${c.depth}, note score ${c.note_score}`;
+}
+
+/** What tuning found: the held-out figure against RRF k=60, the choice, each fold's choice. */
+function renderTuned(t, out) {
+  const gain = t.cv_ndcg_10 - t.baseline_ndcg_10;
+  out.replaceChildren(el("div", { class: "panel", id: "tune-result" },
+    el("h2", {}, "Tuned fusion"),
+    el("p", { class: "summary" }, `${t.queries} queries of set ${t.set}, ${t.folds}-fold cross-validation. Held-out hybrid nDCG@10 ${t.cv_ndcg_10.toFixed(4)} against ${t.baseline_ndcg_10.toFixed(4)} for RRF k=60: ${gain >= 0 ? "+" : ""}${gain.toFixed(4)}, paired randomisation test p = ${t.p_value.toFixed(4)}${t.p_value < 0.05 ? "" : " (not significant at 0.05)"}.`),
+    el("p", { id: "tune-choice" }, el("strong", {}, "Chosen on all queries: "), fusionText(t.choice), t.stored ? " — stored as this collection's default for searches without fusion parameters." : " — not stored."),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "fold"), el("th", {}, "choice on the other folds"))),
+      el("tbody", {}, t.fold_choices.map((c, i) => el("tr", {}, el("td", {}, i + 1), el("td", {}, fusionText(c))))))));
+}
+
 async function evalPage(main) {
   const { sets } = await api("/api/eval/sets");
+  if (!me) await refreshWhoami();
   const setSel = el("select", { id: "eval-set" },
     sets.map((s) => el("option", { value: s.name }, `${s.name} (${s.queries} queries)`)),
     el("option", { value: "" }, "paste queries and judgments…"));
   const queries = el("textarea", { id: "eval-queries", "aria-label": "Queries", placeholder: '{"_id": "q1", "text": "chest pain on exertion"}  (BEIR queries.jsonl, or qid<TAB>text)' });
   const qrels = el("textarea", { id: "eval-qrels", "aria-label": "Judgments", placeholder: "query-id\tcorpus-id\tscore  (BEIR qrels TSV, or TREC: qid 0 docid grade)" });
   const paste = el("div", { class: "grid2", hidden: sets.length > 0 }, el("label", {}, "Queries", queries), el("label", {}, "Judgments", qrels));
-  setSel.addEventListener("change", () => { paste.hidden = setSel.value !== ""; });
+  const canTune = () => me && me.role === "admin" && !me.restricted && setSel.value !== "";
+  const tune = el("button", { type: "button", id: "eval-tune", hidden: !canTune(), title: "Choose the hybrid fusion on this set by 5-fold cross-validation and store it as this collection's default" }, "Tune fusion");
+  setSel.addEventListener("change", () => { paste.hidden = setSel.value !== ""; tune.hidden = !canTune(); });
   const run = el("button", { type: "submit", class: "primary", id: "eval-run" }, "Run evaluation");
   const out = el("div", { id: "eval-out", "aria-live": "polite" });
   const form = el("form", { class: "panel" },
     el("p", { class: "summary" }, "Runs every judged query through BM25, semantic and hybrid search and scores the rankings (Recall@k, nDCG@10, MRR@10, MAP@100, as trec_eval computes them)."),
-    el("div", { class: "filters" }, el("label", {}, "Query set", setSel)), paste, el("div", { class: "actions" }, run));
+    el("div", { class: "filters" }, el("label", {}, "Query set", setSel)), paste, el("div", { class: "actions" }, run, tune));
+  tune.addEventListener("click", async () => {
+    tune.disabled = run.disabled = true;
+    try {
+      const job = await pollJob(await api("/api/tune", { method: "POST", json: { set: setSel.value } }), out, "runs");
+      renderTuned(job.report, out);
+    } catch (err) {
+      out.replaceChildren(errorBox(err));
+    } finally {
+      tune.disabled = run.disabled = false;
+    }
+  });
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = setSel.value ? { set: setSel.value } : { queries: queries.value, qrels: qrels.value };
-    run.disabled = true;
+    run.disabled = tune.disabled = true;
     try {
-      let job = await api("/api/eval", { method: "POST", json: body });
-      const bar = el("progress", { max: job.total, value: 0, "aria-label": "Evaluation progress" });
-      const line = el("p", { class: "summary" });
-      out.replaceChildren(bar, line);
-      while (job.state === "running") {
-        bar.value = job.done;
-        line.textContent = `${job.done} of ${job.total} queries`;
-        await new Promise((res) => setTimeout(res, 300));
-        job = await api("/api/eval/" + job.id);
-      }
-      if (job.state !== "done") throw new Error(job.failure || "the evaluation failed");
+      const job = await pollJob(await api("/api/eval", { method: "POST", json: body }), out, "queries");
       renderReport(job.report, out);
     } catch (err) {
       out.replaceChildren(errorBox(err));
     } finally {
-      run.disabled = false;
+      run.disabled = tune.disabled = false;
     }
   });
   main.append(el("h1", {}, "Evaluation"), form, out);

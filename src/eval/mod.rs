@@ -8,6 +8,7 @@
 //! trec_eval does); a judged query a mode returns nothing for scores 0 in that mode.
 
 pub mod metrics;
+pub mod options;
 pub mod significance;
 pub mod tune;
 
@@ -371,6 +372,38 @@ pub fn parse_ks(s: &str) -> std::result::Result<Vec<usize>, String> {
 
 /// Embeds a batch of query texts.
 pub type EmbedFn<'a> = dyn Fn(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
+
+/// An embedding function that embeds each distinct text once: evaluations that run the same
+/// queries several times (under each note score, each BM25 setting) share the vectors.
+pub struct CachedEmbed<'a> {
+    inner: &'a EmbedFn<'a>,
+    cache: std::cell::RefCell<HashMap<String, Vec<f32>>>,
+}
+
+impl<'a> CachedEmbed<'a> {
+    pub fn new(inner: &'a EmbedFn<'a>) -> Self {
+        CachedEmbed {
+            inner,
+            cache: Default::default(),
+        }
+    }
+
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let missing: Vec<&str> = {
+            let c = self.cache.borrow();
+            texts.iter().copied().filter(|t| !c.contains_key(*t)).collect()
+        };
+        if !missing.is_empty() {
+            let vecs = (self.inner)(&missing)?;
+            let mut c = self.cache.borrow_mut();
+            for (t, v) in missing.into_iter().zip(vecs) {
+                c.insert(t.to_string(), v);
+            }
+        }
+        let c = self.cache.borrow();
+        Ok(texts.iter().map(|t| c[*t].clone()).collect())
+    }
+}
 
 /// Runs every judged query through each mode and scores the runs.
 ///

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::ndcg;
 use super::{Judged, QuerySet, Runs};
 use crate::error::{Error, Result};
-use crate::search::{Fusion, NoteScore};
+use crate::search::{Fusion, Mode, NoteScore};
 
 /// File in the data directory holding the tuned fusion.
 pub const TUNED_FILE: &str = "fusion.json";
@@ -235,6 +235,49 @@ pub fn tune(name: &str, set: &QuerySet, runs: &[(NoteScore, Runs)]) -> Result<Tu
         p_value: super::significance::randomization_test(&held, &base),
         fold_choices,
     })
+}
+
+/// The note scores `tune` tries (the semantic runs are made once under each).
+pub const NOTE_SCORES: [NoteScore; 4] = [
+    NoteScore::Max,
+    NoteScore::First,
+    NoteScore::MaxFirst,
+    NoteScore::Top2,
+];
+
+/// The runs `tune` needs: BM25 once, and semantic search under each of [`NOTE_SCORES`], with
+/// `base`'s other options (expansion, BM25 settings, a restricted key's view). Each query is
+/// embedded once. `progress` gets (queries done, total) over all passes.
+pub fn collect_runs(
+    engine: &crate::engine::Engine,
+    embed: &super::EmbedFn,
+    set: &QuerySet,
+    base: &super::EvalOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<(NoteScore, Runs)>> {
+    let cached = super::CachedEmbed::new(embed);
+    let embed = |t: &[&str]| cached.embed(t);
+    let n = set.queries.len();
+    let total = n * NOTE_SCORES.len();
+    let mut runs = vec![];
+    for (pass, note_score) in NOTE_SCORES.into_iter().enumerate() {
+        let modes = if runs.is_empty() {
+            vec![Mode::Bm25, Mode::Semantic]
+        } else {
+            vec![Mode::Semantic]
+        };
+        let opts = super::EvalOptions {
+            modes,
+            note_score,
+            use_tuned: false,
+            ..base.clone()
+        };
+        let (_, r) = super::evaluate(engine, &embed, set, &opts, &|d, _| {
+            progress(pass * n + d, total)
+        })?;
+        runs.push((note_score, r));
+    }
+    Ok(runs)
 }
 
 /// Stores the tuned choice in the data directory (written aside, then renamed).

@@ -248,7 +248,7 @@ impl<'a> Searcher<'a> {
         let mut timings = Timings::default();
         let need = req.offset + req.k;
         // A fusion tuned for this collection, unless the request chose one.
-        let (fusion, fusion_depth) = match (&self.engine.tuned_fusion, req.fusion_explicit) {
+        let (fusion, fusion_depth) = match (self.engine.tuned_fusion(), req.fusion_explicit) {
             (Some(t), false) => (t.fusion, t.depth),
             _ => (req.fusion, FUSION_DEPTH),
         };
@@ -273,7 +273,7 @@ impl<'a> Searcher<'a> {
             Some(v) => {
                 let t = Instant::now();
                 let mut s = self.semantic_candidates(v, depth, &req.filter)?;
-                let note_score = match (&self.engine.tuned_fusion, req.note_score_explicit) {
+                let note_score = match (self.engine.tuned_fusion(), req.note_score_explicit) {
                     (Some(t), false) => t.note_score,
                     _ => req.note_score,
                 };

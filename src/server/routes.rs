@@ -128,6 +128,9 @@ pub fn table() -> Vec<Route> {
             .needs(Read)
             .audited("eval"),
         route(M::GET, "/api/eval/sets", |r| r.to(api::eval_sets)).needs(Read),
+        route(M::POST, "/api/tune", |r| r.to(api::tune_start))
+            .needs(Admin)
+            .audited("eval"),
         route(M::GET, "/api/eval/{job}", |r| r.to(api::eval_status))
             .needs(Read)
             .audited("eval"),

@@ -370,6 +370,16 @@ fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     let heading = b.text(&b.wait("#eval-detail h2"));
     assert!(heading.starts_with("Query q01"), "{heading}");
     b.screenshot("eval-query");
+
+    // Tuning the fusion from the page: the held-out figure against RRF, the stored choice.
+    b.click(&b.wait("#eval-tune"));
+    let result = b.wait_text("#tune-result", "Held-out hybrid nDCG@10");
+    assert!(result.contains("45 queries of set sample"), "{result}");
+    assert!(result.contains("RRF k=60"), "{result}");
+    let choice = b.text(&b.wait("#tune-choice"));
+    assert!(choice.contains("stored as this collection's default"), "{choice}");
+    assert_eq!(b.find_all("#tune-result tbody tr").len(), 5, "one row per fold");
+    b.screenshot("eval-tune");
 }
 
 #[test]

@@ -431,7 +431,7 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
     drop(state);
     tune::store(dir.path(), &chosen).unwrap();
     let state = crate::server::seeded_state(dir.path(), clinsearch::config::Layer::default(), None);
-    assert_eq!(state.engine.tuned_fusion, Some(chosen.choice));
+    assert_eq!(state.engine.tuned_fusion(), Some(chosen.choice));
     let app = atest::init_service(clinsearch::server::app(state)).await;
     let (_, v) = crate::server::call(
         &app,
@@ -470,4 +470,84 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
         ids(&max),
         "the two note scores should rank differently here"
     );
+}
+
+/// `POST /api/tune` (the Evaluation page's button) runs the same cross-validation, stores the
+/// choice only when asked, and the running server uses it from the next search; a key
+/// restricted to part of the collection may not set the whole collection's default.
+#[actix_web::test]
+async fn the_server_tunes_a_stored_set_and_searches_use_the_choice_at_once() {
+    use actix_web::http::StatusCode;
+    use actix_web::test as atest;
+    use clinsearch::eval::tune;
+    use crate::server::{call, get};
+    let dir = tempfile::tempdir().unwrap();
+    let state = crate::server::sample_state(dir.path());
+    let app = atest::init_service(clinsearch::server::app(state.clone())).await;
+    let post = |body: serde_json::Value| atest::TestRequest::post().uri("/api/tune").set_json(body);
+
+    let (s, dry) = call(&app, post(serde_json::json!({"set": "sample", "store": false, "wait": true}))).await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["kind"], "tune");
+    assert_eq!(dry["queries"], 45);
+    assert_eq!(dry["stored"], false);
+    assert_eq!(dry["fold_choices"].as_array().unwrap().len(), tune::FOLDS);
+    assert!(!dir.path().join(tune::TUNED_FILE).exists(), "store: false writes nothing");
+    assert_eq!(state.engine.tuned_fusion(), None);
+
+    // As a job, polled like an evaluation.
+    let (s, job) = call(&app, post(serde_json::json!({"set": "sample"}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    let done = loop {
+        let (_, v) = call(&app, get(&format!("/api/eval/{id}"))).await;
+        if v["state"] != "running" {
+            break v;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "tuning never ended");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    let report = &done["report"];
+    assert_eq!(report["stored"], true);
+    // The same queries and runs: the same figures as the dry run.
+    assert_eq!(report["cv_ndcg_10"], dry["cv_ndcg_10"]);
+    let choice: tune::FusionChoice = serde_json::from_value(report["choice"].clone()).unwrap();
+    assert_eq!(state.engine.tuned_fusion(), Some(choice));
+    assert_eq!(tune::load(dir.path()).unwrap().unwrap().choice, choice);
+    let (_, v) = call(&app, get("/api/search?q=chest%20pain&mode=hybrid")).await;
+    assert_eq!(v["fusion"], serde_json::to_value(choice.fusion).unwrap());
+
+    // Bad requests are refused with what is wrong.
+    let (s, v) = call(&app, post(serde_json::json!({"set": "no-such-set", "wait": true}))).await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let (s, v) = call(&app, post(serde_json::json!({"set": "sample", "folds": 3}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // A restricted admin key.
+    use clinsearch::auth::{sha256_hex, KeyEntry, Role};
+    let other = tempfile::tempdir().unwrap();
+    let layer = clinsearch::config::Layer {
+        keys: Some(vec![KeyEntry {
+            name: "rhea".into(),
+            role: Role::Admin,
+            sha256: sha256_hex(b"rhea-key"),
+            filter: Some(clinsearch::index::Filter {
+                specialty: Some("Oncology".into()),
+                ..Default::default()
+            }),
+        }]),
+        ..Default::default()
+    };
+    let state = crate::server::seeded_state(other.path(), layer, None);
+    let app = atest::init_service(clinsearch::server::app(state)).await;
+    let (s, v) = call(
+        &app,
+        post(serde_json::json!({"set": "sample", "wait": true}))
+            .insert_header(("authorization", "Bearer rhea-key")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "forbidden");
 }

@@ -160,6 +160,12 @@ fn resources() -> Vec<(Method, &'static str, Role, Option<&'static str>)> {
             Some(r#"{"id": "EVIL2", "text": "planted by upload"}"#),
         ),
         (Method::GET, "/api/audit", Role::Admin, None),
+        (
+            Method::POST,
+            "/api/tune",
+            Role::Admin,
+            Some(r#"{"set": "sample", "wait": true}"#),
+        ),
     ]
 }
 

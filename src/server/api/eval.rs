@@ -1,6 +1,7 @@
 //! Evaluation jobs over saved or uploaded query sets.
 
 use actix_web::web::{self};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -201,4 +202,75 @@ pub async fn eval_sets(state: State) -> ApiResult {
         .map(|(name, n)| json!({"name": name, "queries": n}))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "sets": sets })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneBody {
+    /// The stored query set to tune on.
+    set: String,
+    /// Store the choice as the collection's default fusion (false: report only).
+    #[serde(default = "yes")]
+    store: bool,
+    /// Reply with the result when done (200) instead of a job to poll (202).
+    #[serde(default)]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/tune`: chooses the hybrid fusion on a stored judged set by cross-validation (as
+/// `clinsearch tune`), and stores it as the collection's default unless `store` is false.
+/// The result names no notes: figures, the choice and each fold's choice.
+pub async fn tune_start(
+    state: State,
+    caller: Caller,
+    body: web::Json<TuneBody>,
+) -> ApiResult {
+    let body = body.into_inner();
+    let principal = caller.0.clone();
+    // The stored default applies to every key: it is chosen on the whole collection.
+    if principal.restrict.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a key restricted to part of the collection cannot tune the whole collection's fusion",
+        ));
+    }
+    let set = crate::eval::load_set(&state.engine.dir, &body.set)?;
+    let st = state.clone();
+    let total = set.queries.len() * crate::eval::tune::NOTE_SCORES.len();
+    let run = move |done: &std::sync::atomic::AtomicUsize| -> Result<Value, Error> {
+        let enc = st.encoder.clone();
+        let embed = move |t: &[&str]| enc.embed(t);
+        let opts = crate::eval::EvalOptions {
+            ef: st.config.ef_search,
+            ..Default::default()
+        };
+        let runs = crate::eval::tune::collect_runs(&st.engine, &embed, &set, &opts, &|d, _| {
+            done.store(d, std::sync::atomic::Ordering::SeqCst)
+        })?;
+        let tuned = crate::eval::tune::tune(&body.set, &set, &runs)?;
+        if body.store {
+            st.engine.set_tuned(&tuned)?;
+        }
+        let mut v = serde_json::to_value(&tuned).map_err(|e| Error::Index(e.to_string()))?;
+        v["kind"] = json!("tune");
+        v["stored"] = json!(body.store);
+        v["folds"] = json!(crate::eval::tune::FOLDS);
+        Ok(v)
+    };
+    let slot = state.evals.reserve(&principal.name, &state.config.limits)?;
+    if body.wait {
+        let v = web::block(move || {
+            let _slot = slot;
+            run(&std::sync::atomic::AtomicUsize::new(0))
+        })
+        .await??;
+        return Ok(HttpResponse::Ok().json(v));
+    }
+    let id = state.evals.start(slot, total, run)?;
+    Ok(HttpResponse::Accepted().json(state.evals.status(&id)))
 }

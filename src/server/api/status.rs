@@ -46,7 +46,7 @@ pub async fn stats(state: State) -> ApiResult {
         Ok(json!({
             "notes": e.store.note_count(),
             "chunks": e.store.chunk_count(),
-            "tuned_fusion": e.tuned_fusion,
+            "tuned_fusion": e.tuned_fusion(),
             "model": {
                 "id": info.id,
                 "dim": info.hidden_size,
