@@ -99,7 +99,11 @@ fn collections(root: &Path, work: &Path, wanted: &[String]) -> Vec<Collection> {
             sets: vec![
                 set("sample", "queries.jsonl", "qrels.tsv"),
                 set("sample abbrev.", "queries_abbrev.jsonl", "qrels_abbrev.tsv"),
-                set("sample negation", "queries_negation.jsonl", "qrels_negation.tsv"),
+                set(
+                    "sample negation",
+                    "queries_negation.jsonl",
+                    "qrels_negation.tsv",
+                ),
             ],
         });
     }
@@ -145,11 +149,8 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = root.join("target/quality");
     std::fs::create_dir_all(&work).unwrap();
-    let model = std::env::var("QUALITY_MODEL").unwrap_or_else(|_| {
-        root.join("models/all-MiniLM-L6-v2")
-            .display()
-            .to_string()
-    });
+    let model = std::env::var("QUALITY_MODEL")
+        .unwrap_or_else(|_| root.join("models/all-MiniLM-L6-v2").display().to_string());
     if !Path::new(&model).join("config.json").is_file() {
         eprintln!("skipped: no model at {model} (run ./scripts/fetch_model.sh {model})");
         return;

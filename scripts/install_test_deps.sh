@@ -13,6 +13,10 @@ if ! python3 -c "import torch, transformers, sentence_transformers" 2> /dev/null
   echo "install_test_deps: installing torch, transformers and sentence-transformers (fine-tuning tests)" >&2
   python3 -m pip install --quiet torch transformers sentence-transformers
 fi
+if ! python3 -c "import seqeval" 2> /dev/null; then
+  echo "install_test_deps: installing seqeval (the NER metrics' reference)" >&2
+  python3 -m pip install --quiet seqeval
+fi
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi

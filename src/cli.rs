@@ -179,6 +179,22 @@ pub enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Named entities of texts with a model made by `finetune ner`: type, character span,
+    /// text and score.
+    Tag {
+        /// The fine-tuned token-classification folder (or Hub id).
+        #[arg(long)]
+        model: String,
+        /// cpu, cuda, cuda:N or metal.
+        #[arg(long, env = "CLINSEARCH_DEVICE", default_value = "cpu")]
+        device: String,
+        /// One JSON object per text instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Texts to tag ("-" reads one text per line from standard input).
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
     /// Manage the server's API keys (named principals with roles) in its configuration file.
     Keys {
         #[command(subcommand)]
@@ -988,6 +1004,35 @@ pub fn run(cli: Cli) -> Result<()> {
                 }))?
             );
         }
+        Command::Tag {
+            model,
+            device,
+            json,
+            texts,
+        } => {
+            let texts = read_texts(texts)?;
+            anyhow::ensure!(
+                texts.iter().all(|t| !t.trim().is_empty()),
+                "a text to tag is empty"
+            );
+            let device = model::parse_device(&device)?;
+            let tagger = crate::ner::TokenClassifier::load(&model, &device)
+                .with_context(|| format!("loading tagger {model}"))?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            for (text, ents) in refs.iter().zip(tagger.tag(&refs)?) {
+                if json {
+                    println!("{}", json!({ "text": text, "entities": ents }));
+                    continue;
+                }
+                println!("{} entities in {:?}", ents.len(), truncate_chars(text, 60));
+                for e in ents {
+                    println!(
+                        "  {:<12} {:>5}..{:<5} {:.3}  {}",
+                        e.entity_type, e.start, e.end, e.score, e.text
+                    );
+                }
+            }
+        }
         Command::Annotate(mut args) => {
             let texts = if args.eval.is_some() {
                 vec![]
@@ -1171,4 +1216,13 @@ fn bench_beir(
         encoder.info().id
     );
     run_eval(&engine, Some(&encoder), &set, eval)
+}
+
+/// The first `n` characters of `text` (with an ellipsis when cut).
+fn truncate_chars(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        format!("{}...", text.chars().take(n).collect::<String>())
+    }
 }

@@ -1,4 +1,4 @@
-//! `clinsearch finetune classify|retrieval`: flags, a progress bar, one line per epoch.
+//! `clinsearch finetune classify|ner|retrieval`: flags, a progress bar, one line per epoch.
 
 use std::path::PathBuf;
 
@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::model;
-use crate::train::{classify, retrieval, TrainEvent, TrainOptions};
+use crate::train::{classify, ner, retrieval, TrainEvent, TrainOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum FinetuneCommand {
@@ -25,6 +25,24 @@ pub enum FinetuneCommand {
         text_field: String,
         #[arg(long, default_value = "label")]
         label_field: String,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
+    /// Train a named-entity tagger (BertForTokenClassification) on IOB-tagged sentences.
+    Ner {
+        /// Base model folder or Hub id.
+        #[arg(long)]
+        base: String,
+        /// Training file: CoNLL-style TSV (token<TAB>tag, a blank line between sentences)
+        /// or JSON Lines with "tokens" and "tags"; IOB1 or IOB2 tags of any entity types.
+        #[arg(long)]
+        train: PathBuf,
+        /// Dev file (same format): seqeval's entity precision, recall and F1 after each epoch.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        /// IOB2 only: an I- tag after O or another type is an error, not an entity start.
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         common: TrainArgs,
     },
@@ -238,6 +256,37 @@ pub fn run(command: FinetuneCommand) -> Result<()> {
                 outcome.labels.len(),
                 outcome.train_examples,
                 outcome.dev_examples,
+                args.out.display(),
+                args.out.display()
+            );
+        }
+        FinetuneCommand::Ner {
+            base,
+            train,
+            dev,
+            strict,
+            common,
+        } => {
+            let args = ner::NerArgs {
+                base,
+                train,
+                dev,
+                strict,
+                out: common.out.clone(),
+                resume: common.resume.clone(),
+                device: model::parse_device(&common.device)?,
+                options: common.options(),
+            };
+            let mut rep = Reporter::new(common.json);
+            let outcome =
+                ner::finetune(&args, &mut |e| rep.on(e)).context("fine-tuning the tagger")?;
+            rep.bar.finish_and_clear();
+            eprintln!(
+                "{} tags, {} training sentences ({} windows), {} dev sentences; model saved to {} (clinsearch tag --model {} TEXT)",
+                outcome.labels.len(),
+                outcome.train_sentences,
+                outcome.train_windows,
+                outcome.dev_sentences,
                 args.out.display(),
                 args.out.display()
             );

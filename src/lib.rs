@@ -11,7 +11,8 @@
 //! * [`search`]: BM25, semantic and hybrid rankings with filters, fusion and snippets.
 //! * [`server`]: the HTTP API and the embedded browser UI (actix-web).
 //! * [`eval`]: judged queries through each mode, trec_eval metrics, significance, run files.
-//! * [`train`]: fine-tuning (classification head, contrastive retrieval) in the HF layout.
+//! * [`ner`]: named-entity tagging (token classifier, windows, entity spans, seqeval metrics).
+//! * [`train`]: fine-tuning (classification, token classification, contrastive retrieval) in the HF layout.
 //! * [`config`]: the server's configuration (file < environment < flags).
 //! * [`auth`]: named keys (principals) with roles and document-level restrictions.
 //! * [`audit`]: the access audit: append-only, hash-chained JSON lines; verify; reports.
@@ -31,6 +32,7 @@ pub mod failpoint;
 pub mod index;
 pub mod ingest;
 pub mod model;
+pub mod ner;
 pub mod note;
 pub mod search;
 pub mod server;

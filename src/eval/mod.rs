@@ -391,7 +391,11 @@ impl<'a> CachedEmbed<'a> {
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let missing: Vec<&str> = {
             let c = self.cache.borrow();
-            texts.iter().copied().filter(|t| !c.contains_key(*t)).collect()
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !c.contains_key(*t))
+                .collect()
         };
         if !missing.is_empty() {
             let vecs = (self.inner)(&missing)?;

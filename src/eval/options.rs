@@ -61,7 +61,10 @@ pub fn fusions() -> Vec<Fusion> {
     let mut out = vec![
         Fusion::Rrf { k: 60.0 },
         Fusion::Rrf { k: 20.0 },
-        Fusion::WeightedRrf { k: 60.0, alpha: 0.7 },
+        Fusion::WeightedRrf {
+            k: 60.0,
+            alpha: 0.7,
+        },
     ];
     for alpha in [0.5, 0.7] {
         out.extend([

@@ -89,6 +89,11 @@ impl TextTokenizer {
         })
     }
 
+    /// The id of `[UNK]` (0 when the vocabulary has none).
+    pub fn unk_id(&self) -> u32 {
+        self.inner.token_to_id("[UNK]").unwrap_or(0)
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod ner;
 pub mod optim;
 pub mod retrieval;
 

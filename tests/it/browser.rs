@@ -377,8 +377,15 @@ fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     assert!(result.contains("45 queries of set sample"), "{result}");
     assert!(result.contains("RRF k=60"), "{result}");
     let choice = b.text(&b.wait("#tune-choice"));
-    assert!(choice.contains("stored as this collection's default"), "{choice}");
-    assert_eq!(b.find_all("#tune-result tbody tr").len(), 5, "one row per fold");
+    assert!(
+        choice.contains("stored as this collection's default"),
+        "{choice}"
+    );
+    assert_eq!(
+        b.find_all("#tune-result tbody tr").len(),
+        5,
+        "one row per fold"
+    );
     b.screenshot("eval-tune");
 }
 

@@ -477,22 +477,29 @@ async fn a_tuned_fusion_is_cross_validated_stored_and_used_by_default() {
 /// restricted to part of the collection may not set the whole collection's default.
 #[actix_web::test]
 async fn the_server_tunes_a_stored_set_and_searches_use_the_choice_at_once() {
+    use crate::server::{call, get};
     use actix_web::http::StatusCode;
     use actix_web::test as atest;
     use clinsearch::eval::tune;
-    use crate::server::{call, get};
     let dir = tempfile::tempdir().unwrap();
     let state = crate::server::sample_state(dir.path());
     let app = atest::init_service(clinsearch::server::app(state.clone())).await;
     let post = |body: serde_json::Value| atest::TestRequest::post().uri("/api/tune").set_json(body);
 
-    let (s, dry) = call(&app, post(serde_json::json!({"set": "sample", "store": false, "wait": true}))).await;
+    let (s, dry) = call(
+        &app,
+        post(serde_json::json!({"set": "sample", "store": false, "wait": true})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{dry}");
     assert_eq!(dry["kind"], "tune");
     assert_eq!(dry["queries"], 45);
     assert_eq!(dry["stored"], false);
     assert_eq!(dry["fold_choices"].as_array().unwrap().len(), tune::FOLDS);
-    assert!(!dir.path().join(tune::TUNED_FILE).exists(), "store: false writes nothing");
+    assert!(
+        !dir.path().join(tune::TUNED_FILE).exists(),
+        "store: false writes nothing"
+    );
     assert_eq!(state.engine.tuned_fusion(), None);
 
     // As a job, polled like an evaluation.
@@ -505,7 +512,10 @@ async fn the_server_tunes_a_stored_set_and_searches_use_the_choice_at_once() {
         if v["state"] != "running" {
             break v;
         }
-        assert!(t.elapsed() < std::time::Duration::from_secs(120), "tuning never ended");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "tuning never ended"
+        );
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(done["state"], "done", "{done}");
@@ -520,7 +530,11 @@ async fn the_server_tunes_a_stored_set_and_searches_use_the_choice_at_once() {
     assert_eq!(v["fusion"], serde_json::to_value(choice.fusion).unwrap());
 
     // Bad requests are refused with what is wrong.
-    let (s, v) = call(&app, post(serde_json::json!({"set": "no-such-set", "wait": true}))).await;
+    let (s, v) = call(
+        &app,
+        post(serde_json::json!({"set": "no-such-set", "wait": true})),
+    )
+    .await;
     assert!(s.is_client_error(), "{s} {v}");
     let (s, v) = call(&app, post(serde_json::json!({"set": "sample", "folds": 3}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");

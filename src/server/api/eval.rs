@@ -1,7 +1,7 @@
 //! Evaluation jobs over saved or uploaded query sets.
 
-use actix_web::web::{self};
 use actix_web::http::StatusCode;
+use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -224,11 +224,7 @@ fn yes() -> bool {
 /// `POST /api/tune`: chooses the hybrid fusion on a stored judged set by cross-validation (as
 /// `clinsearch tune`), and stores it as the collection's default unless `store` is false.
 /// The result names no notes: figures, the choice and each fold's choice.
-pub async fn tune_start(
-    state: State,
-    caller: Caller,
-    body: web::Json<TuneBody>,
-) -> ApiResult {
+pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>) -> ApiResult {
     let body = body.into_inner();
     let principal = caller.0.clone();
     // The stored default applies to every key: it is chosen on the whole collection.

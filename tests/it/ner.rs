@@ -1,0 +1,534 @@
+//! Named-entity tagging: fine-tuning a token classifier on the tiny fixture lowers the loss and
+//! the saved folder reloads with the figures it was saved with; the metrics equal the seqeval
+//! package's; the folder loads in transformers with the same logits; long texts are read in
+//! windows with entities kept whole across their edges; bad input names the file and line.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use clinsearch::ner::data::{self, Scheme};
+use clinsearch::ner::{self, seqeval, TokenClassifier};
+use clinsearch::train::ner::{finetune, score, NerArgs};
+use clinsearch::train::TrainOptions;
+
+use crate::common::*;
+
+const DISEASES: &[&str] = &[
+    "pneumonia",
+    "renal failure",
+    "heart failure",
+    "atrial fibrillation",
+    "diabetes",
+    "sepsis",
+    "stroke",
+    "asthma",
+];
+const DRUGS: &[&str] = &["aspirin", "warfarin", "heparin", "metoprolol", "insulin"];
+
+/// Sentences in the tiny model's vocabulary with Disease and Chemical entities, as CoNLL
+/// lines. Every third sentence uses IOB1 (an entity starts with I-).
+fn sentences() -> Vec<Vec<(String, String)>> {
+    let mut out = vec![];
+    let tag = |words: &str, ty: Option<&str>, iob1: bool| -> Vec<(String, String)> {
+        words
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, w)| {
+                let t = match ty {
+                    None => "O".to_string(),
+                    Some(ty) if i == 0 && !iob1 => format!("B-{ty}"),
+                    Some(ty) => format!("I-{ty}"),
+                };
+                (w.to_string(), t)
+            })
+            .collect()
+    };
+    for (i, d) in DISEASES.iter().enumerate() {
+        for (j, c) in DRUGS.iter().enumerate().filter(|(j, _)| (i + j) % 2 == 0) {
+            let iob1 = (i + j) % 3 == 0;
+            let mut s = vec![];
+            match (i + j) % 4 {
+                0 => {
+                    s.extend(tag("patient admitted with", None, false));
+                    s.extend(tag(d, Some("Disease"), iob1));
+                    s.extend(tag("started", None, false));
+                    s.extend(tag(c, Some("Chemical"), iob1));
+                }
+                1 => {
+                    s.extend(tag(c, Some("Chemical"), iob1));
+                    s.extend(tag("daily for", None, false));
+                    s.extend(tag(d, Some("Disease"), iob1));
+                }
+                2 => {
+                    s.extend(tag("history of", None, false));
+                    s.extend(tag(d, Some("Disease"), iob1));
+                    s.extend(tag("on", None, false));
+                    s.extend(tag(c, Some("Chemical"), iob1));
+                    s.extend(tag(".", None, false));
+                }
+                _ => {
+                    s.extend(tag("no evidence of", None, false));
+                    s.extend(tag(d, Some("Disease"), iob1));
+                    s.extend(tag("with", None, false));
+                    s.extend(tag(c, Some("Chemical"), iob1));
+                }
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn write_conll(path: &Path, sents: &[Vec<(String, String)>]) {
+    let mut text = String::new();
+    for s in sents {
+        for (w, t) in s {
+            text.push_str(&format!("{w}\t{t}\n"));
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn args(dir: &Path, epochs: usize) -> NerArgs {
+    let train = dir.join("train.tsv");
+    if !train.exists() {
+        write_conll(&train, &sentences());
+    }
+    NerArgs {
+        base: fixture("tiny-mlm-uncased").display().to_string(),
+        train: train.clone(),
+        dev: Some(train),
+        strict: false,
+        out: dir.join("tagger"),
+        resume: None,
+        device: Device::Cpu,
+        options: TrainOptions {
+            epochs,
+            batch_size: 4,
+            lr: 1e-2,
+            warmup_ratio: 0.1,
+            seed: 7,
+            ..Default::default()
+        },
+    }
+}
+
+/// One trained tagger shared by the tests that only read it.
+fn trained() -> &'static (
+    tempfile::TempDir,
+    PathBuf,
+    Vec<clinsearch::train::EpochReport>,
+) {
+    static T: std::sync::OnceLock<(
+        tempfile::TempDir,
+        PathBuf,
+        Vec<clinsearch::train::EpochReport>,
+    )> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(dir.path(), 8);
+        let outcome = finetune(&a, &mut |_| {}).unwrap();
+        (dir, a.out, outcome.history)
+    })
+}
+
+#[test]
+fn training_lowers_the_loss_learns_the_entities_and_reloads_with_the_figures_it_saved() {
+    let (dir, out, history) = trained();
+    assert_eq!(history.len(), 8);
+    let first = history.first().unwrap().train_loss;
+    let last = history.last().unwrap().train_loss;
+    assert!(last < first * 0.5, "loss {first} -> {last}");
+    let f1 = history.last().unwrap().dev["f1"].as_f64().unwrap();
+    assert!(f1 > 0.8, "dev F1 {f1}");
+    // The saved folder: transformers' layout, IOB2 labels, and the last epoch's figures.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForTokenClassification");
+    assert_eq!(config["id2label"]["0"], "O");
+    assert_eq!(config["label2id"]["B-Disease"], 3);
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    assert_eq!(
+        tagger.labels,
+        vec!["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+    );
+    let dev = data::read(&dir.path().join("train.tsv"), Scheme::Lenient).unwrap();
+    let (report, _) = score(&tagger, &dev).unwrap();
+    assert!(
+        (report.overall.f1 - f1).abs() < 1e-12,
+        "{} vs {f1}",
+        report.overall.f1
+    );
+    let ents = tagger
+        .tag(&["patient admitted with renal failure started heparin"])
+        .unwrap();
+    let found: Vec<(&str, &str)> = ents[0]
+        .iter()
+        .map(|e| (e.entity_type.as_str(), e.text.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("Disease", "renal failure"), ("Chemical", "heparin")]
+    );
+    assert_eq!((ents[0][0].start, ents[0][0].end), (22, 35));
+}
+
+/// seqeval's default mode on the tagger's own predictions and on random tag sequences (IOB1,
+/// broken IOB2, three types): every figure equal to 1e-9.
+#[test]
+fn the_metrics_equal_the_seqeval_package() {
+    if !python_has("seqeval", "the seqeval comparison", "pip install seqeval") {
+        return;
+    }
+    let (dir, out, _) = trained();
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    let dev = data::read(&dir.path().join("train.tsv"), Scheme::Lenient).unwrap();
+    let words: Vec<Vec<String>> = dev.iter().map(|s| s.words.clone()).collect();
+    let pred: Vec<Vec<String>> = tagger
+        .predict_words(&words)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.into_iter().map(|(t, _)| t).collect())
+        .collect();
+    let gold: Vec<Vec<String>> = dev.iter().map(|s| s.tags.clone()).collect();
+    let mut cases = vec![(gold, pred)];
+    let mut rng = fastrand::Rng::with_seed(11);
+    let tags = ["O", "O", "B-X", "I-X", "B-Y", "I-Y", "I-Z", "B-Z"];
+    let random = |rng: &mut fastrand::Rng| -> Vec<Vec<String>> {
+        (0..30)
+            .map(|_| {
+                (0..rng.usize(1..12))
+                    .map(|_| tags[rng.usize(..tags.len())].to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    for _ in 0..5 {
+        let g = random(&mut rng);
+        // Predictions: the gold tags with about a third of them replaced.
+        let p = g
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|t| {
+                        if rng.usize(..3) == 0 {
+                            tags[rng.usize(..tags.len())].to_string()
+                        } else {
+                            t.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        cases.push((g, p));
+    }
+    for (i, (gold, pred)) in cases.iter().enumerate() {
+        let ours = seqeval::evaluate(gold, pred);
+        let py = python_json(
+            &["seqeval"],
+            &serde_json::json!({"gold": gold, "pred": pred}),
+        );
+        let close = |a: f64, b: &serde_json::Value, what: &str| {
+            let b = b.as_f64().unwrap();
+            assert!((a - b).abs() < 1e-9, "case {i} {what}: {a} vs seqeval {b}");
+        };
+        close(ours.overall.precision, &py["precision"], "precision");
+        close(ours.overall.recall, &py["recall"], "recall");
+        close(ours.overall.f1, &py["f1"], "f1");
+        close(ours.token_accuracy, &py["accuracy"], "accuracy");
+        let types = py["per_type"].as_object().unwrap();
+        assert_eq!(types.len(), ours.per_type.len(), "case {i}: {types:?}");
+        for (ty, p) in &ours.per_type {
+            let t = &types[ty];
+            close(p.precision, &t["precision"], &format!("{ty} precision"));
+            close(p.recall, &t["recall"], &format!("{ty} recall"));
+            close(p.f1, &t["f1"], &format!("{ty} f1"));
+            assert_eq!(
+                p.support as u64,
+                t["support"].as_u64().unwrap(),
+                "case {i} {ty}"
+            );
+        }
+    }
+}
+
+fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/ner_reference.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// transformers' AutoModelForTokenClassification loads the folder and gives our logits and
+/// labels.
+#[test]
+fn transformers_loads_the_tagger_with_the_same_logits() {
+    if !python_has(
+        "torch, transformers",
+        "the transformers comparison",
+        "pip install torch transformers",
+    ) {
+        return;
+    }
+    let (_, out, _) = trained();
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    let texts = [
+        "patient admitted with sepsis started aspirin",
+        "no evidence of stroke with warfarin daily",
+    ];
+    let mut seqs = vec![];
+    for t in texts {
+        let mut ids = vec![tagger.tokenizer.cls_id];
+        ids.extend(tagger.tokenizer.encode(t).unwrap().ids);
+        ids.push(tagger.tokenizer.sep_id);
+        seqs.push(ids);
+    }
+    let py = python_json(
+        &["transformers", &out.display().to_string()],
+        &serde_json::json!({ "ids": seqs }),
+    );
+    assert_eq!(py["labels"], serde_json::json!(tagger.labels));
+    for (i, ids) in seqs.iter().enumerate() {
+        let t = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mask = t.ones_like().unwrap();
+        let ours = tagger
+            .logits(&t, &mask, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let theirs = py["logits"][i].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (pos, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let b = floats(b);
+            assert!(
+                max_abs_diff(a, &b) < 1e-4,
+                "text {i} token {pos}: {a:?} vs {b:?}"
+            );
+            let arg = |v: &[f32]| (0..v.len()).max_by(|&x, &y| v[x].total_cmp(&v[y])).unwrap();
+            assert_eq!(arg(a), arg(&b), "text {i} token {pos}: label");
+        }
+    }
+}
+
+/// A note longer than one window is read in overlapping windows of whole words: every word
+/// is labelled from the window where it has the most context (its probabilities are those of
+/// that window run alone), an entity cut by one window's edge is labelled whole from the
+/// next, and with windows of a useful size the entities are those of a single pass.
+#[test]
+fn long_texts_are_tagged_in_windows_with_entities_whole_across_edges() {
+    let (_, out, _) = trained();
+    let load = |max_len| {
+        let mut t = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+        t.max_len = max_len;
+        t
+    };
+    let text = "patient admitted with renal failure started heparin . history of atrial fibrillation on warfarin . patient admitted with heart failure started metoprolol";
+    let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    let narrow = load(13); // 11 sub-words a window
+    let pieces = ner::word_pieces(&narrow.tokenizer, &words).unwrap();
+    let counts: Vec<usize> = pieces.iter().map(Vec::len).collect();
+    let wins = ner::windows(&counts, 11);
+    assert_eq!(wins.len(), 3, "{wins:?}");
+    // "atrial fibrillation" (words 10, 11): the first window's edge falls between them; both
+    // words are labelled from the second window.
+    assert!(wins[0].contains(&10) && !wins[0].contains(&11), "{wins:?}");
+    let own = ner::owners(&wins, words.len());
+    assert_eq!((own[10], own[11]), (1, 1));
+    // Each word's probabilities are its owner window's, run alone.
+    let probs = narrow
+        .word_probabilities(std::slice::from_ref(&pieces))
+        .unwrap()
+        .remove(0);
+    let inputs = ner::window_inputs(&narrow.tokenizer, &pieces, 13);
+    for (k, w) in inputs.iter().enumerate() {
+        let ids = candle_core::Tensor::new(w.ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = narrow
+            .logits(&ids, &ids.ones_like().unwrap(), None)
+            .unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&logits)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for &(word, pos) in &w.heads {
+            assert_eq!(own[word], k);
+            assert!(max_abs_diff(&probs[word], &p[pos]) < 1e-6, "word {word}");
+        }
+    }
+    assert_eq!(
+        inputs.iter().map(|w| w.heads.len()).sum::<usize>(),
+        words.len(),
+        "every word labelled once"
+    );
+    // Windows of a useful size give the single pass's entities.
+    let whole = load(512).tag(&[text]).unwrap().remove(0);
+    let windowed = load(16).tag(&[text]).unwrap().remove(0);
+    let spans = |v: &[ner::Entity]| -> Vec<(String, usize, usize)> {
+        v.iter()
+            .map(|e| (e.entity_type.clone(), e.start, e.end))
+            .collect()
+    };
+    assert_eq!(whole.len(), 6, "{whole:?}");
+    assert_eq!(spans(&whole), spans(&windowed));
+}
+
+#[test]
+fn bad_input_is_refused_with_its_file_and_line_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("scheme.tsv", "chest\tO\npain\tS-Disease\n", "scheme.tsv:2:"),
+        ("fields.tsv", "chest\tO\npain\n", "fields.tsv:2:"),
+        ("only-o.tsv", "chest\tO\npain\tO\n", "no entity tags"),
+        (
+            "empty.jsonl",
+            "{\"tokens\": [], \"tags\": []}\n",
+            "empty.jsonl:1: empty sentence",
+        ),
+        (
+            "lengths.jsonl",
+            "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n",
+            "lengths.jsonl:1: 2 tokens but 1 tags",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut a = args(dir.path(), 1);
+        a.train = path;
+        a.dev = None;
+        let err = finetune(&a, &mut |_| {}).err().expect(name).to_string();
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(!a.out.exists(), "{name}: nothing written");
+    }
+    // Strict mode refuses the I- after O that the lenient reading takes as an entity start.
+    let iob1 = dir.path().join("iob1.tsv");
+    std::fs::write(&iob1, "no\tO\npneumonia\tI-Disease\n").unwrap();
+    let mut a = args(dir.path(), 1);
+    a.train = iob1.clone();
+    a.dev = None;
+    a.strict = true;
+    let err = finetune(&a, &mut |_| {}).err().unwrap().to_string();
+    assert!(
+        err.contains("iob1.tsv:2:") && err.contains("strict"),
+        "{err}"
+    );
+    // A dev tag the training file never has.
+    let dev = dir.path().join("dev.tsv");
+    std::fs::write(&dev, "aspirin\tB-Drug\n").unwrap();
+    let mut a = args(dir.path(), 1);
+    a.dev = Some(dev);
+    let err = finetune(&a, &mut |_| {}).err().unwrap().to_string();
+    assert!(
+        err.contains("dev.tsv:1:") && err.contains("B-Drug"),
+        "{err}"
+    );
+}
+
+/// The command line end to end: `finetune ner --json` prints one line per epoch with
+/// seqeval's figures; `tag --json` prints the entities with character spans.
+#[test]
+fn cli_fine_tunes_a_tagger_and_tags_texts() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_clinsearch");
+    let dir = tempfile::tempdir().unwrap();
+    let a = args(dir.path(), 1);
+    let run = Command::new(bin)
+        .args(["finetune", "ner", "--base"])
+        .arg(&a.base)
+        .arg("--train")
+        .arg(&a.train)
+        .arg("--dev")
+        .arg(&a.train)
+        .args([
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-2",
+            "--json",
+            "--out",
+        ])
+        .arg(&a.out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    for k in [
+        "f1",
+        "precision",
+        "recall",
+        "token_accuracy",
+        "f1_Disease",
+        "f1_Chemical",
+    ] {
+        assert!(epochs[1]["dev"][k].is_number(), "{k}: {}", epochs[1]);
+    }
+    assert!(stderr.contains("5 tags, 20 training sentences"), "{stderr}");
+    let run = Command::new(bin)
+        .args(["tag", "--json", "--model"])
+        .arg(&a.out)
+        .args(["history of sepsis on insulin"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["text"], "history of sepsis on insulin");
+    for e in v["entities"].as_array().unwrap() {
+        let (s, end) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(
+            &"history of sepsis on insulin"[s..end],
+            e["text"].as_str().unwrap()
+        );
+        assert!(e["type"].is_string() && e["score"].is_number());
+    }
+    // A classifier folder is not a tagger.
+    let run = Command::new(bin)
+        .args(["tag", "--model"])
+        .arg(fixture("tiny-mlm-uncased"))
+        .arg("text")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("token-classification head"));
+}
