@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-gpu model build bench bench-finetune quality soak fixtures sample-corpus
+.PHONY: run test test-gpu model build bench bench-finetune quality bench-ner soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -61,6 +61,10 @@ bench-finetune: model
 # hour on 2 cores the first time; the data directories under target/quality/ are kept).
 quality: model
 	$(CARGO) bench --bench quality
+
+# NER on NCBI-disease and BC5CDR: fine-tuned against a frozen-encoder baseline.
+bench-ner: model
+	$(CARGO) bench --bench ner
 
 # Regenerates the tiny test models and golden outputs (needs torch, transformers and
 # sentence-transformers from PyPI). The results are committed.

@@ -26,6 +26,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 #[path = "common/mtsamples.rs"]
+#[allow(dead_code)] // the training part of the split is the fine-tuning benchmark's
 mod mtsamples;
 
 fn bin() -> &'static str {

@@ -191,8 +191,12 @@ pub enum Command {
         /// One JSON object per text instead of lines.
         #[arg(long)]
         json: bool,
+        /// Score the tagger on a tagged file (CoNLL TSV or JSON Lines, as `finetune ner`
+        /// reads) instead of tagging texts: seqeval's figures as JSON.
+        #[arg(long, conflicts_with = "texts")]
+        eval: Option<std::path::PathBuf>,
         /// Texts to tag ("-" reads one text per line from standard input).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "eval")]
         texts: Vec<String>,
     },
     /// Manage the server's API keys (named principals with roles) in its configuration file.
@@ -1008,8 +1012,28 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             device,
             json,
+            eval,
             texts,
         } => {
+            if let Some(path) = eval {
+                let device = model::parse_device(&device)?;
+                let tagger = crate::ner::TokenClassifier::load(&model, &device)
+                    .with_context(|| format!("loading tagger {model}"))?;
+                let sentences = crate::ner::data::read(&path, crate::ner::data::Scheme::Lenient)?;
+                let started = std::time::Instant::now();
+                let (report, loss) = crate::train::ner::score(&tagger, &sentences)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "file": path,
+                        "sentences": sentences.len(),
+                        "loss": loss,
+                        "seconds": started.elapsed().as_secs_f64(),
+                        "report": report,
+                    }))?
+                );
+                return Ok(());
+            }
             let texts = read_texts(texts)?;
             anyhow::ensure!(
                 texts.iter().all(|t| !t.trim().is_empty()),
