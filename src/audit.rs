@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "embed",
     "fill_mask",
     "classify",
+    "tag",
     "annotate",
     "eval",
     "export",

@@ -492,6 +492,9 @@ pub struct ServeArgs {
     /// A folder made by `finetune classify`, served at POST /api/classify.
     #[arg(long)]
     pub classifier: Option<String>,
+    /// A folder made by `finetune ner`, served at POST /api/tag.
+    #[arg(long)]
+    pub tagger: Option<String>,
 }
 
 impl ServeArgs {
@@ -511,6 +514,7 @@ impl ServeArgs {
             workers: self.workers,
             ef_search: self.ef_search,
             classifier: self.classifier.clone(),
+            tagger: self.tagger.clone(),
             ..Default::default()
         }
     }

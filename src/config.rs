@@ -41,6 +41,8 @@ pub struct Layer {
     pub ef_search: Option<usize>,
     /// A folder made by `clinsearch finetune classify`, served at `POST /api/classify`.
     pub classifier: Option<String>,
+    /// A folder made by `clinsearch finetune ner`, served at `POST /api/tag`.
+    pub tagger: Option<String>,
     /// Named keys (`[[keys]]` tables: name, role, sha256, optional filter). File only.
     pub keys: Option<Vec<KeyEntry>>,
     /// The host name browsers use to reach this server when it is not a loopback name
@@ -107,6 +109,7 @@ impl Layer {
             workers: over.workers.or(self.workers),
             ef_search: over.ef_search.or(self.ef_search),
             classifier: over.classifier.or(self.classifier),
+            tagger: over.tagger.or(self.tagger),
             keys: over.keys.or(self.keys),
             public_name: over.public_name.or(self.public_name),
             audit_query_text: over.audit_query_text.or(self.audit_query_text),
@@ -149,6 +152,7 @@ impl Layer {
             workers: num("CLINSEARCH_WORKERS")?,
             ef_search: num("CLINSEARCH_EF_SEARCH")?,
             classifier: env("CLINSEARCH_CLASSIFIER"),
+            tagger: env("CLINSEARCH_TAGGER"),
             keys: None,
             public_name: env("CLINSEARCH_PUBLIC_NAME"),
             audit_query_text: env("CLINSEARCH_AUDIT_QUERY_TEXT")
@@ -183,6 +187,7 @@ pub struct ServerConfig {
     pub workers: usize,
     pub ef_search: usize,
     pub classifier: Option<String>,
+    pub tagger: Option<String>,
     pub keys: Vec<KeyEntry>,
     /// The file the configuration came from: keys are re-read from it when it changes.
     pub config_file: Option<PathBuf>,
@@ -211,6 +216,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("workers", &self.workers)
             .field("ef_search", &self.ef_search)
             .field("classifier", &self.classifier)
+            .field("tagger", &self.tagger)
             .field(
                 "keys",
                 &self
@@ -268,6 +274,7 @@ impl ServerConfig {
             workers: l.workers.unwrap_or(2).clamp(1, 64),
             ef_search: l.ef_search.unwrap_or(crate::search::MIN_EF).clamp(8, 4096),
             classifier: nonempty(l.classifier),
+            tagger: nonempty(l.tagger),
             keys: l.keys.unwrap_or_default(),
             config_file: None,
             public_name: nonempty(l.public_name).map(|n| n.trim().to_ascii_lowercase()),

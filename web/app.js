@@ -707,7 +707,7 @@ async function auditPage(main, params) {
   main.append(el("h1", {}, "Access audit"));
   const field = (name, label, placeholder) => el("label", {}, label, el("input", { id: "audit-" + name, name, value: params.get(name) || "", placeholder }));
   const action = el("select", { id: "audit-action", name: "action" }, el("option", { value: "" }, "any"),
-    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
+    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "tag", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
   const form = el("form", { class: "panel", id: "audit-form" },
     el("p", { class: "summary" }, "Every request that touched patient data, newest last: who (the key's name), when (UTC), what action, which notes and patients. Query text is recorded as its SHA-256 unless the server is configured to keep it."),
     el("div", { class: "filters" }, field("patient", "Patient", "P1037"), field("principal", "Principal", "alice"), field("note", "Note", "P1037-07"),

@@ -52,6 +52,8 @@ pub struct AppState {
     pub started: Instant,
     /// The fine-tuned classifier behind `POST /api/classify`, when one is configured.
     pub classifier: Option<Arc<crate::train::classify::Classifier>>,
+    /// The fine-tuned tagger behind `POST /api/tag`, when one is configured.
+    pub tagger: Option<Arc<crate::ner::TokenClassifier>>,
     /// Abbreviations for query expansion: the shipped dictionary, with the configured file
     /// laid over it.
     pub abbreviations: Arc<crate::clinical::abbrev::Dictionary>,
@@ -89,8 +91,15 @@ impl AppState {
             audit,
             started: Instant::now(),
             classifier: None,
+            tagger: None,
             abbreviations,
         })
+    }
+
+    /// Serves `tagger` at `POST /api/tag`.
+    pub fn with_tagger(mut self, tagger: crate::ner::TokenClassifier) -> Self {
+        self.tagger = Some(Arc::new(tagger));
+        self
     }
 
     /// Serves `classifier` at `POST /api/classify`.
@@ -367,11 +376,21 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tagger = match &config.tagger {
+        Some(spec) => Some(
+            crate::ner::TokenClassifier::load(spec, &opts.device)
+                .with_context(|| format!("loading tagger {spec}"))?,
+        ),
+        None => None,
+    };
     // An undeclared route stops the server here, before it listens.
     routes::check(&routes::table())?;
     let mut state = AppState::new(engine.clone(), Arc::new(encoder), config)?;
     if let Some(c) = classifier {
         state = state.with_classifier(c);
+    }
+    if let Some(t) = tagger {
+        state = state.with_tagger(t);
     }
     let state = web::Data::new(state);
     let st = state.clone();

@@ -115,6 +115,9 @@ pub fn table() -> Vec<Route> {
         route(M::POST, "/api/classify", |r| r.to(api::classify))
             .needs(Read)
             .audited("classify"),
+        route(M::POST, "/api/tag", |r| r.to(api::tag))
+            .needs(Read)
+            .audited("tag"),
         route(M::POST, "/api/annotate", |r| r.to(api::annotate))
             .needs(Read)
             .audited("annotate"),

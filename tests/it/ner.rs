@@ -532,3 +532,86 @@ fn cli_fine_tunes_a_tagger_and_tags_texts() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("token-classification head"));
 }
+
+/// `POST /api/tag` serves the tagger: the same entities as the library, several texts at
+/// once, and clear errors without a tagger or with bad input.
+#[actix_web::test]
+async fn the_server_tags_texts_with_the_configured_tagger() {
+    use crate::server::call;
+    use actix_web::http::StatusCode;
+    use actix_web::test as atest;
+    use clinsearch::config::ServerConfig;
+    use clinsearch::engine::{Engine, OpenOptions};
+    use clinsearch::server::AppState;
+    use clinsearch::store::ModelIdentity;
+    use std::sync::Arc;
+    let (_, out, _) = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let state = |tagger: Option<TokenClassifier>| {
+        let enc = crate::ingest::tiny_encoder();
+        let data = dir.path().join("data");
+        let engine = Engine::open(
+            &data,
+            Some(&ModelIdentity::from_info(enc.info())),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let config = ServerConfig::from_layer(clinsearch::config::Layer {
+            data: Some(data),
+            ..Default::default()
+        })
+        .unwrap();
+        let s = AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap();
+        actix_web::web::Data::new(match tagger {
+            Some(t) => s.with_tagger(t),
+            None => s,
+        })
+    };
+    let post = |body: serde_json::Value| atest::TestRequest::post().uri("/api/tag").set_json(body);
+    {
+        let app = atest::init_service(clinsearch::server::app(state(None))).await;
+        let (s, v) = call(&app, post(serde_json::json!({"text": "heart failure"}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "no_tagger");
+    }
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    let text = "patient admitted with renal failure started heparin";
+    let want = tagger.tag(&[text]).unwrap().remove(0);
+    let app = atest::init_service(clinsearch::server::app(state(Some(tagger)))).await;
+    let (s, v) = call(
+        &app,
+        post(serde_json::json!({"texts": [text, "history of sepsis"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["types"], serde_json::json!(["Chemical", "Disease"]));
+    // The same entities as the library (scores to float precision: the server batched two
+    // texts, padded to the longer).
+    let got = v["results"][0]["entities"].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{v}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["type"], w.entity_type.as_str());
+        assert_eq!(
+            (
+                g["start"].as_u64().unwrap() as usize,
+                g["end"].as_u64().unwrap() as usize
+            ),
+            (w.start, w.end)
+        );
+        assert_eq!(g["text"], w.text.as_str());
+        assert!((g["score"].as_f64().unwrap() - w.score as f64).abs() < 1e-5);
+    }
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    for (body, code) in [
+        (serde_json::json!({"text": "  "}), "invalid_parameter"),
+        (
+            serde_json::json!({"text": "a", "texts": ["b"]}),
+            "invalid_parameter",
+        ),
+        (serde_json::json!({"text": "a", "top_k": 2}), "invalid_json"),
+    ] {
+        let (s, v) = call(&app, post(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    }
+}

@@ -162,6 +162,12 @@ fn resources() -> Vec<(Method, &'static str, Role, Option<&'static str>)> {
         (Method::GET, "/api/audit", Role::Admin, None),
         (
             Method::POST,
+            "/api/tag",
+            Role::Read,
+            Some(r#"{"text": "heart failure"}"#),
+        ),
+        (
+            Method::POST,
             "/api/tune",
             Role::Admin,
             Some(r#"{"set": "sample", "wait": true}"#),

@@ -146,3 +146,47 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
         "predictions": preds,
     })))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagBody {
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+}
+
+/// `POST /api/tag`: the configured tagger's entities (type, character span, text, score) of
+/// one or more texts; long texts are read in overlapping windows.
+pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> ApiResult {
+    let Some(tagger) = state.tagger.clone() else {
+        return Err(ApiError::bad_request(
+            "no_tagger",
+            "no tagger is configured: fine-tune one with `clinsearch finetune ner` and serve it with --tagger DIR",
+        ));
+    };
+    let TagBody { text, texts } = body.into_inner();
+    match (&text, &texts) {
+        (Some(t), _) => disclose_query(&http, t),
+        (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
+        _ => {}
+    }
+    let texts = one_or_many(text, texts)?;
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: text {} is empty", i + 1),
+        ));
+    }
+    let t = tagger.clone();
+    let entities = web::block(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        t.tag(&refs)
+    })
+    .await??;
+    let types: std::collections::BTreeSet<&str> =
+        tagger.labels.iter().filter_map(|l| l.get(2..)).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "model": tagger.dir,
+        "types": types,
+        "results": entities.into_iter().map(|e| json!({ "entities": e })).collect::<Vec<_>>(),
+    })))
+}
