@@ -86,6 +86,10 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Tag every note's named entities with this folder made by `finetune ner` (recorded
+        /// in the data directory: later ingests use it unless given another).
+        #[arg(long, env = "CLINSEARCH_TAGGER")]
+        tagger: Option<String>,
     },
     /// Delete notes everywhere (store, BM25, vectors).
     Delete {
@@ -710,6 +714,7 @@ pub fn run(cli: Cli) -> Result<()> {
             quiet,
             acks,
             json,
+            tagger,
         } => {
             use crate::ingest::{self, source};
             let mut opts = model.options()?;
@@ -719,6 +724,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("loading model {}", model.model))?;
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
             let engine = data.open(Some(&identity))?;
+            let tagger = crate::ner::for_data_dir(&data.dir, tagger.as_deref(), &opts.device)
+                .context("loading the tagger")?;
+            if let Some(t) = &tagger {
+                crate::ner::record(&data.dir, t)?;
+            }
+            let tagger = tagger.map(std::sync::Arc::new);
             let mapping = source::CsvMapping {
                 text_col,
                 id_col,
@@ -752,6 +763,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     progress,
                     acks,
                     stored: None,
+                    tagger,
                 },
             )?;
             engine.checkpoint()?;

@@ -438,7 +438,7 @@ pub fn evaluate(
                 Some(r) => engine
                     .store
                     .get(doc)?
-                    .is_some_and(|n| crate::search::note_passes(&n.note, r)),
+                    .is_some_and(|n| crate::search::note_passes(&n, r)),
             };
             if !visible {
                 unknown_documents += 1;

@@ -48,6 +48,10 @@ struct Fields {
     note_type: Field,
     specialty: Field,
     date: Field,
+    /// Every entity of the note as a `type:value` key ([`super::entity_key`]).
+    entity: Field,
+    /// The note's affirmed entities only.
+    entity_affirmed: Field,
 }
 
 pub struct Bm25Index {
@@ -85,6 +89,8 @@ fn schema(stem: bool) -> Schema {
     b.add_text_field("note_type", STRING);
     b.add_text_field("specialty", STRING);
     b.add_i64_field("date", NumericOptions::default().set_indexed().set_fast());
+    b.add_text_field("entity", STRING);
+    b.add_text_field("entity_affirmed", STRING);
     b.build()
 }
 
@@ -98,8 +104,10 @@ impl Bm25Index {
         } else {
             Index::create_in_dir(dir, schema(stem))?
         };
-        if index.schema().get_field("affirmed").is_err() {
-            // An index made before the affirmed field: made again with the stemming it had
+        if index.schema().get_field("affirmed").is_err()
+            || index.schema().get_field("entity").is_err()
+        {
+            // An index made before the affirmed or entity fields: made again with the stemming it had
             // (its applied sequence starts at 0, so the engine refills it from the store).
             let stemmed = index
                 .schema()
@@ -113,7 +121,7 @@ impl Bm25Index {
                 })
                 .unwrap_or(stem);
             drop(index);
-            tracing::info!("BM25 index without the affirmed field: rebuilding it");
+            tracing::info!("BM25 index without the affirmed or entity fields: rebuilding it");
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             index = Index::create_in_dir(dir, schema(stemmed))?;
@@ -134,6 +142,8 @@ impl Bm25Index {
             note_type: field("note_type")?,
             specialty: field("specialty")?,
             date: field("date")?,
+            entity: field("entity")?,
+            entity_affirmed: field("entity_affirmed")?,
         };
         let writer = index.writer_with_num_threads(1, 64_000_000)?;
         let reader = index
@@ -257,6 +267,13 @@ impl Bm25Index {
         }
         if let Some(k) = n.date_key() {
             d.add_i64(self.f.date, k);
+        }
+        for e in &stored.entities {
+            let key = super::entity_key(&e.entity_type, &e.value);
+            if e.affirmed() {
+                d.add_text(self.f.entity_affirmed, &key);
+            }
+            d.add_text(self.f.entity, key);
         }
         d
     }
@@ -423,6 +440,14 @@ impl Bm25Index {
         }
         if let Some(v) = &filter.patient_id {
             clauses.push((Occur::Must, term(self.f.patient_id, v)));
+        }
+        let entity_field = if filter.entities_affirmed {
+            self.f.entity_affirmed
+        } else {
+            self.f.entity
+        };
+        for key in &filter.entities {
+            clauses.push((Occur::Must, term(entity_field, key)));
         }
         let from = filter
             .date_from

@@ -8,6 +8,24 @@ pub mod vectors;
 
 use serde::{Deserialize, Serialize};
 
+/// The key an entity is indexed and filtered by: `type:value`, the type lowercased and the
+/// value normalised ([`crate::ner::normalise`]).
+pub fn entity_key(entity_type: &str, value: &str) -> String {
+    format!(
+        "{}:{}",
+        entity_type.trim().to_lowercase(),
+        crate::ner::normalise(value)
+    )
+}
+
+/// Parses an `entity=` parameter (`TYPE:VALUE`, e.g. `disease:pneumonia`) into its key.
+pub fn parse_entity(v: &str) -> std::result::Result<String, String> {
+    match v.split_once(':') {
+        Some((t, val)) if !t.trim().is_empty() && !val.trim().is_empty() => Ok(entity_key(t, val)),
+        _ => Err(format!("{v:?}: use TYPE:VALUE, such as disease:pneumonia")),
+    }
+}
+
 /// Metadata filters applied inside both retrievers. String fields match case-insensitively;
 /// dates are inclusive `YYYY-MM-DD` bounds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,6 +40,14 @@ pub struct Filter {
     pub date_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date_to: Option<String>,
+    /// Named entities every note must mention, as `type:value` keys ([`entity_key`]): all of
+    /// them (AND).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<String>,
+    /// The entities must be affirmed mentions (not negated, possible, hypothetical or about
+    /// the family), as `assertion=affirmed` asks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub entities_affirmed: bool,
     /// Set when two filters that cannot both hold were combined ([`Filter::and`]): both
     /// retrievers then find nothing. Never read from or written to JSON.
     #[serde(skip)]
@@ -66,6 +92,13 @@ impl Filter {
             }
             _ => a.clone().or_else(|| b.clone()),
         };
+        out.entities = self.entities.clone();
+        for e in &other.entities {
+            if !out.entities.contains(e) {
+                out.entities.push(e.clone());
+            }
+        }
+        out.entities_affirmed = self.entities_affirmed || other.entities_affirmed;
         out.date_from = pick(&self.date_from, &other.date_from, true);
         out.date_to = pick(&self.date_to, &other.date_to, false);
         if let (Some(f), Some(t)) = (key(&out.date_from), key(&out.date_to)) {
@@ -78,11 +111,30 @@ impl Filter {
     }
 
     /// Whether `note` passes, by the rules the retrievers apply inside the indexes (strings
-    /// case-insensitive, dates inclusive, a note without a date fails any date bound).
+    /// case-insensitive, dates inclusive, a note without a date fails any date bound). A
+    /// filter on entities admits no bare note: the entities are the stored note's
+    /// ([`Self::admits_stored`]), and denying is the safe answer for an access check.
     pub fn admits(&self, note: &crate::note::Note) -> bool {
-        if self.matches_nothing {
+        if self.matches_nothing || !self.entities.is_empty() {
             return false;
         }
+        self.admits_metadata(note)
+    }
+
+    /// [`Self::admits`] for a stored note, entities included.
+    pub fn admits_stored(&self, stored: &crate::store::StoredNote) -> bool {
+        if self.matches_nothing || !self.admits_metadata(&stored.note) {
+            return false;
+        }
+        self.entities.iter().all(|key| {
+            stored.entities.iter().any(|e| {
+                (!self.entities_affirmed || e.affirmed())
+                    && entity_key(&e.entity_type, &e.value) == *key
+            })
+        })
+    }
+
+    fn admits_metadata(&self, note: &crate::note::Note) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| match want {
             None => true,
             Some(w) => have

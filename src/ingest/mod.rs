@@ -40,6 +40,9 @@ pub struct IngestOptions {
     /// Notes durably stored so far, updated after each batch (the server's ingest jobs
     /// report progress from it).
     pub stored: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Tags every note's named entities (stored with the note, indexed for filters and
+    /// facets).
+    pub tagger: Option<std::sync::Arc<crate::ner::TokenClassifier>>,
 }
 
 impl Default for IngestOptions {
@@ -50,6 +53,7 @@ impl Default for IngestOptions {
             progress: false,
             acks: None,
             stored: None,
+            tagger: None,
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct StageTimes {
     pub embed: f64,
     /// Assertion scopes of each note (inside `embed`: the same thread).
     pub annotate: f64,
+    /// Named-entity tagging (inside `embed`: the same thread; 0 without a tagger).
+    pub tag: f64,
     pub sled: f64,
     pub tantivy: f64,
     pub hnsw: f64,
@@ -113,6 +119,7 @@ pub fn run(
     let (parsed_tx, parsed_rx) = sync_channel::<Parsed>(2);
     let (embedded_tx, embedded_rx) = sync_channel::<batch::Prepared>(2);
     let on_error = opts.on_error;
+    let tagger = opts.tagger.as_deref();
 
     std::thread::scope(|s| -> Result<IngestReport> {
         // Stage 1: parse and validate.
@@ -167,7 +174,7 @@ pub fn run(
                     Parsed::Abort(reason) => return (busy, errors, Some(reason), Ok(())),
                 };
                 let t = Instant::now();
-                let mut prepared = match batch::prepare(encoder, batch) {
+                let mut prepared = match batch::prepare(encoder, tagger, batch) {
                     Ok(p) => p,
                     Err(e) => return (busy, errors, None, Err(e)),
                 };
@@ -202,6 +209,7 @@ pub fn run(
                     report.stages.tantivy += times.bm25.as_secs_f64();
                     report.stages.hnsw += times.vectors.as_secs_f64();
                     report.stages.annotate += batch.annotate_secs;
+                    report.stages.tag += batch.tag_secs;
                     report.notes += batch.notes.len();
                     report.chunks += batch.notes.iter().map(|n| n.windows.len()).sum::<usize>();
                     report.capped += batch.notes.iter().filter(|n| n.windows_capped).count();

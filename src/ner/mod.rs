@@ -126,6 +126,15 @@ pub fn window_inputs(tok: &TextTokenizer, pieces: &[Vec<u32>], max_len: usize) -
         .collect()
 }
 
+/// The value an entity is filtered and counted by: lowercased, whitespace collapsed
+/// ("Renal  Failure" and "renal failure" are one concept).
+pub fn normalise(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
 /// An entity found in a text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entity {
@@ -142,6 +151,8 @@ pub struct Entity {
 
 /// A BERT token classifier over IOB2 labels.
 pub struct TokenClassifier {
+    /// The spec it was loaded from (folder or Hub id), as recorded in a data directory.
+    pub spec: String,
     pub model: BertModel,
     pub head: Linear,
     /// IOB2 labels in index order (`O`, `B-X`, `I-X`...).
@@ -192,6 +203,7 @@ impl TokenClassifier {
             device,
         )?;
         Ok(TokenClassifier {
+            spec: spec.to_string(),
             max_len: config.max_position_embeddings.min(512),
             model,
             head,
@@ -199,6 +211,19 @@ impl TokenClassifier {
             tokenizer,
             dir,
         })
+    }
+
+    /// The entity types it tags (`Disease`, `Chemical`...), in label order.
+    pub fn types(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for l in &self.labels {
+            if let Some(t) = l.get(2..) {
+                if !out.iter().any(|x| x == t) {
+                    out.push(t.to_string());
+                }
+            }
+        }
+        out
     }
 
     /// Logits `[b, t, labels]` of a padded batch; `dropout` only while training.
@@ -306,6 +331,79 @@ impl TokenClassifier {
         }
         Ok((spans, pieces))
     }
+}
+
+impl std::fmt::Debug for TokenClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClassifier")
+            .field("dir", &self.dir)
+            .field("labels", &self.labels)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
+}
+
+/// The tagger a data directory was ingested with (`DATA/tagger.json`): later ingests, the
+/// server and `reindex --retag` use it unless told otherwise, so every note of a directory
+/// is tagged alike.
+pub const RECORD_FILE: &str = "tagger.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TaggerRecord {
+    /// The folder (absolute) or Hub id.
+    pub model: String,
+    pub types: Vec<String>,
+}
+
+/// The tagger recorded in `data`, if any.
+pub fn recorded(data: &Path) -> Result<Option<TaggerRecord>> {
+    let path = data.join(RECORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| Error::bad_file(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Records `tagger` as the data directory's (written aside, then renamed).
+pub fn record(data: &Path, tagger: &TokenClassifier) -> Result<()> {
+    let model = if Path::new(&tagger.spec).exists() {
+        std::fs::canonicalize(&tagger.spec)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| tagger.spec.clone())
+    } else {
+        tagger.spec.clone()
+    };
+    let rec = TaggerRecord {
+        model,
+        types: tagger.types(),
+    };
+    let path = data.join(RECORD_FILE);
+    let tmp = data.join(format!("{RECORD_FILE}.tmp"));
+    let text =
+        serde_json::to_string_pretty(&rec).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    std::fs::create_dir_all(data).map_err(|e| Error::io(data, e))?;
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// The tagger to ingest into `data` with: `spec` when given, else the one recorded there;
+/// None when neither.
+pub fn for_data_dir(
+    data: &Path,
+    spec: Option<&str>,
+    device: &Device,
+) -> Result<Option<TokenClassifier>> {
+    let spec = match spec {
+        Some(s) => s.to_string(),
+        None => match recorded(data)? {
+            Some(r) => r.model,
+            None => return Ok(None),
+        },
+    };
+    TokenClassifier::load(&spec, device).map(Some)
 }
 
 /// Entities from word tags (read as seqeval's default mode reads them) and the words' byte

@@ -15,6 +15,7 @@
 //! embeddings of concurrent requests on one worker; the CLI and evaluation embed directly).
 
 pub mod dbsf;
+pub mod facets;
 mod params;
 mod present;
 mod response;
@@ -237,6 +238,13 @@ impl<'a> Searcher<'a> {
     ) -> Result<SearchResponse> {
         req.check()
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        // `assertion=affirmed` asks for affirmed mentions: of the words, and of the entities.
+        let mut filter = req.filter.clone();
+        filter.entities_affirmed |= req.assertion == Assertion::Affirmed;
+        let req = &SearchRequest {
+            filter,
+            ..req.clone()
+        };
         let qv = match (req.mode.needs_vector(), query_vector) {
             (true, None) => {
                 return Err(Error::InvalidInput(

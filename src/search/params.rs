@@ -243,6 +243,12 @@ impl SearchRequest {
                 "note_type" => req.filter.note_type = non_empty(v),
                 "specialty" => req.filter.specialty = non_empty(v),
                 "patient_id" => req.filter.patient_id = non_empty(v),
+                "entity" => {
+                    let key = crate::index::parse_entity(v).map_err(bad)?;
+                    if !req.filter.entities.contains(&key) {
+                        req.filter.entities.push(key);
+                    }
+                }
                 "date_from" | "date_to" => {
                     let d = match non_empty(v) {
                         Some(d) => Some(

@@ -81,7 +81,7 @@ impl Searcher<'_> {
                 .get(id)
                 .ok()
                 .flatten()
-                .is_some_and(|n| note_passes(&n.note, filter));
+                .is_some_and(|n| note_passes(&n, filter));
             passes.borrow_mut().insert(id.to_string(), p);
             p
         };
@@ -236,7 +236,12 @@ impl Searcher<'_> {
     }
 }
 
-pub fn note_passes(note: &crate::note::Note, f: &Filter) -> bool {
+pub fn note_passes(stored: &crate::store::StoredNote, f: &Filter) -> bool {
+    f.admits_stored(stored)
+}
+
+#[cfg(test)]
+fn metadata_passes(note: &crate::note::Note, f: &Filter) -> bool {
     let eq = |want: &Option<String>, have: &Option<String>| match want {
         None => true,
         Some(w) => have
@@ -281,11 +286,11 @@ mod tests {
             date_to: Some("2024-03-05".into()),
             ..Default::default()
         };
-        assert!(note_passes(&n, &f));
+        assert!(metadata_passes(&n, &f));
         let f2 = Filter {
             date_to: Some("2024-03-04".into()),
             ..Default::default()
         };
-        assert!(!note_passes(&n, &f2));
+        assert!(!metadata_passes(&n, &f2));
     }
 }

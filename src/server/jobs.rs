@@ -141,6 +141,7 @@ impl Jobs {
         &self,
         engine: Arc<Engine>,
         encoder: Arc<Encoder>,
+        tagger: Option<Arc<crate::ner::TokenClassifier>>,
         metrics: Arc<dyn Fn(usize, usize, usize) + Send + Sync>,
         owner: &str,
         limits: &crate::config::Limits,
@@ -197,6 +198,7 @@ impl Jobs {
                     progress: false,
                     acks: None,
                     stored: Some(j.stored.clone()),
+                    tagger: tagger.clone(),
                 };
                 let sources = vec![source::read(&path, format, &mapping)];
                 let result = ingest::run(&engine, &encoder, sources, total, &opts)

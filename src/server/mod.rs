@@ -376,13 +376,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let tagger = match &config.tagger {
-        Some(spec) => Some(
-            crate::ner::TokenClassifier::load(spec, &opts.device)
-                .with_context(|| format!("loading tagger {spec}"))?,
-        ),
-        None => None,
-    };
+    // The configured tagger, else the one the data directory was ingested with: notes
+    // added through the API are tagged as the others were.
+    let tagger = crate::ner::for_data_dir(&config.data, config.tagger.as_deref(), &opts.device)
+        .context("loading the tagger")?;
+    if let (Some(t), Some(_)) = (&tagger, &config.tagger) {
+        crate::ner::record(&config.data, t)?;
+    }
     // An undeclared route stops the server here, before it listens.
     routes::check(&routes::table())?;
     let mut state = AppState::new(engine.clone(), Arc::new(encoder), config)?;

@@ -88,7 +88,9 @@ pub fn table() -> Vec<Route> {
         route(M::GET, "/api/openapi.json", |r| r.to(api::openapi)).public(),
         route(M::GET, "/api/whoami", |r| r.to(access::whoami)).needs(Read),
         route(M::GET, "/api/stats", |r| r.to(api::stats)).needs(Read),
-        route(M::GET, "/api/facets", |r| r.to(api::facets)).needs(Read),
+        route(M::GET, "/api/facets", |r| r.to(api::facets))
+            .needs(Read)
+            .audited("search"),
         route(M::GET, "/api/search", |r| r.to(api::search_get))
             .needs(Read)
             .audited("search"),

@@ -126,6 +126,33 @@ pub struct StoredNote {
     /// assertions existed: [`StoredNote::annotation`] computes them then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assertions: Option<Vec<Scope>>,
+    /// Named entities found by the data directory's tagger at ingest (empty without one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<StoredEntity>,
+}
+
+/// A named entity as stored: type, character span, text, the normalised value that filters
+/// and facets use, the tagger's score and the assertion status of its span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEntity {
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    pub start: u32,
+    pub end: u32,
+    pub text: String,
+    /// [`crate::ner::normalise`] of the text.
+    pub value: String,
+    pub score: f32,
+    /// None when the text affirms it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::clinical::assertion::Status>,
+}
+
+impl StoredEntity {
+    /// Affirmed (not negated, possible, hypothetical or about the family; history counts).
+    pub fn affirmed(&self) -> bool {
+        self.status.is_none_or(|s| s.is_affirmed())
+    }
 }
 
 /// An assertion scope as stored: character offsets of the scope and of its trigger.
@@ -245,6 +272,8 @@ pub struct EmbeddedNote {
     pub windows_capped: bool,
     /// The text's assertion scopes (see [`crate::clinical::assertion`]).
     pub assertions: Vec<Scope>,
+    /// Named entities ([`EmbeddedNote::with_entities`]); empty without a tagger.
+    pub entities: Vec<StoredEntity>,
 }
 
 impl EmbeddedNote {
@@ -263,7 +292,34 @@ impl EmbeddedNote {
             windows,
             windows_capped,
             assertions,
+            entities: vec![],
         }
+    }
+
+    /// Sets the note's entities, each with the assertion status of its span (the strongest
+    /// of the scopes holding it, as [`crate::clinical::assertion::status_at`] decides).
+    pub fn with_entities(mut self, found: Vec<crate::ner::Entity>) -> Self {
+        self.entities = found
+            .into_iter()
+            .map(|e| {
+                let status = self
+                    .assertions
+                    .iter()
+                    .filter(|s| s.start as usize <= e.start && e.end <= s.end as usize)
+                    .map(|s| s.status)
+                    .min();
+                StoredEntity {
+                    value: crate::ner::normalise(&e.text),
+                    entity_type: e.entity_type,
+                    start: e.start as u32,
+                    end: e.end as u32,
+                    text: e.text,
+                    score: e.score,
+                    status,
+                }
+            })
+            .collect();
+        self
     }
 }
 
@@ -393,6 +449,7 @@ impl Store {
                         chunk_ids: ids,
                         windows_capped: u.windows_capped,
                         assertions: Some(u.assertions.clone()),
+                        entities: u.entities.clone(),
                     };
                     let v = serde_json::to_vec(&stored)
                         .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?;

@@ -60,6 +60,7 @@ fn detached(clf: &TokenClassifier) -> Result<TokenClassifier> {
         clf.head.bias.as_ref().map(|b| b.detach()),
     );
     Ok(TokenClassifier {
+        spec: clf.spec.clone(),
         model,
         head,
         labels: clf.labels.clone(),
@@ -311,6 +312,7 @@ pub fn finetune(args: &NerArgs, on_event: &mut dyn FnMut(&TrainEvent)) -> Result
         },
     )?;
     let clf = TokenClassifier {
+        spec: args.out.display().to_string(),
         model,
         head,
         labels: labels.clone(),

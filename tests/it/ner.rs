@@ -540,33 +540,9 @@ async fn the_server_tags_texts_with_the_configured_tagger() {
     use crate::server::call;
     use actix_web::http::StatusCode;
     use actix_web::test as atest;
-    use clinsearch::config::ServerConfig;
-    use clinsearch::engine::{Engine, OpenOptions};
-    use clinsearch::server::AppState;
-    use clinsearch::store::ModelIdentity;
-    use std::sync::Arc;
     let (_, out, _) = trained();
     let dir = tempfile::tempdir().unwrap();
-    let state = |tagger: Option<TokenClassifier>| {
-        let enc = crate::ingest::tiny_encoder();
-        let data = dir.path().join("data");
-        let engine = Engine::open(
-            &data,
-            Some(&ModelIdentity::from_info(enc.info())),
-            &OpenOptions::default(),
-        )
-        .unwrap();
-        let config = ServerConfig::from_layer(clinsearch::config::Layer {
-            data: Some(data),
-            ..Default::default()
-        })
-        .unwrap();
-        let s = AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap();
-        actix_web::web::Data::new(match tagger {
-            Some(t) => s.with_tagger(t),
-            None => s,
-        })
-    };
+    let state = |tagger: Option<TokenClassifier>| tagged_state(dir.path(), tagger);
     let post = |body: serde_json::Value| atest::TestRequest::post().uri("/api/tag").set_json(body);
     {
         let app = atest::init_service(clinsearch::server::app(state(None))).await;
@@ -613,5 +589,206 @@ async fn the_server_tags_texts_with_the_configured_tagger() {
         let (s, v) = call(&app, post(body.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    }
+}
+
+/// A server over an empty data directory in `dir`, with `tagger` configured.
+fn tagged_state(
+    dir: &Path,
+    tagger: Option<TokenClassifier>,
+) -> actix_web::web::Data<clinsearch::server::AppState> {
+    use clinsearch::config::ServerConfig;
+    use clinsearch::engine::{Engine, OpenOptions};
+    use clinsearch::server::AppState;
+    use clinsearch::store::ModelIdentity;
+    use std::sync::Arc;
+    let enc = crate::ingest::tiny_encoder();
+    let data = dir.join("data");
+    let engine = Engine::open(
+        &data,
+        Some(&ModelIdentity::from_info(enc.info())),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let config = ServerConfig::from_layer(clinsearch::config::Layer {
+        data: Some(data),
+        ..Default::default()
+    })
+    .unwrap();
+    let s = AppState::new(Arc::new(engine), Arc::new(enc), config).unwrap();
+    actix_web::web::Data::new(match tagger {
+        Some(t) => s.with_tagger(t),
+        None => s,
+    })
+}
+
+/// Notes added with a tagger carry their entities (with the assertion status of each span);
+/// `entity=type:value` filters both retrievers (AND across values), `assertion=affirmed`
+/// leaves out negated mentions, and the facets count notes and patients per entity.
+#[actix_web::test]
+async fn entities_are_stored_filtered_on_in_both_retrievers_and_counted() {
+    use crate::server::{call, get, hits, ids};
+    use actix_web::http::StatusCode;
+    use actix_web::test as atest;
+    use std::collections::BTreeSet;
+    let (_, out, _) = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    let state = tagged_state(dir.path(), Some(tagger));
+    let app = atest::init_service(clinsearch::server::app(state.clone())).await;
+    let notes = serde_json::json!([
+        {"id": "N1", "patient_id": "P1", "text": "patient admitted with pneumonia started aspirin"},
+        {"id": "N2", "patient_id": "P1", "text": "history of renal failure on heparin ."},
+        {"id": "N3", "patient_id": "P2", "text": "no evidence of pneumonia with warfarin"},
+        {"id": "N4", "patient_id": "P3", "text": "patient admitted with sepsis started insulin"},
+        {"id": "N5", "patient_id": "P2", "text": "history of pneumonia on heparin ."},
+    ]);
+    let (s, v) = call(
+        &app,
+        atest::TestRequest::post()
+            .uri("/api/documents")
+            .set_json(&notes),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let store = &state.engine.store;
+    let stored = |id: &str| store.get(id).unwrap().unwrap();
+    // What the tagger finds is what is stored, with the negation of N3's pneumonia.
+    let n1 = stored("N1");
+    let found: Vec<(&str, &str)> = n1
+        .entities
+        .iter()
+        .map(|e| (e.entity_type.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("Disease", "pneumonia"), ("Chemical", "aspirin")]
+    );
+    let n3 = stored("N3");
+    let p3 = n3
+        .entities
+        .iter()
+        .find(|e| e.value == "pneumonia")
+        .expect("N3 mentions pneumonia");
+    assert_eq!(
+        p3.status,
+        Some(clinsearch::clinical::assertion::Status::Negated)
+    );
+    assert!(n1.entities.iter().all(|e| e.status.is_none()));
+
+    // The notes each filter must return, from the stored entities.
+    let all = ["N1", "N2", "N3", "N4", "N5"];
+    let expect = |keys: &[&str], affirmed: bool| -> BTreeSet<String> {
+        all.iter()
+            .filter(|id| {
+                let n = stored(id);
+                keys.iter().all(|k| {
+                    n.entities.iter().any(|e| {
+                        (!affirmed || e.affirmed())
+                            && format!("{}:{}", e.entity_type.to_lowercase(), e.value) == *k
+                    })
+                })
+            })
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let pneumonia = expect(&["disease:pneumonia"], false);
+    assert!(
+        pneumonia.contains("N1") && pneumonia.contains("N3"),
+        "{pneumonia:?}"
+    );
+    for mode in ["bm25", "semantic"] {
+        let search = |extra: &str| {
+            get(&format!(
+                "/api/search?q=patient%20history%20pneumonia%20heparin&mode={mode}&k=10{extra}"
+            ))
+        };
+        for (extra, keys, affirmed) in [
+            (
+                "&entity=disease:pneumonia",
+                vec!["disease:pneumonia"],
+                false,
+            ),
+            (
+                "&entity=Disease:%20Pneumonia",
+                vec!["disease:pneumonia"],
+                false,
+            ),
+            (
+                "&entity=disease:pneumonia&assertion=affirmed",
+                vec!["disease:pneumonia"],
+                true,
+            ),
+            (
+                "&entity=disease:pneumonia&entity=chemical:heparin",
+                vec!["disease:pneumonia", "chemical:heparin"],
+                false,
+            ),
+            (
+                "&entity=chemical:no-such-drug",
+                vec!["chemical:no-such-drug"],
+                false,
+            ),
+        ] {
+            let (s, v) = call(&app, search(extra)).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let got: BTreeSet<String> = ids(&hits(&v, mode)).into_iter().collect();
+            if mode == "bm25" {
+                // BM25 needs a query word in the note: compare within the notes it can match.
+                assert!(
+                    got.is_subset(&expect(&keys, affirmed)),
+                    "{mode} {extra}: {got:?}"
+                );
+            } else {
+                assert_eq!(got, expect(&keys, affirmed), "{mode} {extra}");
+            }
+        }
+    }
+    // Affirmed only: N3's negated pneumonia is not a match.
+    let (_, v) = call(
+        &app,
+        get("/api/search?q=pneumonia&mode=semantic&entity=disease:pneumonia&assertion=affirmed"),
+    )
+    .await;
+    assert!(!ids(&hits(&v, "semantic")).contains(&"N3".to_string()));
+
+    // Facets: per type, notes and patients.
+    let (s, v) = call(&app, get("/api/facets")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["counted"], "filter");
+    let disease = v["entities"]["disease"].as_array().unwrap();
+    let pn = disease.iter().find(|x| x["value"] == "pneumonia").unwrap();
+    assert_eq!(pn["notes"].as_u64().unwrap() as usize, pneumonia.len());
+    let patients: BTreeSet<String> = pneumonia
+        .iter()
+        .filter_map(|id| stored(id).note.patient_id)
+        .collect();
+    assert_eq!(pn["patients"].as_u64().unwrap() as usize, patients.len());
+    // Affirmed only, and within a query's hits.
+    let (_, v) = call(&app, get("/api/facets?assertion=affirmed")).await;
+    let pn = v["entities"]["disease"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["value"] == "pneumonia")
+        .cloned();
+    assert_eq!(
+        pn.map_or(0, |x| x["notes"].as_u64().unwrap() as usize),
+        expect(&["disease:pneumonia"], true).len()
+    );
+    let (s, v) = call(&app, get("/api/facets?q=sepsis&mode=bm25")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["counted"], "hits");
+    let (_, v2) = call(
+        &app,
+        get("/api/facets?q=sepsis&mode=bm25&entity=chemical:insulin"),
+    )
+    .await;
+    assert!(v2["entities"].is_object());
+    // Bad entity parameters name the parameter.
+    for bad in ["pneumonia", "disease:", ":pneumonia"] {
+        let (s, v) = call(&app, get(&format!("/api/search?q=x&entity={bad}"))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"]["param"], "entity", "{v}");
     }
 }

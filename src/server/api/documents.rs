@@ -127,7 +127,7 @@ pub async fn documents_post(
     }
     let st = state.clone();
     let prepared = web::block(move || -> Result<batch::Prepared, Error> {
-        let prepared = batch::prepare(&st.encoder, checked)?;
+        let prepared = batch::prepare(&st.encoder, st.tagger.as_deref(), checked)?;
         batch::commit(&st.engine, &prepared, &mut batch::Acks::default())?;
         Ok(prepared)
     })

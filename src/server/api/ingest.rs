@@ -69,6 +69,7 @@ pub async fn ingest_start(
         st.jobs.start(
             st.engine.clone(),
             st.encoder.clone(),
+            st.tagger.clone(),
             on_done,
             &owner,
             &limits,

@@ -1,7 +1,7 @@
 //! Health, statistics, facets, the OpenAPI description and Prometheus metrics.
 
 use actix_web::web::{self};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::*;
@@ -82,11 +82,53 @@ pub async fn stats(state: State) -> ApiResult {
     Ok(HttpResponse::Ok().json(v))
 }
 
+/// Hits of a query counted for the entity facets.
+pub const FACET_DEPTH: usize = 500;
+
 /// Values of the note type and specialty filters with their counts (only the notes the
-/// caller may see are counted).
-pub async fn facets(state: State, caller: Caller) -> ApiResult {
+/// caller may see are counted), and the most frequent entities of each type with their note
+/// and patient counts: among the top [`FACET_DEPTH`] hits of `q` (with the search
+/// parameters and filters of `/api/search`) when given, else among every note passing the
+/// filters.
+pub async fn facets(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    query: web::Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let has_q = query.iter().any(|(k, _)| k == "q" || k == "query");
+    let mut params: Vec<(&str, &str)> = query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !has_q {
+        // Filters only: parsed as a search's, with a placeholder query never run.
+        params.push(("q", "facets"));
+    }
+    let mut req = SearchRequest::from_params(params)?;
+    let affirmed_only = req.assertion == crate::search::Assertion::Affirmed;
+    req.filter = caller.0.scope(&req.filter);
+    req.filter.entities_affirmed |= affirmed_only;
+    let hits: Option<Vec<String>> = if has_q {
+        disclose_query(&http, &req.q);
+        req.k = FACET_DEPTH;
+        req.offset = 0;
+        req.details = false;
+        if req.mode == crate::search::Mode::Compare {
+            req.mode = crate::search::Mode::Hybrid;
+        }
+        let mode = req.mode;
+        let resp = execute_search(&state, req.clone()).await?;
+        Some(
+            resp.ranking(mode)
+                .map(|r| r.hits.iter().map(|h| h.id.clone()).collect())
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
     let st = state.clone();
-    let scope = caller.0.scope(&Filter::default());
+    let scope = req.filter.clone();
     let v = web::block(move || -> Result<Value, Error> {
         let list = |f: &str| -> Result<Value, Error> {
             Ok(st
@@ -97,7 +139,27 @@ pub async fn facets(state: State, caller: Caller) -> ApiResult {
                 .map(|(v, n)| json!({"value": v, "count": n}))
                 .collect())
         };
-        Ok(json!({ "note_type": list("note_type")?, "specialty": list("specialty")? }))
+        let store = &st.engine.store;
+        let entities = match &hits {
+            Some(ids) => crate::search::facets::count(
+                ids.iter().filter_map(|id| store.get(id).transpose()),
+                affirmed_only,
+            )?,
+            // Streamed: one note decoded at a time.
+            None => crate::search::facets::count(
+                store.notes().filter(|n| {
+                    n.as_ref()
+                        .map_or(true, |n| crate::search::note_passes(n, &scope))
+                }),
+                affirmed_only,
+            )?,
+        };
+        Ok(json!({
+            "note_type": list("note_type")?,
+            "specialty": list("specialty")?,
+            "entities": entities,
+            "counted": hits.as_ref().map_or("filter", |_| "hits"),
+        }))
     })
     .await??;
     Ok(HttpResponse::Ok().json(v))
