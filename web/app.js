@@ -192,6 +192,8 @@ function hitCard(hit, mode, counts, qp) {
     meta.length ? el("div", { class: "meta" }, meta.map((m) => el("span", { class: "badge" }, m))) : null,
     scores,
     hit.group && hit.group.count > 1 ? el("div", { class: "meta" }, `${hit.group.count} matching notes for this patient`) : null,
+    hit.entities && hit.entities.length ? el("div", { class: "entities" }, hit.entities.map((e) =>
+      el("button", { type: "button", class: `chip ent-${e.type}${e.affirmed ? "" : " unaffirmed"}`, title: `${e.type}: ${e.value}${e.affirmed ? "" : " (not affirmed: negated, possible, hypothetical or family)"} — click to filter on it`, "data-entity": `${e.type}:${e.value}`, onclick: () => addEntityFilter(`${e.type}:${e.value}`) }, e.value))) : null,
     el("p", { class: "snippet bm25" }, segments(hit.snippet)),
     mode !== "bm25" && hit.window && !sameText(hit.window.segments, hit.snippet) ? el("p", { class: "snippet window", title: `characters ${hit.window.char_start}–${hit.window.char_end}` }, segments(hit.window.segments), hit.window.truncated ? " …" : "") : null,
   );
@@ -256,8 +258,14 @@ async function searchPage(main, params) {
         el("input", { type: "checkbox", id: "affirmed", name: "assertion", value: "affirmed", checked: f("assertion") === "affirmed" }), "Affirmed mentions only"),
     ),
   );
+  const entities = params.getAll("entity");
+  const entityBar = entities.length ? el("div", { class: "filters", id: "entity-filters" }, "Notes mentioning: ", entities.map((x) =>
+    el("span", { class: "chip ent-" + x.split(":")[0], "data-entity": x }, x, " ",
+      el("button", { type: "button", class: "remove", "aria-label": `Remove ${x}`, title: "Remove this filter", onclick: () => removeEntityFilter(x) }, "×")))) : null;
+  if (entityBar) form.append(entityBar);
   const out = el("div", { id: "results", "aria-live": "polite" });
-  main.append(form, out);
+  const facetBox = el("aside", { id: "entity-facets", class: "panel", hidden: true });
+  main.append(form, facetBox, out);
   // The filters suggest the values present in the data (free text still works).
   api("/api/facets").then((facets) => {
     for (const name of ["note_type", "specialty"]) {
@@ -276,7 +284,9 @@ async function searchPage(main, params) {
     if (p.fusion === "rrf") delete p.fusion;
     if (p.group_by === "note") delete p.group_by;
     if (p.view === "compare") delete p.view;
-    go("/search", p);
+    const qs = new URLSearchParams(p);
+    for (const x of entities) qs.append("entity", x);
+    location.hash = "#/search?" + qs;
   };
   form.addEventListener("submit", (e) => { e.preventDefault(); submit(); });
   for (const b of form.querySelectorAll("[data-view]")) b.addEventListener("click", () => submit(b.dataset.view));
@@ -287,6 +297,8 @@ async function searchPage(main, params) {
   }
   const body = { q, mode: view === "fused" ? "hybrid" : "compare" };
   for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k", "syntax", "expand", "expand_skip", "assertion"]) if (f(k)) body[k] = f(k);
+  if (entities.length) body.entity = entities;
+  entityFacets(facetBox, body);
   const qp = queryParams(params);
   out.append(el("p", { class: "summary" }, "Searching…"));
   let res;
@@ -321,14 +333,56 @@ async function searchPage(main, params) {
   }
 }
 
+/** Adds (or removes) an `entity=type:value` filter to the current search. */
+function addEntityFilter(key) {
+  const p = new URLSearchParams(location.hash.replace(/^#\/search\??/, ""));
+  if (!p.getAll("entity").includes(key)) p.append("entity", key);
+  location.hash = "#/search?" + p;
+}
+
+function removeEntityFilter(key) {
+  const p = new URLSearchParams(location.hash.replace(/^#\/search\??/, ""));
+  const keep = p.getAll("entity").filter((x) => x !== key);
+  p.delete("entity");
+  for (const x of keep) p.append("entity", x);
+  location.hash = "#/search?" + p;
+}
+
+/** The most frequent entities of each type among the query's hits, each a filter. */
+async function entityFacets(box, body) {
+  const qs = new URLSearchParams();
+  for (const [k, v] of Object.entries(body)) {
+    if (k === "mode") continue;
+    for (const x of [].concat(v)) qs.append(k, x);
+  }
+  qs.set("mode", "hybrid");
+  let f;
+  try {
+    f = await api("/api/facets?" + qs);
+  } catch (e) {
+    return;
+  }
+  const types = Object.keys(f.entities || {});
+  if (!types.length) return;
+  box.replaceChildren(el("h2", {}, "Entities in the results"),
+    ...types.map((t) => el("section", { class: "facet", "data-type": t },
+      el("h3", {}, t),
+      el("ul", {}, f.entities[t].map((x) => el("li", {},
+        el("button", { type: "button", class: "chip ent-" + t, "data-entity": `${t}:${x.value}`, title: `Only notes mentioning ${x.text}`, onclick: () => addEntityFilter(`${t}:${x.value}`) }, x.text),
+        el("small", {}, ` ${x.notes} notes · ${x.patients} patients`)))))));
+  box.hidden = false;
+}
+
 // ---------------------------------------------------------------------------------------
 // Note page
 
 /** Renders text with character spans: `best` (a chunk) as a block, `terms` as marks, and
  * the scopes of negated and family mentions muted with their triggers in bold. */
-function markedText(text, best, terms, assertions) {
+function markedText(text, best, terms, assertions, entities) {
   const chars = Array.from(text);
   const cuts = new Set([0, chars.length]);
+  const ents = entities || [];
+  for (const x of ents) { cuts.add(x.start); cuts.add(x.end); }
   if (best) { cuts.add(best[0]); cuts.add(best[1]); }
   for (const [a, b] of terms) { cuts.add(a); cuts.add(b); }
   const scopes = (assertions || []).filter((x) => x.status === "negated" || x.status === "family");
@@ -344,6 +398,8 @@ function markedText(text, best, terms, assertions) {
     const scope = scopes.find((x) => a >= x.start && b <= x.end);
     const trigger = scopes.find((x) => a >= x.trigger.start && b <= x.trigger.end);
     if (trigger) node = el("b", { class: "trigger " + trigger.status, title: `${trigger.status} trigger` }, node);
+    const ent = ents.find((x) => a >= x.start && b <= x.end);
+    if (ent) node = el("span", { class: `entity ent-${ent.type.toLowerCase()}${ent.status ? " unaffirmed " + ent.status : ""}`, title: `${ent.type}: ${ent.value}${ent.status ? " (" + ent.status + ")" : ""} · score ${ent.score.toFixed(2)}` }, node);
     if (scope) node = el("span", { class: "scope " + scope.status, title: `${scope.status} (trigger: ${scope.trigger.text})` }, node);
     if (inBest) node = el("span", { class: "chunk-best" }, node);
     out.push(node);
@@ -358,14 +414,14 @@ async function notePage(main, params, id) {
   const n = data.note;
   const bestChunk = data.chunks.find((c) => c.index === data.best_chunk);
   const best = bestChunk ? [bestChunk.char_start, bestChunk.char_end] : null;
-  const textBox = el("div", { class: "note-text", id: "note-text" }, markedText(n.text, best, data.terms || [], data.assertions));
+  const textBox = el("div", { class: "note-text", id: "note-text" }, markedText(n.text, best, data.terms || [], data.assertions, data.entities));
   const kv = el("dl", { class: "kv" });
   for (const [k, v] of [["id", n.id], ["patient", n.patient_id], ["type", n.note_type], ["specialty", n.specialty], ["date", n.date]].concat(Object.entries(n.extra || {}))) {
     if (v) kv.append(el("dt", {}, k), el("dd", {}, v));
   }
   const chunks = el("div", { class: "chunks" }, data.chunks.map((c) =>
     el("button", { type: "button", class: c.index === data.best_chunk ? "best" : "", onclick: () => {
-      textBox.replaceChildren(...markedText(n.text, [c.char_start, c.char_end], data.terms || [], data.assertions));
+      textBox.replaceChildren(...markedText(n.text, [c.char_start, c.char_end], data.terms || [], data.assertions, data.entities));
       const mark = textBox.querySelector(".chunk-best");
       if (mark) mark.scrollIntoView({ block: "center" });
     } }, `Chunk ${c.index + 1}: chars ${c.char_start}–${c.char_end}`, c.score !== null && c.score !== undefined ? ` · cos ${c.score.toFixed(3)}` : "")));

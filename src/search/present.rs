@@ -161,6 +161,7 @@ impl Searcher<'_> {
             assertion,
             window,
             group: None,
+            entities: super::response::EntityChip::of(&loaded.note),
         })
     }
 }
@@ -276,6 +277,7 @@ pub(super) fn lean_hits(
             assertion: None,
             window: None,
             group: None,
+            entities: vec![],
         })
         .collect()
 }

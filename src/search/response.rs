@@ -87,6 +87,41 @@ pub struct Hit {
     pub window: Option<WindowSnippet>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<Group>,
+    /// The note's distinct named entities (with a tagger), for chips and the entity filter.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<EntityChip>,
+}
+
+/// One distinct entity of a note: type, normalised value, and whether any mention of it is
+/// affirmed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EntityChip {
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    pub value: String,
+    pub affirmed: bool,
+}
+
+impl EntityChip {
+    /// The distinct entities of a stored note, in order of first mention.
+    pub fn of(note: &crate::store::StoredNote) -> Vec<EntityChip> {
+        let mut out: Vec<EntityChip> = vec![];
+        for e in &note.entities {
+            let ty = e.entity_type.to_lowercase();
+            match out
+                .iter_mut()
+                .find(|c| c.entity_type == ty && c.value == e.value)
+            {
+                Some(c) => c.affirmed |= e.affirmed(),
+                None => out.push(EntityChip {
+                    entity_type: ty,
+                    value: e.value.clone(),
+                    affirmed: e.affirmed(),
+                }),
+            }
+        }
+        out
+    }
 }
 
 /// Each retriever's share of a fused score, after its normalisation and weight.

@@ -184,6 +184,12 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    fn attr(&self, el: &str, name: &str) -> String {
+        self.cmd("GET", &format!("/element/{el}/attribute/{name}"), None)
+            .map(|v| v.as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
     fn click(&self, el: &str) {
         self.cmd("POST", &format!("/element/{el}/click"), None)
             .unwrap();
@@ -372,6 +378,7 @@ fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     b.screenshot("eval-query");
 
     // Tuning the fusion from the page: the held-out figure against RRF, the stored choice.
+    b.script("window.scrollTo(0, 0)", vec![]);
     b.click(&b.wait("#eval-tune"));
     let result = b.wait_text("#tune-result", "Held-out hybrid nDCG@10");
     assert!(result.contains("45 queries of set sample"), "{result}");
@@ -495,4 +502,49 @@ fn expansions_show_under_the_box_and_the_affirmed_toggle_marks_and_mutes_negatio
     b.goto(&format!("{url}/#/search?q=%22chest%20pain&syntax=advanced"));
     let err = b.wait_text("#results", "character");
     assert!(err.contains("never closed"), "{err}");
+}
+
+#[test]
+fn entity_chips_filter_the_search_facets_count_and_the_note_marks_entities() {
+    let Some(b) = Browser::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = crate::ner::tagged_notes_state(dir.path());
+    let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
+    let url = format!("http://{addr}");
+    b.goto(&format!("{url}/#/search?q=pneumonia%20heparin&view=fused"));
+    b.wait(".column[data-mode=hybrid] .hit .chip");
+    let facets = b.wait_text("#entity-facets", "Entities in the results");
+    assert!(
+        facets.contains("pneumonia") && facets.contains("patients"),
+        "{facets}"
+    );
+    b.screenshot("entities-search");
+    // A chip on a hit adds its entity filter: only notes mentioning it remain.
+    let chip = b.wait(".hit .chip[data-entity='disease:pneumonia']");
+    b.click(&chip);
+    b.wait_text("#entity-filters", "disease:pneumonia");
+    let t = Instant::now();
+    loop {
+        let ids: Vec<String> = b
+            .find_all(".column[data-mode=hybrid] .hit")
+            .iter()
+            .map(|h| b.attr(h, "data-id"))
+            .collect();
+        if !ids.is_empty() && ids.iter().all(|i| ["N1", "N3", "N5"].contains(&i.as_str())) {
+            assert!(!ids.contains(&"N2".to_string()));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "still {ids:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The note view marks entities by type, the negated one muted.
+    b.goto(&format!("{url}/#/note/N3"));
+    let ent = b.wait("#note-text .entity.ent-disease");
+    assert_eq!(b.text(&ent), "pneumonia");
+    assert!(
+        b.attr(&ent, "class").contains("unaffirmed"),
+        "{}",
+        b.attr(&ent, "class")
+    );
+    b.screenshot("entities-note");
 }

@@ -115,7 +115,7 @@ fn args(dir: &Path, epochs: usize) -> NerArgs {
 }
 
 /// One trained tagger shared by the tests that only read it.
-fn trained() -> &'static (
+pub(crate) fn trained() -> &'static (
     tempfile::TempDir,
     PathBuf,
     Vec<clinsearch::train::EpochReport>,
@@ -791,4 +791,72 @@ async fn entities_are_stored_filtered_on_in_both_retrievers_and_counted() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
         assert_eq!(v["error"]["param"], "entity", "{v}");
     }
+}
+
+/// Five notes in the tiny vocabulary, one with a negated pneumonia, ingested with the trained
+/// tagger through `ingest::run` (the CLI's path), served with the tagger.
+pub(crate) fn tagged_notes_state(dir: &Path) -> actix_web::web::Data<clinsearch::server::AppState> {
+    let (_, out, _) = trained();
+    let tagger = TokenClassifier::load(&out.display().to_string(), &Device::Cpu).unwrap();
+    let state = tagged_state(dir, Some(tagger));
+    let file = dir.join("notes.jsonl");
+    let notes = [
+        (
+            "N1",
+            "P1",
+            "Pneumonia admission",
+            "patient admitted with pneumonia started aspirin",
+        ),
+        (
+            "N2",
+            "P1",
+            "Renal follow up",
+            "history of renal failure on heparin .",
+        ),
+        (
+            "N3",
+            "P2",
+            "Cough visit",
+            "no evidence of pneumonia with warfarin",
+        ),
+        (
+            "N4",
+            "P3",
+            "Sepsis admission",
+            "patient admitted with sepsis started insulin",
+        ),
+        (
+            "N5",
+            "P2",
+            "Pneumonia history",
+            "history of pneumonia on heparin .",
+        ),
+    ];
+    let text: String = notes
+        .iter()
+        .map(|(id, p, t, x)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"id": id, "patient_id": p, "title": t, "text": x})
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let opts = clinsearch::ingest::IngestOptions {
+        tagger: state.tagger.clone(),
+        ..Default::default()
+    };
+    clinsearch::ingest::run(
+        &state.engine,
+        &state.encoder,
+        vec![clinsearch::ingest::source::read(
+            &file,
+            clinsearch::ingest::Format::Jsonl,
+            &Default::default(),
+        )],
+        None,
+        &opts,
+    )
+    .unwrap();
+    state
 }

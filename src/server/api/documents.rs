@@ -297,6 +297,7 @@ pub async fn document_get(
             "terms": terms,
             "windows_capped": stored.windows_capped,
             "assertions": stored.annotation().assertions,
+            "entities": stored.entities,
             "same_patient": same_patient,
         })))
     })

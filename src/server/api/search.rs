@@ -60,6 +60,13 @@ fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
                     out.push((fk.clone(), s));
                 }
             }
+        } else if let Value::Array(items) = v {
+            // A repeatable parameter (entity): each item as if given again.
+            for item in items {
+                if let Some(s) = scalar(k, item)? {
+                    out.push((k.clone(), s));
+                }
+            }
         } else if let Some(s) = scalar(k, v)? {
             out.push((k.clone(), s));
         }
