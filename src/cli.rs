@@ -106,6 +106,13 @@ pub enum Command {
         /// Re-embed all notes with --model into a fresh directory, then swap it in.
         #[arg(long)]
         reembed: bool,
+        /// Tag every stored note again with --tagger (or the directory's recorded tagger),
+        /// without re-embedding.
+        #[arg(long, conflicts_with = "reembed")]
+        retag: bool,
+        /// The tagger for --retag (a folder made by `finetune ner`).
+        #[arg(long, requires = "retag")]
+        tagger: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -803,9 +810,33 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reindex {
             data,
             reembed,
+            retag,
+            tagger,
             model,
         } => {
-            if reembed {
+            if retag {
+                crate::engine::require_existing(&data.dir)?;
+                let device = model::parse_device(&model.device)?;
+                let tagger = crate::ner::for_data_dir(&data.dir, tagger.as_deref(), &device)
+                    .context("loading the tagger")?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--retag needs --tagger DIR: {} has no recorded tagger",
+                            data.dir.display()
+                        )
+                    })?;
+                let engine = data.open(None)?;
+                let started = std::time::Instant::now();
+                let n = crate::ner::retag(&engine, &tagger, 64, &|d, t| {
+                    eprint!("\rretagged {d} of {t} notes")
+                })?;
+                eprintln!();
+                println!(
+                    "retagged {n} notes with {} in {:.1} s (no re-embedding)",
+                    tagger.spec,
+                    started.elapsed().as_secs_f64()
+                );
+            } else if reembed {
                 let mut opts = model.options()?;
                 opts.window.max_windows = Some(256);
                 let encoder = Encoder::load(&model.model, &opts)
@@ -999,6 +1030,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 "last_seq": engine.store.last_seq()?,
                 "store_bytes": engine.store.size_on_disk(),
                 "tuned_fusion": engine.tuned_fusion(),
+                "tagger": crate::ner::recorded(&data.dir)?,
             });
             println!("{}", serde_json::to_string_pretty(&stats)?);
         }

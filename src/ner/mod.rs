@@ -406,6 +406,59 @@ pub fn for_data_dir(
     TokenClassifier::load(&spec, device).map(Some)
 }
 
+/// Tags every stored note of `engine` again with `tagger` and stores the entities, without
+/// re-embedding: each note is written back with its stored windows and vectors through the
+/// engine's one write path (so the BM25 entity fields and every invariant follow), in batches
+/// of `batch` notes. Records `tagger` as the directory's. Returns the notes retagged.
+pub fn retag(
+    engine: &crate::engine::Engine,
+    tagger: &TokenClassifier,
+    batch: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<usize> {
+    let ids: Vec<String> = engine
+        .store
+        .notes()
+        .map(|n| n.map(|n| n.note.id))
+        .collect::<Result<_>>()?;
+    let total = ids.len();
+    let mut done = 0;
+    for chunk in ids.chunks(batch.max(1)) {
+        let mut notes = vec![];
+        for id in chunk {
+            // A note deleted meanwhile is skipped.
+            if let Some((stored, chunks)) = engine.store.get_with_chunks(id)? {
+                let windows = chunks
+                    .into_iter()
+                    .map(|c| crate::model::Window {
+                        index: c.index as usize,
+                        start: c.start,
+                        end: c.end,
+                        char_start: c.char_start,
+                        char_end: c.char_end,
+                        tokens: 0,
+                        vector: c.vector,
+                    })
+                    .collect();
+                notes.push(crate::store::EmbeddedNote::new(stored.note, windows));
+            }
+        }
+        let texts: Vec<&str> = notes.iter().map(|n| n.note.text.as_str()).collect();
+        let found = tagger.tag(&texts)?;
+        let notes: Vec<crate::store::EmbeddedNote> = notes
+            .into_iter()
+            .zip(found)
+            .map(|(n, f)| n.with_entities(f))
+            .collect();
+        engine.apply(&notes, &[])?;
+        done += notes.len();
+        progress(done, total);
+    }
+    engine.checkpoint()?;
+    record(&engine.dir, tagger)?;
+    Ok(done)
+}
+
 /// Entities from word tags (read as seqeval's default mode reads them) and the words' byte
 /// spans in `text`; spans become character offsets.
 pub fn decode(text: &str, spans: &[(usize, usize)], tags: &[(String, f32)]) -> Vec<Entity> {

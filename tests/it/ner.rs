@@ -860,3 +860,140 @@ pub(crate) fn tagged_notes_state(dir: &Path) -> actix_web::web::Data<clinsearch:
     .unwrap();
     state
 }
+
+/// `ingest --tagger` records the tagger in the data directory: a later ingest without the
+/// flag tags with it, `stats` names it, and `reindex --retag` tags every stored note again
+/// (here with the same tagger after the entities were wiped) without re-embedding.
+#[test]
+fn the_cli_ingests_with_a_recorded_tagger_and_retags_without_reembedding() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_clinsearch");
+    let (_, out, _) = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = fixture("tiny-mlm-uncased");
+    let write = |name: &str, rows: &[(&str, &str)]| {
+        let p = dir.path().join(name);
+        let text: String = rows
+            .iter()
+            .map(|(id, t)| format!("{}\n", serde_json::json!({"id": id, "text": t})))
+            .collect();
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ingest = |file: &Path, tagger: Option<&Path>| {
+        let mut c = Command::new(bin);
+        c.args([
+            "ingest", "--quiet", "--window", "24", "--stride", "4", "--model",
+        ])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .env_remove("CLINSEARCH_TAGGER");
+        if let Some(t) = tagger {
+            c.arg("--tagger").arg(t);
+        }
+        let o = c.arg(file).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ingest(
+        &write(
+            "a.jsonl",
+            &[("A1", "patient admitted with pneumonia started aspirin")],
+        ),
+        Some(out),
+    );
+    ingest(
+        &write("b.jsonl", &[("B1", "history of sepsis on insulin")]),
+        None,
+    );
+    let stats = Command::new(bin)
+        .args(["stats", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        stats["tagger"]["types"],
+        serde_json::json!(["Chemical", "Disease"])
+    );
+    let entities_of = |id: &str| -> Vec<String> {
+        let engine = clinsearch::engine::Engine::open(&data, None, &Default::default()).unwrap();
+        engine
+            .store
+            .get(id)
+            .unwrap()
+            .unwrap()
+            .entities
+            .iter()
+            .map(|e| e.value.clone())
+            .collect()
+    };
+    assert_eq!(entities_of("A1"), vec!["pneumonia", "aspirin"]);
+    assert!(
+        entities_of("B1").contains(&"sepsis".to_string()),
+        "the recorded tagger tagged B1"
+    );
+    let vectors_of = |id: &str| -> Vec<Vec<f32>> {
+        let engine = clinsearch::engine::Engine::open(&data, None, &Default::default()).unwrap();
+        let (_, chunks) = engine.store.get_with_chunks(id).unwrap().unwrap();
+        chunks.into_iter().map(|c| c.vector).collect()
+    };
+    let before = vectors_of("A1");
+    // Wipe A1's entities through the write path, then retag.
+    {
+        let engine = clinsearch::engine::Engine::open(&data, None, &Default::default()).unwrap();
+        let (stored, chunks) = engine.store.get_with_chunks("A1").unwrap().unwrap();
+        let windows = chunks
+            .into_iter()
+            .map(|c| clinsearch::model::Window {
+                index: c.index as usize,
+                start: c.start,
+                end: c.end,
+                char_start: c.char_start,
+                char_end: c.char_end,
+                tokens: 0,
+                vector: c.vector,
+            })
+            .collect();
+        engine
+            .apply(
+                &[clinsearch::store::EmbeddedNote::new(stored.note, windows)],
+                &[],
+            )
+            .unwrap();
+        engine.checkpoint().unwrap();
+    }
+    assert!(entities_of("A1").is_empty());
+    let o = Command::new(bin)
+        .args(["reindex", "--retag", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("retagged 2 notes"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(entities_of("A1"), vec!["pneumonia", "aspirin"]);
+    assert_eq!(vectors_of("A1"), before, "no re-embedding");
+    // The BM25 entity field follows: a filtered search finds A1, and only A1.
+    let engine = clinsearch::engine::Engine::open(&data, None, &Default::default()).unwrap();
+    let mut req = clinsearch::search::SearchRequest::from_params([
+        ("q", "patient history"),
+        ("mode", "bm25"),
+        ("entity", "disease:pneumonia"),
+    ])
+    .unwrap();
+    req.details = false;
+    let resp = clinsearch::search::Searcher::new(&engine)
+        .search(&req, None)
+        .unwrap();
+    let ids: Vec<&str> = resp.rankings[0]
+        .hits
+        .iter()
+        .map(|h| h.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["A1"]);
+}

@@ -47,6 +47,7 @@ pub async fn stats(state: State) -> ApiResult {
             "notes": e.store.note_count(),
             "chunks": e.store.chunk_count(),
             "tuned_fusion": e.tuned_fusion(),
+            "tagger": st.tagger.as_ref().map(|t| json!({"model": t.spec, "types": t.types()})),
             "model": {
                 "id": info.id,
                 "dim": info.hidden_size,
