@@ -2,7 +2,10 @@
 //! transcribed reports) into a fresh data directory: notes/s, chunks/s and the time of each
 //! stage (parse, embed, sled, tantivy, hnsw). Goal: everything but embedding at most 10% of the
 //! wall time. `BENCH_NOTES=N` ingests only the first N notes (default: all); `BENCH_DTYPE`
-//! picks the encoder's precision (f32 by default, or int8, f16, bf16).
+//! picks the encoder's precision (f32 by default, or int8, f16, bf16). `BENCH_TAGGER=DIR`
+//! (a folder made by `finetune ner`, e.g. `target/ner-bench/ncbi_disease-finetuned` after
+//! `cargo bench --bench ner`) also tags every note: the `tag` stage is the tagging overhead,
+//! a second forward pass per window of the tagger's own (512-token) windows.
 //!
 //! `cargo bench --bench ingest`.
 
@@ -58,6 +61,12 @@ fn main() {
         Some(n) => Box::new(records.take(n)),
         None => records,
     };
+    let tagger = std::env::var("BENCH_TAGGER").ok().map(|t| {
+        std::sync::Arc::new(
+            clinsearch::ner::TokenClassifier::load(&t, &candle_core::Device::Cpu)
+                .expect("load BENCH_TAGGER"),
+        )
+    });
     let report = ingest::run(
         &engine,
         &enc,
@@ -65,6 +74,7 @@ fn main() {
         None,
         &IngestOptions {
             on_error: OnError::Skip,
+            tagger: tagger.clone(),
             ..Default::default()
         },
     )
@@ -91,6 +101,7 @@ fn main() {
         ("parse", s.parse),
         ("embed", s.embed),
         ("  annotate", s.annotate),
+        ("  tag", s.tag),
         ("sled", s.sled),
         ("tantivy", s.tantivy),
         ("hnsw", s.hnsw),
@@ -107,4 +118,18 @@ fn main() {
         "assertion annotation: {:.2}% of the wall time (goal < 5%)",
         100.0 * s.annotate / wall
     );
+    if let Some(t) = &tagger {
+        let entities: usize = engine
+            .store
+            .notes()
+            .map(|n| n.map(|n| n.entities.len()).unwrap_or(0))
+            .sum();
+        println!(
+            "tagging with {}: {:.1} s, {:.1}% of the wall time, {:.2}x the embedding time; {entities} entities",
+            t.spec,
+            s.tag,
+            100.0 * s.tag / wall,
+            s.tag / (s.embed - s.tag - s.annotate).max(1e-9)
+        );
+    }
 }
