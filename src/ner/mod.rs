@@ -135,6 +135,9 @@ pub fn normalise(text: &str) -> String {
         .to_lowercase()
 }
 
+/// The sub-word ids of each word of a text.
+type WordPieces = Vec<Vec<u32>>;
+
 /// An entity found in a text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entity {
@@ -309,7 +312,7 @@ impl TokenClassifier {
 
     /// Byte spans of the words of `text` and their sub-words: a sub-word that continues a word
     /// (`##...`) joins the one before it.
-    fn split_words(&self, text: &str) -> Result<(Vec<(usize, usize)>, Vec<Vec<u32>>)> {
+    fn split_words(&self, text: &str) -> Result<(Vec<(usize, usize)>, WordPieces)> {
         let toks = self.tokenizer.encode(text)?;
         let mut spans: Vec<(usize, usize)> = vec![];
         let mut pieces: Vec<Vec<u32>> = vec![];

@@ -424,7 +424,7 @@ fn bad_input_is_refused_with_its_file_and_line_before_training() {
         let mut a = args(dir.path(), 1);
         a.train = path;
         a.dev = None;
-        let err = finetune(&a, &mut |_| {}).err().expect(name).to_string();
+        let err = finetune(&a, &mut |_| {}).expect_err(name).to_string();
         assert!(err.contains(want), "{name}: {err}");
         assert!(!a.out.exists(), "{name}: nothing written");
     }
