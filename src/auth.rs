@@ -184,6 +184,13 @@ impl KeyRing {
                 ))
             })?;
             if let Some(f) = &k.filter {
+                // Access is decided on metadata the indexes and every note hold; an entity
+                // restriction would depend on a tagger's output.
+                if !f.entities.is_empty() || f.entities_affirmed {
+                    return Err(Error::InvalidInput(format!(
+                        "keys: {name}: filter: a key cannot be restricted by entities (use note_type, specialty, patient_id or dates)"
+                    )));
+                }
                 for d in [&f.date_from, &f.date_to].into_iter().flatten() {
                     crate::note::date_key(d)
                         .map_err(|e| Error::InvalidInput(format!("keys: {name}: filter: {e}")))?;
