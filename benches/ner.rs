@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_clinsearch")
 }
@@ -119,15 +122,7 @@ fn main() {
         .unwrap();
         c["num_hidden_layers"].as_u64().unwrap()
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu::cpu_name();
     let work = root.join("target/ner-bench");
     let mut results = vec![];
     for set in env_or("NER_SETS", "ncbi_disease,bc5cdr").split(',') {

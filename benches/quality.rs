@@ -29,6 +29,9 @@ use serde_json::Value;
 #[allow(dead_code)] // the training part of the split is the fine-tuning benchmark's
 mod mtsamples;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_clinsearch")
 }
@@ -158,15 +161,7 @@ fn main() {
     }
     let sets = env_list("QUALITY_SETS", "scifact,nfcorpus,sample,mtsamples");
     let contexts = env_list("QUALITY_CONTEXTS", "none,title,heading");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu::cpu_name();
     let started = Instant::now();
 
     // (retriever, option, context) -> column -> (nDCG@10, p, default)

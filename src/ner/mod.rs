@@ -431,18 +431,7 @@ pub fn retag(
         for id in chunk {
             // A note deleted meanwhile is skipped.
             if let Some((stored, chunks)) = engine.store.get_with_chunks(id)? {
-                let windows = chunks
-                    .into_iter()
-                    .map(|c| crate::model::Window {
-                        index: c.index as usize,
-                        start: c.start,
-                        end: c.end,
-                        char_start: c.char_start,
-                        char_end: c.char_end,
-                        tokens: 0,
-                        vector: c.vector,
-                    })
-                    .collect();
+                let windows = chunks.into_iter().map(|c| c.into_window()).collect();
                 notes.push(crate::store::EmbeddedNote::new(stored.note, windows));
             }
         }

@@ -248,6 +248,21 @@ pub struct Chunk {
     pub vector: Vec<f32>,
 }
 
+impl Chunk {
+    /// The window this chunk stores, to write a note back with its vectors (no re-embedding).
+    pub fn into_window(self) -> crate::model::Window {
+        crate::model::Window {
+            index: self.index as usize,
+            start: self.start,
+            end: self.end,
+            char_start: self.char_start,
+            char_end: self.char_end,
+            tokens: 0,
+            vector: self.vector,
+        }
+    }
+}
+
 /// An entry of the operation log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", content = "id", rename_all = "lowercase")]

@@ -390,22 +390,14 @@ pub fn finetune(
     };
     let base = Base::load(&args.base, &args.device)?;
     let max_len = base.max_len(opts)?;
-    let resume = match &args.resume {
-        Some(p) => {
-            let ckpt = super::find_checkpoint(p)?;
-            let state = super::check_resume(&ckpt, "classify", &base, opts)?;
-            if state.labels != labels {
-                return Err(Error::InvalidInput(format!(
-                    "cannot resume from {}: it was trained on the labels {:?}, the training file has {:?}",
-                    ckpt.display(),
-                    state.labels,
-                    labels
-                )));
-            }
-            Some((ckpt, state))
-        }
-        None => None,
-    };
+    let resume = super::resume_with_labels(
+        args.resume.as_deref(),
+        "classify",
+        &base,
+        opts,
+        &labels,
+        "labels",
+    )?;
 
     // Weights: the checkpoint's when resuming, else the base's with a new head (or the base's
     // own head when it is a classifier over the same labels).

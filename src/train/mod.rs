@@ -399,6 +399,32 @@ pub fn check_resume(
     Ok(state)
 }
 
+/// The checkpoint `resume` names, checked against this run ([`check_resume`]) and against
+/// the run's label list (`what` names them in the error: labels, tags); None without one.
+pub fn resume_with_labels(
+    resume: Option<&Path>,
+    task: &str,
+    base: &Base,
+    opts: &TrainOptions,
+    labels: &[String],
+    what: &str,
+) -> Result<Option<(PathBuf, TrainerState)>> {
+    let Some(p) = resume else {
+        return Ok(None);
+    };
+    let ckpt = find_checkpoint(p)?;
+    let state = check_resume(&ckpt, task, base, opts)?;
+    if state.labels != labels {
+        return Err(Error::InvalidInput(format!(
+            "cannot resume from {}: it was trained on the {what} {:?}, the training file has {:?}",
+            ckpt.display(),
+            state.labels,
+            labels
+        )));
+    }
+    Ok(Some((ckpt, state)))
+}
+
 /// One fine-tuning task as the shared loop sees it.
 pub(crate) trait Task {
     const NAME: &'static str;

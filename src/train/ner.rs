@@ -255,22 +255,8 @@ pub fn finetune(args: &NerArgs, on_event: &mut dyn FnMut(&TrainEvent)) -> Result
     };
     let base = Base::load(&args.base, &args.device)?;
     let max_len = base.max_len(opts)?;
-    let resume = match &args.resume {
-        Some(p) => {
-            let ckpt = super::find_checkpoint(p)?;
-            let state = super::check_resume(&ckpt, "ner", &base, opts)?;
-            if state.labels != labels {
-                return Err(Error::InvalidInput(format!(
-                    "cannot resume from {}: it was trained on the tags {:?}, the training file has {:?}",
-                    ckpt.display(),
-                    state.labels,
-                    labels
-                )));
-            }
-            Some((ckpt, state))
-        }
-        None => None,
-    };
+    let resume =
+        super::resume_with_labels(args.resume.as_deref(), "ner", &base, opts, &labels, "tags")?;
 
     let device = &args.device;
     let h = base.config.hidden_size;

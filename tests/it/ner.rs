@@ -944,18 +944,7 @@ fn the_cli_ingests_with_a_recorded_tagger_and_retags_without_reembedding() {
     {
         let engine = clinsearch::engine::Engine::open(&data, None, &Default::default()).unwrap();
         let (stored, chunks) = engine.store.get_with_chunks("A1").unwrap().unwrap();
-        let windows = chunks
-            .into_iter()
-            .map(|c| clinsearch::model::Window {
-                index: c.index as usize,
-                start: c.start,
-                end: c.end,
-                char_start: c.char_start,
-                char_end: c.char_end,
-                tokens: 0,
-                vector: c.vector,
-            })
-            .collect();
+        let windows = chunks.into_iter().map(|c| c.into_window()).collect();
         engine
             .apply(
                 &[clinsearch::store::EmbeddedNote::new(stored.note, windows)],

@@ -116,18 +116,7 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
         ));
     };
     let ClassifyBody { text, texts, top_k } = body.into_inner();
-    match (&text, &texts) {
-        (Some(t), _) => disclose_query(&http, t),
-        (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
-        _ => {}
-    }
-    let texts = one_or_many(text, texts)?;
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("texts: text {} is empty", i + 1),
-        ));
-    }
+    let texts = audited_texts(&http, text, texts)?;
     if !(1..=100).contains(&top_k) {
         return Err(ApiError::bad_request(
             "invalid_parameter",
@@ -164,18 +153,7 @@ pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> A
         ));
     };
     let TagBody { text, texts } = body.into_inner();
-    match (&text, &texts) {
-        (Some(t), _) => disclose_query(&http, t),
-        (None, Some(ts)) => disclose_query(&http, &serde_json::to_string(ts).unwrap_or_default()),
-        _ => {}
-    }
-    let texts = one_or_many(text, texts)?;
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("texts: text {} is empty", i + 1),
-        ));
-    }
+    let texts = audited_texts(&http, text, texts)?;
     let t = tagger.clone();
     let entities = web::block(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -189,4 +167,26 @@ pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> A
         "types": types,
         "results": entities.into_iter().map(|e| json!({ "entities": e })).collect::<Vec<_>>(),
     })))
+}
+
+/// The texts of a classify or tag request, recorded in the audit store (they are patient
+/// text), each non-empty.
+fn audited_texts(
+    http: &HttpRequest,
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+) -> Result<Vec<String>, ApiError> {
+    match (&text, &texts) {
+        (Some(t), _) => disclose_query(http, t),
+        (None, Some(ts)) => disclose_query(http, &serde_json::to_string(ts).unwrap_or_default()),
+        _ => {}
+    }
+    let texts = one_or_many(text, texts)?;
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("texts: text {} is empty", i + 1),
+        ));
+    }
+    Ok(texts)
 }
