@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 /// The actions an event records.
 pub const ACTIONS: &[&str] = &[
     "search",
+    "facets",
     "read_note",
     "ingest",
     "delete",

@@ -276,9 +276,11 @@ pub struct EvalArgs {
     /// Recall cut-offs.
     #[arg(long = "k", default_value = "1,5,10,20,100")]
     pub ks: String,
-    /// Hybrid fusion: rrf, weighted (min-max), dbsf (mean +- 3 sd), zscore, or tuned (what
-    /// `clinsearch tune` stored for this data directory; RRF k=60 when nothing was tuned).
-    #[arg(long, default_value = "rrf")]
+    /// Hybrid fusion: default (weighted RRF, k 60, semantic 0.3: see the README's quality
+    /// table), rrf (equal weights unless --alpha), weighted (min-max), dbsf (mean +- 3 sd),
+    /// zscore, or tuned (what `clinsearch tune` stored for this data directory; the default
+    /// when nothing was tuned).
+    #[arg(long, default_value = "default")]
     pub fusion: String,
     /// RRF constant.
     #[arg(long, default_value_t = 60.0)]

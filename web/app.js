@@ -238,7 +238,8 @@ async function searchPage(main, params) {
       el("label", {}, "From", el("input", { type: "date", name: "date_from", value: f("date_from") })),
       el("label", {}, "To", el("input", { type: "date", name: "date_to", value: f("date_to") })),
       el("label", {}, "Fusion", el("select", { name: "fusion" },
-        el("option", { value: "rrf", selected: f("fusion") !== "weighted" }, "Reciprocal rank (k=60)"),
+        el("option", { value: "", selected: !f("fusion") }, "Default: reciprocal rank, BM25 0.7 · semantic 0.3"),
+        el("option", { value: "rrf", selected: f("fusion") === "rrf" }, "Reciprocal rank, equal weights (k=60)"),
         el("option", { value: "weighted", selected: f("fusion") === "weighted" }, "Weighted scores, min-max (α=0.5)"),
         el("option", { value: "dbsf", selected: f("fusion") === "dbsf" }, "Distribution-based, mean ± 3σ (α=0.5)"),
         el("option", { value: "zscore", selected: f("fusion") === "zscore" }, "Z-scores (α=0.5)"),
@@ -281,7 +282,7 @@ async function searchPage(main, params) {
     const skipped = (p.q === q ? (f("expand_skip") ? f("expand_skip").split(",") : []) : []).concat(skip || []);
     if (skipped.length && p.expand !== "false") p.expand_skip = skipped.join(",");
     if (p.k === "10") delete p.k;
-    if (p.fusion === "rrf") delete p.fusion;
+    if (!p.fusion) delete p.fusion;
     if (p.group_by === "note") delete p.group_by;
     if (p.view === "compare") delete p.view;
     const qs = new URLSearchParams(p);
@@ -763,7 +764,7 @@ async function auditPage(main, params) {
   main.append(el("h1", {}, "Access audit"));
   const field = (name, label, placeholder) => el("label", {}, label, el("input", { id: "audit-" + name, name, value: params.get(name) || "", placeholder }));
   const action = el("select", { id: "audit-action", name: "action" }, el("option", { value: "" }, "any"),
-    ["search", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "tag", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
+    ["search", "facets", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "tag", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
   const form = el("form", { class: "panel", id: "audit-form" },
     el("p", { class: "summary" }, "Every request that touched patient data, newest last: who (the key's name), when (UTC), what action, which notes and patients. Query text is recorded as its SHA-256 unless the server is configured to keep it."),
     el("div", { class: "filters" }, field("patient", "Patient", "P1037"), field("principal", "Principal", "alice"), field("note", "Note", "P1037-07"),

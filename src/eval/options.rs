@@ -63,10 +63,14 @@ pub fn fusions() -> Vec<Fusion> {
         Fusion::Rrf { k: 20.0 },
         Fusion::WeightedRrf {
             k: 60.0,
+            alpha: 0.3,
+        },
+        Fusion::WeightedRrf {
+            k: 60.0,
             alpha: 0.7,
         },
     ];
-    for alpha in [0.5, 0.7] {
+    for alpha in [0.3, 0.4, 0.5, 0.7] {
         out.extend([
             Fusion::Weighted { alpha },
             Fusion::Dbsf { alpha },

@@ -24,7 +24,9 @@ pub mod rrf;
 pub mod score_fusion;
 pub mod zscore;
 
-pub use params::{Assertion, Fusion, GroupBy, Mode, NoteScore, ParamError, SearchRequest};
+pub use params::{
+    Assertion, Fusion, GroupBy, Mode, NoteScore, ParamError, SearchRequest, DEFAULT_FUSION,
+};
 pub use present::segments;
 pub use response::{
     AppliedExpansion, ChunkMatch, FusedShares, Group, Hit, Ranking, SearchResponse, Segment,

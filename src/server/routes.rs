@@ -90,7 +90,7 @@ pub fn table() -> Vec<Route> {
         route(M::GET, "/api/stats", |r| r.to(api::stats)).needs(Read),
         route(M::GET, "/api/facets", |r| r.to(api::facets))
             .needs(Read)
-            .audited("search"),
+            .audited("facets"),
         route(M::GET, "/api/search", |r| r.to(api::search_get))
             .needs(Read)
             .audited("search"),

@@ -112,12 +112,15 @@ pub async fn eval_start(
         opts.ks =
             crate::eval::parse_ks(&text.join(",")).map_err(|e| invalid(format!("ks: {e}")))?;
     }
-    opts.fusion = crate::search::Fusion::from_parts(
-        body.fusion.as_deref().unwrap_or("rrf"),
-        body.rrf_k.unwrap_or(60.0),
-        body.alpha.unwrap_or(0.5),
-    )
-    .map_err(invalid)?;
+    opts.fusion = match (&body.fusion, body.rrf_k, body.alpha) {
+        (None, None, None) => crate::search::Fusion::default(),
+        (f, k, a) => crate::search::Fusion::from_parts(
+            f.as_deref().unwrap_or("rrf"),
+            k.unwrap_or(60.0),
+            a.unwrap_or(0.5),
+        )
+        .map_err(invalid)?,
+    };
     opts.ef = state.config.ef_search;
     // A restricted key evaluates over the notes it may see, as if the others did not exist.
     opts.restrict = principal.restrict.clone();
