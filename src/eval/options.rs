@@ -59,12 +59,9 @@ pub const BM25_SETTINGS: [(Bm25Params, bool); 8] = [
 /// Fusions tried at the default note score and candidate depth; the first is the default.
 pub fn fusions() -> Vec<Fusion> {
     let mut out = vec![
+        crate::search::DEFAULT_FUSION,
         Fusion::Rrf { k: 60.0 },
         Fusion::Rrf { k: 20.0 },
-        Fusion::WeightedRrf {
-            k: 60.0,
-            alpha: 0.3,
-        },
         Fusion::WeightedRrf {
             k: 60.0,
             alpha: 0.7,
@@ -215,11 +212,16 @@ pub fn option_table(
     }
     for (n, r) in runs.iter().skip(1) {
         let choice = FusionChoice {
+            fusion: crate::search::DEFAULT_FUSION,
+            depth: FUSION_DEPTH,
             note_score: *n,
-            ..tune::baseline()
         };
         h.push((
-            format!("rrf k=60, note score {}", note_score_label(*n)),
+            format!(
+                "{}, note score {}",
+                fusion_label(crate::search::DEFAULT_FUSION),
+                note_score_label(*n)
+            ),
             fused(choice, r),
         ));
     }
