@@ -282,9 +282,11 @@ impl SearchRequest {
                         "weighted" => "weighted",
                         "dbsf" => "dbsf",
                         "zscore" => "zscore",
-                        other => return Err(bad(format!(
+                        other => {
+                            return Err(bad(format!(
                             "unknown fusion {other:?}: use default, rrf, weighted, dbsf or zscore"
-                        ))),
+                        )))
+                        }
                     })
                 }
                 "rrf_k" => {

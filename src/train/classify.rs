@@ -327,18 +327,7 @@ impl Task for ClassifyTask<'_> {
                 "architectures".into(),
                 serde_json::json!(["BertForSequenceClassification"]),
             );
-            let id2label: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (i.to_string(), l.clone().into()))
-                .collect();
-            let label2id: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (l.clone(), i.into()))
-                .collect();
-            obj.insert("id2label".into(), id2label.into());
-            obj.insert("label2id".into(), label2id.into());
+            super::insert_label_maps(obj, labels);
             obj.insert("num_labels".into(), labels.len().into());
             obj.insert("problem_type".into(), "single_label_classification".into());
         }

@@ -279,6 +279,26 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes transformers' `id2label` and `label2id` for `labels` (in index order) into a
+/// `config.json` object.
+pub fn insert_label_maps(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+    labels: &[String],
+) {
+    let id2label: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i.into()))
+        .collect();
+    config.insert("id2label".into(), id2label.into());
+    config.insert("label2id".into(), label2id.into());
+}
+
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::InvalidInput(format!("cannot serialise {}: {e}", path.display())))?;

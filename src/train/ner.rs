@@ -172,18 +172,7 @@ impl Task for NerTask<'_> {
                 "architectures".into(),
                 serde_json::json!([ner::ARCHITECTURE]),
             );
-            let id2label: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (i.to_string(), l.clone().into()))
-                .collect();
-            let label2id: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (l.clone(), i.into()))
-                .collect();
-            obj.insert("id2label".into(), id2label.into());
-            obj.insert("label2id".into(), label2id.into());
+            super::insert_label_maps(obj, labels);
             obj.remove("problem_type");
         }
         super::write_json(&dir.join("config.json"), &config)?;
