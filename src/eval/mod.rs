@@ -435,10 +435,7 @@ pub fn evaluate(
             // The note is read only when a restriction must be checked against it.
             let visible = match &opts.restrict {
                 None => engine.store.contains(doc)?,
-                Some(r) => engine
-                    .store
-                    .get(doc)?
-                    .is_some_and(|n| crate::search::note_passes(&n, r)),
+                Some(r) => engine.store.get(doc)?.is_some_and(|n| r.admits_stored(&n)),
             };
             if !visible {
                 unknown_documents += 1;

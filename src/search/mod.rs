@@ -32,7 +32,7 @@ pub use response::{
     AppliedExpansion, ChunkMatch, FusedShares, Group, Hit, Ranking, SearchResponse, Segment,
     Signal, Timings, WindowSnippet,
 };
-pub use retrieve::{cosine, note_passes};
+pub use retrieve::cosine;
 
 use present::lean_hits;
 use retrieve::{best_chunk, SemanticCandidate};

@@ -81,7 +81,7 @@ impl Searcher<'_> {
                 .get(id)
                 .ok()
                 .flatten()
-                .is_some_and(|n| note_passes(&n, filter));
+                .is_some_and(|n| filter.admits_stored(&n));
             passes.borrow_mut().insert(id.to_string(), p);
             p
         };
@@ -236,34 +236,6 @@ impl Searcher<'_> {
     }
 }
 
-pub fn note_passes(stored: &crate::store::StoredNote, f: &Filter) -> bool {
-    f.admits_stored(stored)
-}
-
-#[cfg(test)]
-fn metadata_passes(note: &crate::note::Note, f: &Filter) -> bool {
-    let eq = |want: &Option<String>, have: &Option<String>| match want {
-        None => true,
-        Some(w) => have
-            .as_deref()
-            .is_some_and(|h| h.trim().eq_ignore_ascii_case(w.trim())),
-    };
-    if !(eq(&f.note_type, &note.note_type)
-        && eq(&f.specialty, &note.specialty)
-        && eq(&f.patient_id, &note.patient_id))
-    {
-        return false;
-    }
-    if f.date_from.is_none() && f.date_to.is_none() {
-        return true;
-    }
-    let Some(d) = note.date_key() else {
-        return false;
-    };
-    let bound = |s: &Option<String>| s.as_deref().and_then(|v| crate::note::date_key(v).ok());
-    bound(&f.date_from).is_none_or(|lo| d >= lo) && bound(&f.date_to).is_none_or(|hi| d <= hi)
-}
-
 pub(super) fn best_chunk<'c>(chunks: &'c [Chunk], qv: &[f32]) -> Option<(&'c Chunk, f32)> {
     chunks
         .iter()
@@ -286,11 +258,11 @@ mod tests {
             date_to: Some("2024-03-05".into()),
             ..Default::default()
         };
-        assert!(metadata_passes(&n, &f));
+        assert!(f.admits(&n));
         let f2 = Filter {
             date_to: Some("2024-03-04".into()),
             ..Default::default()
         };
-        assert!(!metadata_passes(&n, &f2));
+        assert!(!f2.admits(&n));
     }
 }

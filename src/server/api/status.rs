@@ -148,10 +148,9 @@ pub async fn facets(
             )?,
             // Streamed: one note decoded at a time.
             None => crate::search::facets::count(
-                store.notes().filter(|n| {
-                    n.as_ref()
-                        .map_or(true, |n| crate::search::note_passes(n, &scope))
-                }),
+                store
+                    .notes()
+                    .filter(|n| n.as_ref().map_or(true, |n| scope.admits_stored(n))),
                 affirmed_only,
             )?,
         };
