@@ -42,18 +42,6 @@ use serde_json::json;
 mod mtsamples;
 use mtsamples::*;
 
-const DOC_TYPES: &[&str] = &[
-    "Surgery",
-    "Consult - History and Phy.",
-    "SOAP / Chart / Progress Notes",
-    "Discharge Summary",
-    "Emergency Room Reports",
-    "Office Notes",
-    "Letters",
-    "IME-QME-Work Comp etc.",
-];
-const MIN_CLASS: usize = 80;
-
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -108,60 +96,13 @@ fn main() {
 
 fn classify(rows: &[Row], model: &str, dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    // Distinct transcriptions with their kept labels.
-    let mut by_text: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for r in rows {
-        if DOC_TYPES.contains(&r.specialty.as_str()) {
-            continue;
-        }
-        let e = by_text
-            .entry(norm(&r.transcription))
-            .or_insert_with(|| (r.transcription.clone(), BTreeSet::new()));
-        e.1.insert(r.specialty.clone());
-    }
-    let ambiguous = by_text.values().filter(|(_, l)| l.len() > 1).count();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for (_, labels) in by_text.values().filter(|(_, l)| l.len() == 1) {
-        *counts
-            .entry(labels.iter().next().unwrap().clone())
-            .or_default() += 1;
-    }
-    let mut per_class: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (text, labels) in by_text.values() {
-        if labels.len() != 1 {
-            continue;
-        }
-        let label = labels.iter().next().unwrap();
-        if counts[label] >= MIN_CLASS {
-            per_class
-                .entry(label.clone())
-                .or_default()
-                .push(text.clone());
-        }
-    }
-    // Stratified 70/10/20 split with a fixed seed.
-    let mut rng = fastrand::Rng::with_seed(2024);
-    let (mut train, mut dev, mut test) = (vec![], vec![], vec![]);
-    for (label, texts) in &per_class {
-        let mut texts = texts.clone();
-        rng.shuffle(&mut texts);
-        let n = texts.len();
-        let (n_test, n_dev) = (
-            (n as f64 * 0.2).round() as usize,
-            (n as f64 * 0.1).round() as usize,
-        );
-        for (i, t) in texts.into_iter().enumerate() {
-            let row = json!({"text": t, "label": label});
-            if i < n_test {
-                test.push(row);
-            } else if i < n_test + n_dev {
-                dev.push(row);
-            } else {
-                train.push(row);
-            }
-        }
-    }
-    rng.shuffle(&mut train);
+    let ClassSplit {
+        train,
+        dev,
+        test,
+        per_class,
+        ambiguous,
+    } = classification_split(rows);
     println!(
         "classification: {} classes, {} train / {} dev / {} test notes ({} transcriptions listed under two kept classes dropped)",
         per_class.len(),

@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "delete",
     "embed",
     "fill_mask",
+    "adapt",
     "classify",
     "tag",
     "annotate",

@@ -508,6 +508,10 @@ pub struct ServeArgs {
     /// A folder made by `finetune ner`, served at POST /api/tag.
     #[arg(long)]
     pub tagger: Option<String>,
+    /// A model with a masked-language-model head (one made by `finetune mlm`, say) that
+    /// answers fill-mask while search keeps --model.
+    #[arg(long)]
+    pub mlm_model: Option<String>,
 }
 
 impl ServeArgs {
@@ -528,6 +532,7 @@ impl ServeArgs {
             ef_search: self.ef_search,
             classifier: self.classifier.clone(),
             tagger: self.tagger.clone(),
+            mlm_model: self.mlm_model.clone(),
             ..Default::default()
         }
     }

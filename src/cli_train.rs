@@ -1,4 +1,4 @@
-//! `clinsearch finetune classify|ner|retrieval`: flags, a progress bar, one line per epoch.
+//! `clinsearch finetune classify|mlm|ner|retrieval`: flags, a progress bar, one line per epoch.
 
 use std::path::PathBuf;
 
@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::model;
-use crate::train::{classify, ner, retrieval, TrainEvent, TrainOptions};
+use crate::train::{classify, mlm, ner, retrieval, TrainEvent, TrainOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum FinetuneCommand {
@@ -25,6 +25,41 @@ pub enum FinetuneCommand {
         text_field: String,
         #[arg(long, default_value = "label")]
         label_field: String,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
+    /// Continue masked-language-model pretraining on notes (domain adaptation); the output
+    /// is a BertForMaskedLM folder for fill-mask, `finetune --base` and `ingest --model`.
+    Mlm {
+        /// Base model folder or Hub id (one without an MLM head gets a new one).
+        #[arg(long)]
+        base: String,
+        /// Notes: JSON Lines or CSV (the text in --text-field), or a folder of such files
+        /// and .txt files (one note each).
+        #[arg(
+            long,
+            required_unless_present = "from_data",
+            conflicts_with = "from_data"
+        )]
+        corpus: Option<PathBuf>,
+        /// Train on every note stored in this data directory instead (what the server's
+        /// adapt job does; the directory must not be open in a running server).
+        #[arg(long)]
+        from_data: Option<PathBuf>,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// Dev notes (same formats) instead of holding out --dev-fraction of the corpus.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        /// Share of the corpus's notes held out for the dev figures (never trained on).
+        #[arg(long, default_value_t = 0.1)]
+        dev_fraction: f64,
+        /// Mask whole words (a token and its ## pieces) instead of single tokens.
+        #[arg(long)]
+        whole_word: bool,
+        /// Share of tokens predicted.
+        #[arg(long, default_value_t = 0.15)]
+        mlm_probability: f64,
         #[command(flatten)]
         common: TrainArgs,
     },
@@ -100,12 +135,13 @@ pub struct TrainArgs {
     /// Keep the embeddings and the first N transformer layers fixed.
     #[arg(long, default_value_t = 0)]
     freeze_layers: usize,
-    /// Tokens per text including [CLS]/[SEP] [default: the model's window].
+    /// Tokens per text including [CLS]/[SEP] [default: the model's window; mlm: 128].
     #[arg(long)]
     max_len: Option<usize>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Stop after this many optimiser steps.
+    /// Stop after this many optimiser steps (0: measure the dev figures and save the
+    /// starting point, a base with a new head, without training).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Resume from a checkpoint folder, or from an output folder's latest checkpoint.
@@ -256,6 +292,90 @@ pub fn run(command: FinetuneCommand) -> Result<()> {
                 outcome.labels.len(),
                 outcome.train_examples,
                 outcome.dev_examples,
+                args.out.display(),
+                args.out.display()
+            );
+        }
+        FinetuneCommand::Mlm {
+            base,
+            corpus,
+            from_data,
+            text_field,
+            dev,
+            dev_fraction,
+            whole_word,
+            mlm_probability,
+            common,
+        } => {
+            let notes = match (&corpus, &from_data) {
+                (Some(c), _) => mlm::read_corpus(c, &text_field)?,
+                (None, Some(d)) => {
+                    crate::engine::require_existing(d)?;
+                    if !d.join("sled").is_dir() {
+                        anyhow::bail!("{} is not a clinsearch data directory", d.display());
+                    }
+                    let store = crate::store::Store::open(d)
+                        .with_context(|| format!("opening data directory {}", d.display()))?;
+                    crate::server::fill_mask::stored_notes_of(&store)?
+                }
+                (None, None) => unreachable!("clap requires --corpus or --from-data"),
+            };
+            let dev_notes = dev
+                .as_deref()
+                .map(|d| mlm::read_corpus(d, &text_field))
+                .transpose()?;
+            let args = mlm::MlmArgs {
+                base,
+                notes,
+                dev_notes,
+                dev_fraction,
+                masking: mlm::MaskConfig {
+                    probability: mlm_probability,
+                    whole_word,
+                },
+                out: common.out.clone(),
+                resume: common.resume.clone(),
+                device: model::parse_device(&common.device)?,
+                options: common.options(),
+            };
+            let mut rep = Reporter::new(common.json);
+            let outcome = mlm::finetune(&args, &mut |e| rep.on(e))
+                .context("masked-language-model training")?;
+            rep.bar.finish_and_clear();
+            if outcome.corpus_changed {
+                eprintln!("note: resumed from a checkpoint trained on other notes; training continues on this corpus");
+            }
+            let fig = |m: &serde_json::Map<String, serde_json::Value>| match (
+                m.get("masked_accuracy"),
+                m.get("perplexity"),
+            ) {
+                (Some(a), Some(p)) => format!(
+                    "accuracy {:.4}, perplexity {:.2}",
+                    a.as_f64().unwrap_or(f64::NAN),
+                    p.as_f64().unwrap_or(f64::NAN)
+                ),
+                _ => "no dev notes".into(),
+            };
+            let after = outcome
+                .history
+                .last()
+                .map(|r| fig(&r.dev))
+                .unwrap_or_else(|| "no training".into());
+            eprintln!(
+                "{} notes ({} skipped as shorter than {} tokens): {} training notes in {} sequences of up to {} tokens, {} dev notes ({} masked tokens); {}; dev masked-token {} before, {} after; {:.0} training tokens/s ({:.2} s a step); model saved to {} (clinsearch fill-mask --model {} TEXT)",
+                outcome.notes,
+                outcome.skipped_short,
+                mlm::MIN_NOTE_TOKENS,
+                outcome.train_notes,
+                outcome.train_sequences,
+                outcome.max_len,
+                outcome.dev_notes,
+                outcome.dev_masked_tokens,
+                if outcome.new_head { "new MLM head" } else { "the base's MLM head continued" },
+                fig(&outcome.before),
+                after,
+                outcome.tokens_per_second,
+                outcome.seconds_per_step,
                 args.out.display(),
                 args.out.display()
             );

@@ -43,6 +43,8 @@ pub struct Layer {
     pub classifier: Option<String>,
     /// A folder made by `clinsearch finetune ner`, served at `POST /api/tag`.
     pub tagger: Option<String>,
+    /// A model with an MLM head answering `/api/fill-mask` (search keeps `model`).
+    pub mlm_model: Option<String>,
     /// Named keys (`[[keys]]` tables: name, role, sha256, optional filter). File only.
     pub keys: Option<Vec<KeyEntry>>,
     /// The host name browsers use to reach this server when it is not a loopback name
@@ -110,6 +112,7 @@ impl Layer {
             ef_search: over.ef_search.or(self.ef_search),
             classifier: over.classifier.or(self.classifier),
             tagger: over.tagger.or(self.tagger),
+            mlm_model: over.mlm_model.or(self.mlm_model),
             keys: over.keys.or(self.keys),
             public_name: over.public_name.or(self.public_name),
             audit_query_text: over.audit_query_text.or(self.audit_query_text),
@@ -153,6 +156,7 @@ impl Layer {
             ef_search: num("CLINSEARCH_EF_SEARCH")?,
             classifier: env("CLINSEARCH_CLASSIFIER"),
             tagger: env("CLINSEARCH_TAGGER"),
+            mlm_model: env("CLINSEARCH_MLM_MODEL"),
             keys: None,
             public_name: env("CLINSEARCH_PUBLIC_NAME"),
             audit_query_text: env("CLINSEARCH_AUDIT_QUERY_TEXT")
@@ -188,6 +192,7 @@ pub struct ServerConfig {
     pub ef_search: usize,
     pub classifier: Option<String>,
     pub tagger: Option<String>,
+    pub mlm_model: Option<String>,
     pub keys: Vec<KeyEntry>,
     /// The file the configuration came from: keys are re-read from it when it changes.
     pub config_file: Option<PathBuf>,
@@ -217,6 +222,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("ef_search", &self.ef_search)
             .field("classifier", &self.classifier)
             .field("tagger", &self.tagger)
+            .field("mlm_model", &self.mlm_model)
             .field(
                 "keys",
                 &self
@@ -275,6 +281,7 @@ impl ServerConfig {
             ef_search: l.ef_search.unwrap_or(crate::search::MIN_EF).clamp(8, 4096),
             classifier: nonempty(l.classifier),
             tagger: nonempty(l.tagger),
+            mlm_model: nonempty(l.mlm_model),
             keys: l.keys.unwrap_or_default(),
             config_file: None,
             public_name: nonempty(l.public_name).map(|n| n.trim().to_ascii_lowercase()),

@@ -539,13 +539,22 @@ async function ingestPage(main) {
 // Fill-mask playground
 
 async function fillMaskPage(main) {
-  const s = stats || (await refreshStats());
   main.append(el("h1", {}, "Fill-mask playground"));
-  if (s && !s.model.fill_mask) {
-    main.append(el("p", { class: "notice", id: "fill-mask-unavailable" },
-      `The served model (${shortModel(s.model.id)}) has no masked-language-model head, so it cannot fill masks. Serve a checkpoint with an MLM head (a BertForMaskedLM such as emilyalsentzer/Bio_ClinicalBERT) with --model to use this page.`));
+  let m;
+  try {
+    m = await api("/api/fill-mask/model");
+  } catch (err) {
+    main.append(errorBox(err));
     return;
   }
+  if (!m.model) {
+    main.append(el("p", { class: "notice", id: "fill-mask-unavailable" },
+      `The embedding model (${shortModel(m.embedding_model)}) has no masked-language-model head, so it cannot fill masks. Serve one with --mlm-model DIR (a BertForMaskedLM such as emilyalsentzer/Bio_ClinicalBERT, or one made by clinsearch finetune mlm)${m.can_adapt ? ", or adapt one on the notes stored here" : ""}.`));
+    if (m.can_adapt) main.append(adaptPanel(m, main));
+    return;
+  }
+  const sourceText = { configured: "served with --mlm-model", adapted: "adapted on this server's notes", embedding: "the embedding model" }[m.source] || m.source;
+  main.append(el("p", { class: "summary", id: "fill-mask-model" }, "Answered by ", el("strong", {}, shortModel(m.model)), ` (${sourceText}).`));
   const text = el("textarea", { id: "mask-text", "aria-label": "Text with [MASK]" }, "The patient was given [MASK] for the chest pain.");
   const topk = el("select", { id: "mask-topk" }, ["5", "10", "20"].map((k) => el("option", { value: k }, k)));
   const out = el("div", { id: "mask-out", "aria-live": "polite" });
@@ -563,6 +572,52 @@ async function fillMaskPage(main) {
     }
   });
   main.append(form);
+}
+
+/** Offers an adapt job (masked-language-model training on the stored notes) and follows it. */
+function adaptPanel(m, main) {
+  const steps = el("input", { id: "adapt-steps", type: "number", min: 1, max: 5000, value: m.defaults.max_steps, "aria-label": "Training steps" });
+  const button = el("button", { type: "submit", class: "primary", id: "adapt-start" }, "Adapt a model");
+  const out = el("div", { id: "adapt-out", "aria-live": "polite" });
+  const cli = el("pre", { id: "adapt-cli" }, m.cli);
+  const form = el("form", { class: "panel", id: "adapt-form" },
+    el("h2", {}, "Adapt a fill-mask model on the stored notes"),
+    el("p", { class: "summary" }, `Continues masked-language-model training of ${shortModel(m.embedding_model)} (with a new MLM head) on the ${m.notes} notes stored here, holding out a tenth of them to measure masked-token accuracy. It runs in the background; when it ends, its model answers this page. The model stays in the data directory: it was trained on patient notes.`),
+    el("div", { class: "actions" }, el("label", {}, "Steps", steps), button),
+    el("p", { class: "summary" }, "The same run from the command line (with the server stopped):"), cli, out);
+  const follow = async (job) => {
+    button.disabled = true;
+    const bar = el("progress", { max: job.total_steps || 1, value: 0, "aria-label": "Adapt progress" });
+    const line = el("p", { class: "summary", id: "adapt-progress" });
+    out.replaceChildren(bar, line);
+    while (job.state === "running") {
+      bar.max = job.total_steps || 1;
+      bar.value = job.step;
+      const acc = job.accuracy != null ? `; held-out masked-token accuracy ${(job.accuracy * 100).toFixed(1)}%` : "";
+      line.textContent = `step ${job.step} of ${job.total_steps} (${Math.round(job.seconds)} s)${acc}`;
+      await new Promise((res) => setTimeout(res, 1000));
+      job = await api("/api/fill-mask/adapt/" + job.id);
+    }
+    button.disabled = false;
+    if (job.state !== "done") {
+      out.replaceChildren(errorBox(new Error(job.failure || "the adapt job failed")));
+      return;
+    }
+    main.replaceChildren();
+    await fillMaskPage(main);
+  };
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await follow(await api("/api/fill-mask/adapt", { method: "POST", json: { max_steps: Number(steps.value) } }));
+    } catch (err) {
+      button.disabled = false;
+      out.replaceChildren(errorBox(err));
+    }
+  });
+  if (m.adapt && m.adapt.state === "running") follow(m.adapt);
+  else if (m.adapt && m.adapt.state === "failed") out.replaceChildren(errorBox(new Error("the last adapt job failed: " + m.adapt.failure)));
+  return form;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,7 +819,7 @@ async function auditPage(main, params) {
   main.append(el("h1", {}, "Access audit"));
   const field = (name, label, placeholder) => el("label", {}, label, el("input", { id: "audit-" + name, name, value: params.get(name) || "", placeholder }));
   const action = el("select", { id: "audit-action", name: "action" }, el("option", { value: "" }, "any"),
-    ["search", "facets", "read_note", "ingest", "delete", "embed", "fill_mask", "classify", "tag", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
+    ["search", "facets", "read_note", "ingest", "delete", "embed", "fill_mask", "adapt", "classify", "tag", "annotate", "eval", "export", "audit", "denied"].map((a) => el("option", { value: a, selected: params.get("action") === a }, a)));
   const form = el("form", { class: "panel", id: "audit-form" },
     el("p", { class: "summary" }, "Every request that touched patient data, newest last: who (the key's name), when (UTC), what action, which notes and patients. Query text is recorded as its SHA-256 unless the server is configured to keep it."),
     el("div", { class: "filters" }, field("patient", "Patient", "P1037"), field("principal", "Principal", "alice"), field("note", "Note", "P1037-07"),

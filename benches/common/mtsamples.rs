@@ -2,7 +2,9 @@
 //! the fine-tuning and quality benchmarks share (so the quality table's MTSamples column is
 //! measured on the very notes and queries the fine-tuned encoder never saw).
 
-use std::collections::{BTreeMap, BTreeSet};
+#![allow(dead_code)] // each benchmark uses part of it
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use serde_json::json;
@@ -92,4 +94,95 @@ pub fn write_heldout(dir: &Path, test: &[&Row]) -> usize {
     write_jsonl(&dir.join("queries.jsonl"), queries);
     std::fs::write(dir.join("qrels.tsv"), qrels).unwrap();
     n
+}
+
+/// Categories that name a document type rather than a specialty: dropped from the
+/// classification task.
+pub const DOC_TYPES: &[&str] = &[
+    "Surgery",
+    "Consult - History and Phy.",
+    "SOAP / Chart / Progress Notes",
+    "Discharge Summary",
+    "Emergency Room Reports",
+    "Office Notes",
+    "Letters",
+    "IME-QME-Work Comp etc.",
+];
+/// Specialties with fewer notes are dropped (no stable test estimate).
+pub const MIN_CLASS: usize = 80;
+
+/// The specialty-classification split (see the finetune benchmark's doc): rows of
+/// `{"text", "label"}`.
+pub struct ClassSplit {
+    pub train: Vec<serde_json::Value>,
+    pub dev: Vec<serde_json::Value>,
+    pub test: Vec<serde_json::Value>,
+    /// The kept classes and their distinct transcriptions.
+    pub per_class: BTreeMap<String, Vec<String>>,
+    /// Transcriptions listed under two kept classes (dropped).
+    pub ambiguous: usize,
+}
+
+pub fn classification_split(rows: &[Row]) -> ClassSplit {
+    // Distinct transcriptions with their kept labels.
+    let mut by_text: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for r in rows {
+        if DOC_TYPES.contains(&r.specialty.as_str()) {
+            continue;
+        }
+        let e = by_text
+            .entry(norm(&r.transcription))
+            .or_insert_with(|| (r.transcription.clone(), BTreeSet::new()));
+        e.1.insert(r.specialty.clone());
+    }
+    let ambiguous = by_text.values().filter(|(_, l)| l.len() > 1).count();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (_, labels) in by_text.values().filter(|(_, l)| l.len() == 1) {
+        *counts
+            .entry(labels.iter().next().unwrap().clone())
+            .or_default() += 1;
+    }
+    let mut per_class: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (text, labels) in by_text.values() {
+        if labels.len() != 1 {
+            continue;
+        }
+        let label = labels.iter().next().unwrap();
+        if counts[label] >= MIN_CLASS {
+            per_class
+                .entry(label.clone())
+                .or_default()
+                .push(text.clone());
+        }
+    }
+    // Stratified 70/10/20 split with a fixed seed.
+    let mut rng = fastrand::Rng::with_seed(2024);
+    let (mut train, mut dev, mut test) = (vec![], vec![], vec![]);
+    for (label, texts) in &per_class {
+        let mut texts = texts.clone();
+        rng.shuffle(&mut texts);
+        let n = texts.len();
+        let (n_test, n_dev) = (
+            (n as f64 * 0.2).round() as usize,
+            (n as f64 * 0.1).round() as usize,
+        );
+        for (i, t) in texts.into_iter().enumerate() {
+            let row = json!({"text": t, "label": label});
+            if i < n_test {
+                test.push(row);
+            } else if i < n_test + n_dev {
+                dev.push(row);
+            } else {
+                train.push(row);
+            }
+        }
+    }
+    rng.shuffle(&mut train);
+    ClassSplit {
+        train,
+        dev,
+        test,
+        per_class,
+        ambiguous,
+    }
 }

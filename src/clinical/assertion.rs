@@ -611,7 +611,7 @@ fn tokens(text: &str, from: usize, to: usize) -> Vec<Tok> {
 /// Sentence spans (bytes): ends at `.`, `!` or `?` followed by whitespace (unless the word
 /// before is a title or a one-letter initial), at line breaks, and after a heading's colon
 /// (`HPI:`, `Family history:`): notes list findings under headings without full stops.
-fn sentences(text: &str) -> Vec<(usize, usize)> {
+pub fn sentences(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
     let mut out = vec![];
     let mut start = 0;

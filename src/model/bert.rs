@@ -274,6 +274,9 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.track_op() || self.weight.track_op() {
+            if super::grad_ops::applies(x) && self.weight.dtype() == DType::F32 {
+                return super::grad_ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+            }
             return self.forward_differentiable(x);
         }
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
@@ -350,7 +353,10 @@ fn fast_map(x: &Tensor, f: impl FnOnce(&mut [f32])) -> candle_core::Result<Optio
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.track_op() {
-        // candle's fused softmax has no backward pass; the composed one has.
+        // candle's fused softmax has no backward pass: ours, or the composed one.
+        if super::grad_ops::applies(x) {
+            return super::grad_ops::softmax_last_dim(x);
+        }
         return candle_nn::ops::softmax(x, D::Minus1);
     }
     let n = x.dim(D::Minus1)?;
@@ -873,11 +879,13 @@ impl BertModel {
 /// word embeddings (unless the checkpoint stores its own) plus a bias.
 #[derive(Debug, Clone)]
 pub struct MlmHead {
-    dense: Linear,
-    norm: LayerNorm,
-    decoder: Tensor,
-    bias: Tensor,
-    act: Activation,
+    pub dense: Linear,
+    pub norm: LayerNorm,
+    /// `[vocab, hidden]`: the word embeddings themselves when tied (training then updates
+    /// both through one variable).
+    pub decoder: Tensor,
+    pub bias: Tensor,
+    pub act: Activation,
 }
 
 /// The tensors that reveal an MLM head in a checkpoint.

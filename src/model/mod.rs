@@ -6,6 +6,7 @@ pub mod bert;
 pub mod config;
 pub mod device;
 pub mod encoder;
+pub mod grad_ops;
 pub mod hub;
 pub mod kernels;
 pub mod pickle;

@@ -14,6 +14,7 @@ pub mod assets;
 pub mod batcher;
 pub mod browser;
 pub mod error;
+pub mod fill_mask;
 pub mod jobs;
 pub mod metrics;
 pub mod routes;
@@ -57,6 +58,8 @@ pub struct AppState {
     /// Abbreviations for query expansion: the shipped dictionary, with the configured file
     /// laid over it.
     pub abbreviations: Arc<crate::clinical::abbrev::Dictionary>,
+    /// The model answering fill-mask, and the jobs that adapt one on the stored notes.
+    pub fill_mask: Arc<fill_mask::FillMask>,
 }
 
 impl AppState {
@@ -78,6 +81,12 @@ impl AppState {
         // A missing or malformed file stops the start, naming the file and line.
         let abbreviations =
             crate::clinical::abbrev::Dictionary::load(config.abbreviations.as_deref())?;
+        let fill_mask = Arc::new(fill_mask::FillMask::resolve(
+            config.mlm_model.as_deref(),
+            &engine.dir,
+            &encoder,
+            &config.encoder_options()?,
+        )?);
         crate::engine::spawn_healer(&engine);
         Ok(AppState {
             engine,
@@ -93,6 +102,7 @@ impl AppState {
             classifier: None,
             tagger: None,
             abbreviations,
+            fill_mask,
         })
     }
 

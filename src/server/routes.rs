@@ -114,6 +114,17 @@ pub fn table() -> Vec<Route> {
         route(M::POST, "/api/fill-mask", |r| r.to(api::fill_mask))
             .needs(Read)
             .audited("fill_mask"),
+        route(M::GET, "/api/fill-mask/model", |r| {
+            r.to(api::fill_mask_model)
+        })
+        .needs(Read),
+        route(M::POST, "/api/fill-mask/adapt", |r| r.to(api::adapt_start))
+            .needs(Write)
+            .audited("adapt"),
+        route(M::GET, "/api/fill-mask/adapt/{job}", |r| {
+            r.to(api::adapt_status)
+        })
+        .needs(Write),
         route(M::POST, "/api/classify", |r| r.to(api::classify))
             .needs(Read)
             .audited("classify"),

@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod mlm;
 pub mod ner;
 pub mod optim;
 pub mod retrieval;
@@ -127,9 +128,21 @@ pub struct EpochReport {
     pub steps: usize,
     pub train_loss: f64,
     pub seconds: f64,
+    /// Where the epoch's training time went: seconds in the forward pass (the loss),
+    /// the backward pass and the optimiser update, summed over its steps.
+    #[serde(default)]
+    pub timing: StepTiming,
     /// Task metrics on the dev set (empty without one).
     pub dev: serde_json::Map<String, serde_json::Value>,
     pub checkpoint: PathBuf,
+}
+
+/// Seconds spent in each part of the training steps of an epoch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct StepTiming {
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub update_s: f64,
 }
 
 /// A base checkpoint loaded for training.
@@ -182,6 +195,24 @@ impl Base {
             window,
             pooling,
         })
+    }
+
+    /// A digest of the base's word embeddings: two bases of the same shape (another
+    /// MiniLM) still differ here, so a checkpoint cannot silently resume onto the wrong one.
+    pub fn digest(&self) -> Result<String> {
+        use std::hash::{Hash, Hasher};
+        let values = self
+            .model
+            .word_embeddings()
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for v in values.iter().step_by(7) {
+            v.to_bits().hash(&mut h);
+        }
+        Ok(format!("{:016x}", h.finish()))
     }
 
     /// The shape of the encoder: a checkpoint can only resume onto a base of the same shape.
@@ -279,6 +310,50 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies the sentence-transformers description of `from` (modules, pooling, normalisation)
+/// into `to` when it has one, so that the output embeds as the base did.
+pub fn copy_sentence_transformers_files(from: &Path, to: &Path) -> Result<()> {
+    let modules = from.join("modules.json");
+    if !modules.is_file() {
+        return Ok(());
+    }
+    for name in [
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+    ] {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(|e| Error::io(to.join(name), e))?;
+        }
+    }
+    let text = std::fs::read_to_string(&modules).map_err(|e| Error::io(&modules, e))?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&modules, e))?;
+    for m in list {
+        let Some(sub) = m
+            .get("path")
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let (src, dst) = (from.join(sub), to.join(sub));
+        if !src.is_dir() {
+            continue;
+        }
+        std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+        for f in std::fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
+            let f = f.map_err(|e| Error::io(&src, e))?;
+            if f.path().is_file() {
+                std::fs::copy(f.path(), dst.join(f.file_name()))
+                    .map_err(|e| Error::io(dst.join(f.file_name()), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes transformers' `id2label` and `label2id` for `labels` (in index order) into a
 /// `config.json` object.
 pub fn insert_label_maps(
@@ -338,6 +413,12 @@ pub struct TrainerState {
     #[serde(default)]
     pub labels: Vec<String>,
     pub history: Vec<EpochReport>,
+    /// [`Base::digest`] of the base (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    pub base_digest: Option<String>,
+    /// What the run trained on, where a task records it (the MLM corpus's digest).
+    #[serde(default)]
+    pub corpus: Option<String>,
 }
 
 /// The checkpoint folder `OUT/checkpoints/epoch-N`.
@@ -404,6 +485,14 @@ pub fn check_resume(
             base.fingerprint()
         ));
     }
+    if let (Some(theirs), Ok(ours)) = (&state.base_digest, base.digest()) {
+        if *theirs != ours {
+            return mismatch(format!(
+                "it was trained from {}, whose weights differ from --base {} (same shape, other weights)",
+                state.base, base.spec
+            ));
+        }
+    }
     if state.options.freeze_layers != opts.freeze_layers {
         return mismatch(format!(
             "it froze {} layers, this run {}",
@@ -460,6 +549,9 @@ pub(crate) trait Task {
     fn labels(&self) -> Vec<String> {
         vec![]
     }
+    /// Called before each epoch's first batch (0-based), for tasks whose examples change
+    /// per epoch (MLM redraws its masks).
+    fn begin_epoch(&self, _epoch: usize) {}
 }
 
 /// Seeded Fisher-Yates order of `0..n` for `epoch` (the same on a resumed run).
@@ -490,6 +582,20 @@ pub(crate) fn run<T: Task>(
     out: &Path,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<Vec<EpochReport>> {
+    run_with(task, base, start, opts, out, None, on_event)
+}
+
+/// [`run`], recording `corpus` (what the run trained on) in each checkpoint's state.
+pub(crate) fn run_with<T: Task>(
+    task: &T,
+    base: &Base,
+    start: Start,
+    opts: &TrainOptions,
+    out: &Path,
+    corpus: Option<String>,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<Vec<EpochReport>> {
+    let base_digest = Some(base.digest()?);
     let Start {
         mut optimizer,
         frozen,
@@ -528,22 +634,31 @@ pub(crate) fn run<T: Task>(
         let dropout = (!opts.no_dropout)
             .then(|| Dropout::new(&base.config, opts.seed.wrapping_add(1 + epoch as u64)));
         let order = epoch_order(task.len(), opts.seed, epoch);
+        task.begin_epoch(epoch);
         let (mut loss_sum, mut steps) = (0.0, 0);
+        let mut timing = StepTiming::default();
         for batch in order.chunks(opts.batch_size) {
             if optimizer.step >= total {
                 break;
             }
+            let t0 = std::time::Instant::now();
             let loss = task.loss(batch, dropout.as_ref())?;
             let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+            timing.forward_s += t0.elapsed().as_secs_f64();
             if !value.is_finite() {
                 return Err(Error::InvalidInput(format!(
                     "the loss became {value} at step {}: lower the learning rate",
                     optimizer.step + 1
                 )));
             }
+            let t1 = std::time::Instant::now();
             let grads = loss.backward()?;
+            timing.backward_s += t1.elapsed().as_secs_f64();
+            let t2 = std::time::Instant::now();
             let lr = schedule.lr(optimizer.step);
             let grad_norm = optimizer.step(&grads, lr, opts.max_grad_norm)?;
+            drop(grads);
+            timing.update_s += t2.elapsed().as_secs_f64();
             loss_sum += value;
             steps += 1;
             on_event(&TrainEvent::Step {
@@ -568,6 +683,7 @@ pub(crate) fn run<T: Task>(
                 f64::NAN
             },
             seconds: started.elapsed().as_secs_f64(),
+            timing,
             dev,
             checkpoint: ckpt.clone(),
         };
@@ -582,6 +698,8 @@ pub(crate) fn run<T: Task>(
             options: opts.clone(),
             labels: task.labels(),
             history: history.clone(),
+            base_digest: base_digest.clone(),
+            corpus: corpus.clone(),
         };
         // Written last: a checkpoint without it is incomplete and is never resumed from.
         write_json(&ckpt.join("trainer_state.json"), &state)?;

@@ -349,6 +349,38 @@ fn the_fill_mask_playground_predicts_and_slash_focuses_search() {
     }
 }
 
+/// With an embedding model without an MLM head, the Fill-mask page offers an adapt job on
+/// the stored notes, shows its progress and the command line, and then predicts with it.
+#[test]
+fn the_fill_mask_page_adapts_a_model_on_the_stored_notes_then_predicts() {
+    let Some(b) = Browser::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let notes = repo_root().join("sample_corpus/notes.jsonl");
+    let state = crate::server::seeded_state_with(
+        dir.path(),
+        &fixture("tiny-st-sharded"),
+        clinsearch::config::Layer::default(),
+        Some(&notes),
+    );
+    let (addr, _handle) = server::spawn(state, "127.0.0.1:0").unwrap();
+    b.goto(&format!("http://{addr}/#/fill-mask"));
+    b.wait_text("#fill-mask-unavailable", "no masked-language-model head");
+    b.wait_text("#adapt-cli", "clinsearch finetune mlm --base");
+    let steps = b.wait("#adapt-steps");
+    b.script("arguments[0].value = '3'", vec![json!({ELEMENT: steps})]);
+    b.click(&b.wait("#adapt-start"));
+    b.wait("#adapt-out progress");
+    b.screenshot("fill-mask-adapt");
+    // When the job ends the page names the adapted model and predicts with it.
+    b.wait_text("#fill-mask-model", "adapted on this server's notes");
+    let area = b.wait("#mask-text");
+    b.script("arguments[0].value = ''", vec![json!({ELEMENT: area})]);
+    b.send_keys(&area, "the patient has [MASK] pain");
+    b.click(&b.wait("form button.primary"));
+    b.wait("#mask-out table tr");
+    assert_eq!(b.find_all("#mask-out table tr").len(), 5);
+}
+
 #[test]
 fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     let Some(b) = Browser::start() else { return };

@@ -11,18 +11,20 @@ use clinsearch::store::ModelIdentity;
 use crate::common::*;
 
 pub fn tiny_encoder() -> Encoder {
-    load(
-        &fixture("tiny-mlm-uncased"),
-        EncoderOptions {
-            window: WindowConfig {
-                size: Some(24),
-                stride: Some(4),
-                max_windows: Some(16),
-                context: None,
-            },
-            ..Default::default()
+    load(&fixture("tiny-mlm-uncased"), tiny_options())
+}
+
+/// The small windows the ingest and server tests use with the tiny fixtures.
+pub fn tiny_options() -> EncoderOptions {
+    EncoderOptions {
+        window: WindowConfig {
+            size: Some(24),
+            stride: Some(4),
+            max_windows: Some(16),
+            context: None,
         },
-    )
+        ..Default::default()
+    }
 }
 
 fn open(dir: &Path, enc: &Encoder) -> Engine {

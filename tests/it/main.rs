@@ -11,6 +11,7 @@ mod faults;
 mod gpu;
 mod hub;
 mod ingest;
+mod mlm;
 mod ner;
 mod sample_corpus;
 mod security;

@@ -168,6 +168,18 @@ fn resources() -> Vec<(Method, &'static str, Role, Option<&'static str>)> {
         ),
         (
             Method::POST,
+            "/api/fill-mask/adapt",
+            Role::Write,
+            Some(r#"{"max_steps": 1}"#),
+        ),
+        (
+            Method::GET,
+            "/api/fill-mask/adapt/adapt-1",
+            Role::Write,
+            None,
+        ),
+        (
+            Method::POST,
             "/api/tune",
             Role::Admin,
             Some(r#"{"set": "sample", "wait": true}"#),
@@ -283,6 +295,10 @@ async fn attack_suite_no_spelling_method_or_key_reaches_a_resource_the_key_may_n
         assert!(state.engine.store.get(id).unwrap().is_none());
     }
     assert!(state.jobs.list().is_empty(), "no upload job was started");
+    assert!(
+        state.fill_mask.latest().is_none(),
+        "no adapt job was started"
+    );
 }
 
 #[actix_web::test]

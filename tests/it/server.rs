@@ -21,7 +21,7 @@ use clinsearch::server::{self, AppState};
 use clinsearch::store::ModelIdentity;
 
 use crate::common::*;
-use crate::ingest::tiny_encoder;
+use crate::ingest::{tiny_encoder, tiny_options};
 
 /// A data directory holding sample_corpus/ embedded with the tiny fixture model, and the
 /// server state over it, built once and shared by the read-only tests.
@@ -31,7 +31,17 @@ pub struct Shared {
 }
 
 pub fn seeded_state(dir: &Path, layer: Layer, notes: Option<&Path>) -> web::Data<AppState> {
-    let enc = tiny_encoder();
+    seeded_state_with(dir, &fixture("tiny-mlm-uncased"), layer, notes)
+}
+
+/// [`seeded_state`] with the model of the folder `model` (mean pooling).
+pub fn seeded_state_with(
+    dir: &Path,
+    model: &Path,
+    layer: Layer,
+    notes: Option<&Path>,
+) -> web::Data<AppState> {
+    let enc = load(model, tiny_options());
     let engine = Engine::open(
         dir,
         Some(&ModelIdentity::from_info(enc.info())),
@@ -51,6 +61,7 @@ pub fn seeded_state(dir: &Path, layer: Layer, notes: Option<&Path>) -> web::Data
     }
     let config = ServerConfig::from_layer(Layer {
         data: Some(dir.to_path_buf()),
+        model: Some(model.display().to_string()),
         ..layer
     })
     .unwrap();

@@ -1,5 +1,6 @@
 //! The model endpoints: embeddings, fill-mask and classification.
 
+use actix_web::http::StatusCode;
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -65,18 +66,20 @@ fn default_top_k() -> usize {
 
 pub async fn fill_mask(
     state: State,
+    caller: Caller,
     http: HttpRequest,
     body: web::Json<FillMaskBody>,
 ) -> ApiResult {
-    if !state.encoder.has_mlm_head() {
+    let Some(served) = state.fill_mask.served() else {
         return Err(ApiError::bad_request(
             "no_mlm_head",
             format!(
-                "the model {} has no masked-language-model head: serve a checkpoint with one (e.g. a BertForMaskedLM) to use fill-mask",
+                "no model answers fill-mask: the embedding model {} has no masked-language-model head; serve one with --mlm-model DIR (a BertForMaskedLM, such as one made by `clinsearch finetune mlm`), or adapt one on the stored notes (POST /api/fill-mask/adapt, or the Fill-mask page)",
                 state.encoder.info().id
             ),
         ));
-    }
+    };
+    refuse_restricted_on_adapted(&caller, &served)?;
     let FillMaskBody { text, top_k } = body.into_inner();
     disclose_query(&http, &text);
     if !(1..=100).contains(&top_k) {
@@ -88,9 +91,110 @@ pub async fn fill_mask(
     if text.len() > 100_000 {
         return Err(ApiError::bad_request("invalid_parameter", "text: too long"));
     }
-    let st = state.clone();
-    let masks = web::block(move || st.encoder.fill_mask(&text, top_k)).await??;
-    Ok(HttpResponse::Ok().json(json!({ "model": state.encoder.info().id, "masks": masks })))
+    let enc = served.encoder.clone();
+    let masks = web::block(move || enc.fill_mask(&text, top_k)).await??;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "model": served.spec, "source": served.source, "masks": masks })))
+}
+
+/// A model adapted on every stored note may reproduce fragments of notes outside a
+/// restricted key's filter: such keys may not query it.
+fn refuse_restricted_on_adapted(
+    caller: &Caller,
+    served: &crate::server::fill_mask::Served,
+) -> Result<(), ApiError> {
+    if served.source == crate::server::fill_mask::Source::Adapted && caller.0.restrict.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the fill-mask model was adapted on every note of this server; a key restricted to part of the notes may not query it",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /api/fill-mask/model`: the model answering fill-mask (or none), and for write keys
+/// the latest adapt job and what a new one would run.
+pub async fn fill_mask_model(state: State, caller: Caller) -> ApiResult {
+    use crate::auth::Role;
+    use crate::server::fill_mask::AdaptRequest;
+    let served = state.fill_mask.served();
+    let may_adapt = caller.0.role >= Role::Write && caller.0.restrict.is_none();
+    let mut v = json!({
+        "model": served.as_ref().map(|s| s.spec.clone()),
+        "source": served.as_ref().map(|s| s.source),
+        "embedding_model": state.encoder.info().id,
+        "notes": state.engine.bm25.num_docs(),
+        "can_adapt": may_adapt,
+    });
+    if may_adapt {
+        let req = AdaptRequest::default();
+        let out = state.engine.dir.join("mlm").join("adapted-TIMESTAMP");
+        v["defaults"] = json!({
+            "max_steps": req.max_steps,
+            "batch_size": req.batch_size,
+            "max_len": req.max_len,
+            "lr": req.lr,
+            "seed": req.seed,
+        });
+        v["cli"] = json!(req.cli(&state.config.model, &state.engine.dir, &out));
+        v["adapt"] = json!(state
+            .fill_mask
+            .latest()
+            .filter(|j| sees_all(&caller) || j.owner == caller.0.name));
+    }
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// `POST /api/fill-mask/adapt`: starts adapting the embedding model (with a new MLM head
+/// where it has none) on every stored note; 202 with the job.
+pub async fn adapt_start(
+    state: State,
+    caller: Caller,
+    body: web::Json<crate::server::fill_mask::AdaptRequest>,
+) -> ApiResult {
+    if caller.0.restrict.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an adapt job trains on every stored note: a key restricted to part of them may not start one",
+        ));
+    }
+    let req = body.into_inner();
+    if let Err((param, message)) = req.check() {
+        let mut e = ApiError::bad_request("invalid_parameter", message);
+        e.param = Some(param);
+        return Err(e);
+    }
+    if state.engine.bm25.num_docs() == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "no notes are stored: ingest notes before adapting a model on them",
+        ));
+    }
+    let slot = state.fill_mask.reserve(&caller.0.name)?;
+    let opts = state.config.encoder_options()?;
+    let status = state.fill_mask.start(
+        slot,
+        &caller.0.name,
+        state.engine.clone(),
+        &state.config.model,
+        &opts,
+        req,
+    )?;
+    Ok(HttpResponse::Accepted().json(status))
+}
+
+/// `GET /api/fill-mask/adapt/{job}`: progress of an adapt job (its owner's and admins').
+pub async fn adapt_status(state: State, caller: Caller, job: web::Path<String>) -> ApiResult {
+    match state
+        .fill_mask
+        .status(&job)
+        .filter(|s| sees_all(&caller) || s.owner == caller.0.name)
+    {
+        Some(s) => Ok(HttpResponse::Ok().json(s)),
+        None => Err(ApiError::not_found("no adapt job with this id")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -56,7 +56,9 @@ pub async fn stats(state: State) -> ApiResult {
                 "window_size": info.window_size,
                 "stride": info.stride,
                 "window_context": info.window_context,
-                "fill_mask": st.encoder.has_mlm_head(),
+                // Fill-mask is answered (by this model or by the served MLM model).
+                "fill_mask": st.fill_mask.served().is_some(),
+                "fill_mask_model": st.fill_mask.served().map(|m| m.spec.clone()),
                 "classifier": st.classifier.as_ref().map(|c| json!({
                     "dir": c.dir,
                     "labels": c.labels,
