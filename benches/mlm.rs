@@ -177,17 +177,13 @@ fn adapt(b: &Bench, rows: &[Row], classes: &ClassSplit, split: &RetrievalSplit) 
                 .arg(out);
         };
         // The starting point (the base with its new, untrained head), for the demo.
-        b.run({
-            let mut c = b.cmd();
-            common(&mut c, &before, 0);
-            &mut c
-        });
+        let mut c = b.cmd();
+        common(&mut c, &before, 0);
+        b.run(&mut c);
         let started = Instant::now();
-        let (stdout, stderr) = b.run({
-            let mut c = b.cmd();
-            common(&mut c, &out, steps);
-            &mut c
-        });
+        let mut c = b.cmd();
+        common(&mut c, &out, steps);
+        let (stdout, stderr) = b.run(&mut c);
         let secs = started.elapsed().as_secs_f64();
         let summary = stderr
             .lines()

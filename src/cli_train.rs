@@ -263,6 +263,8 @@ impl Reporter {
 }
 
 pub fn run(command: FinetuneCommand) -> Result<()> {
+    // This process only trains: keep the memory each step frees for the next one.
+    model::keep_freed_memory();
     match command {
         FinetuneCommand::Classify {
             base,

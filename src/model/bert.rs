@@ -367,6 +367,9 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 pub fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
+    if act == Activation::Gelu && x.track_op() && super::grad_ops::applies(x) {
+        return super::grad_ops::gelu_erf(x);
+    }
     match act {
         Activation::Gelu => match fast_map(x, super::kernels::gelu_erf_inplace)? {
             Some(y) => Ok(y),

@@ -1,4 +1,5 @@
-//! Softmax and LayerNorm as single differentiable operations, for training on the CPU.
+//! Softmax, LayerNorm, GELU and cross-entropy as single differentiable operations, for
+//! training on the CPU.
 //!
 //! candle's fused softmax and LayerNorm have no backward pass, so the training path spelled
 //! both out in elementary ops: softmax as max, subtract, exp, sum, divide; LayerNorm as
@@ -117,6 +118,33 @@ impl CustomOp1 for CrossEntropy {
                 row.iter_mut().for_each(|v| *v *= scale);
             });
         Ok(Some(Tensor::from_vec(dz, (rows, n), z.device())?))
+    }
+}
+
+/// GELU (erf form), differentiable: forward and backward by the vector kernels (candle's
+/// `gelu_erf` calls scalar `erff` in both).
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let mut v = rows_of(s, l, "GELU input")?.to_vec();
+        super::kernels::gelu_erf_inplace(&mut v);
+        Ok((CpuStorage::F32(v), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut gs = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        super::kernels::gelu_erf_grad_inplace(&xs, &mut gs);
+        Ok(Some(Tensor::from_vec(gs, x.shape(), x.device())?))
     }
 }
 
@@ -353,6 +381,23 @@ mod tests {
             1e-5,
             "d softmax / dx",
         );
+    }
+
+    /// GELU: the same values and gradients as candle's `gelu_erf` (to the erf
+    /// approximation's 1.5e-7), across the range where the derivative changes.
+    #[test]
+    fn fused_gelu_matches_candle_forward_and_backward() {
+        if !applies(&Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()) {
+            return;
+        }
+        let x = input((2, 3, 101), 6);
+        let weights = input((2, 3, 101), 7);
+        let loss = |y: Tensor| (y * weights.as_tensor()).unwrap().sum_all().unwrap();
+        let fused = gelu_erf(x.as_tensor()).unwrap();
+        let composed = x.as_tensor().gelu_erf().unwrap();
+        close(&fused, &composed, 1e-6, "GELU");
+        let (gf, gc) = (loss(fused).backward().unwrap(), loss(composed).backward().unwrap());
+        close(gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap(), 1e-5, "d GELU / dx");
     }
 
     /// Cross-entropy: the same loss and logit gradients as candle-nn's.

@@ -15,7 +15,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{BertConfig, Pooling};
-pub use device::{parse_device, parse_dtype, parse_precision, tune_allocator};
+pub use device::{keep_freed_memory, parse_device, parse_dtype, parse_precision, tune_allocator};
 pub use encoder::{
     ContextText, Encoder, EncoderOptions, MaskPrediction, ModelInfo, TokenScore, Window,
     WindowConfig, WindowContext,

@@ -69,6 +69,18 @@ pub(super) fn gelu_body(v: &mut [f32]) {
     }
 }
 
+/// The GELU derivative applied to a gradient: `g *= Phi(x) + x phi(x)` (the erf form).
+#[inline(always)]
+pub(super) fn gelu_grad_body(x: &[f32], g: &mut [f32]) {
+    const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &x) in g.iter_mut().zip(x) {
+        let cdf = 0.5 * (1.0 + erf_f32(x * INV_SQRT2));
+        let pdf = INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+        *g *= x.mul_add(pdf, cdf);
+    }
+}
+
 /// Float reductions are not reordered by the compiler (no fast-math), so max and sum keep
 /// 16 lanes by hand; the exp pass is a plain map and vectorises.
 #[inline(always)]
@@ -152,6 +164,38 @@ pub fn gelu_erf_inplace(v: &mut [f32]) {
     } else {
         run(v);
     }
+}
+
+/// The backward pass of [`gelu_erf_inplace`]: `g *= GELU'(x)`, element by element.
+pub fn gelu_erf_grad_inplace(x: &[f32], g: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), g.len());
+    let level = simd_level();
+    let run = |(g, x): (&mut [f32], &[f32])| match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features these functions are compiled with.
+        2 => unsafe { gelu_grad_avx512(x, g) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { gelu_grad_avx2(x, g) },
+        _ => gelu_grad_body(x, g),
+    };
+    if g.len() >= 1 << 16 {
+        g.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(run);
+    } else {
+        run((g, x));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gelu_grad_avx512(x: &[f32], g: &mut [f32]) {
+    gelu_grad_body(x, g)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_grad_avx2(x: &[f32], g: &mut [f32]) {
+    gelu_grad_body(x, g)
 }
 
 /// Softmax over each row of `n` values, in place.

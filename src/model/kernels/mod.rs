@@ -19,7 +19,9 @@ mod packed;
 mod rows;
 
 pub use attention::{attention, attention_strided};
-pub use elementwise::{fast_elementwise, gelu_erf_inplace, softmax_rows_inplace};
+pub use elementwise::{
+    fast_elementwise, gelu_erf_grad_inplace, gelu_erf_inplace, softmax_rows_inplace,
+};
 pub use norm::layer_norm_rows_inplace;
 pub(crate) use norm::layer_norm_rows_serial;
 pub(crate) use packed::{for_each_panel_range, TileAt, PANEL_AHEAD};
