@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust on a fresh Debian machine: headless Chromium
 # and its WebDriver for the browser tests, pytrec_eval (trec_eval's code, the reference the
-# evaluation tests compare against), and torch + transformers + sentence-transformers (the
-# fine-tuning tests load clinsearch's output folders with them). Idempotent: does nothing when
+# evaluation tests compare against), torch + transformers + sentence-transformers (the
+# fine-tuning tests load clinsearch's output folders with them), and the openai and
+# huggingface_hub clients (the embedding endpoints are tested with them). Idempotent: does nothing when
 # all are present.
 set -euo pipefail
 if ! python3 -c "import pytrec_eval" 2> /dev/null; then
@@ -12,6 +13,10 @@ fi
 if ! python3 -c "import torch, transformers, sentence_transformers" 2> /dev/null; then
   echo "install_test_deps: installing torch, transformers and sentence-transformers (fine-tuning tests)" >&2
   python3 -m pip install --quiet torch transformers sentence-transformers
+fi
+if ! python3 -c "import openai, huggingface_hub" 2> /dev/null; then
+  echo "install_test_deps: installing openai and huggingface_hub (the embedding endpoints' real clients)" >&2
+  python3 -m pip install --quiet openai huggingface_hub
 fi
 if ! python3 -c "import seqeval" 2> /dev/null; then
   echo "install_test_deps: installing seqeval (the NER metrics' reference)" >&2

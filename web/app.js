@@ -587,6 +587,7 @@ function adaptPanel(m, main) {
     el("p", { class: "summary" }, "The same run from the command line (with the server stopped):"), cli, out);
   const follow = async (job) => {
     button.disabled = true;
+    cli.textContent = job.cli;
     const bar = el("progress", { max: job.total_steps || 1, value: 0, "aria-label": "Adapt progress" });
     const line = el("p", { class: "summary", id: "adapt-progress" });
     out.replaceChildren(bar, line);

@@ -373,12 +373,39 @@ impl Encoder {
         let seqs: Vec<Vec<u32>> = self
             .tokens_all(texts)?
             .iter()
-            .map(|tokens| {
-                let n = tokens.ids.len().min(self.window_size - 2);
-                self.wrap(&tokens.ids[..n])
-            })
+            .map(|tokens| self.sequence_of_ids(&tokens.ids))
             .collect();
-        self.run_batches(&seqs)
+        self.run_batches(&seqs, self.info.normalize)
+    }
+
+    /// Tokens of a text the model reads in one window (special tokens excluded).
+    pub fn max_input_tokens(&self) -> usize {
+        self.window_size - 2
+    }
+
+    /// The model input for `text` as [`Self::embed`] builds it: its tokens, truncated to one
+    /// window, between `[CLS]` and `[SEP]`.
+    pub fn sequence_of(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.sequence_of_ids(&self.tokens_of(text, "the text")?.ids))
+    }
+
+    /// The model input for token ids (without special tokens), truncated to one window
+    /// ([`Self::embed_sequences`] refuses ids outside the vocabulary).
+    pub fn sequence_of_ids(&self, ids: &[u32]) -> Vec<u32> {
+        let n = ids.len().min(self.window_size - 2);
+        self.wrap(&ids[..n])
+    }
+
+    /// Vectors for model inputs made by [`Self::sequence_of`], normalised or not (the
+    /// embedding endpoints let the client choose).
+    pub fn embed_sequences(&self, seqs: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(bad) = seqs.iter().flatten().find(|&&id| id >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        self.run_batches(seqs, normalize)
     }
 
     /// Token windows `[start, end)` covering `n` tokens with the configured overlap.
@@ -473,7 +500,7 @@ impl Encoder {
             }
             layout.push(windows);
         }
-        let mut vectors = self.run_batches(&seqs)?.into_iter();
+        let mut vectors = self.run_batches(&seqs, self.info.normalize)?.into_iter();
         for windows in layout.iter_mut() {
             for w in windows.iter_mut() {
                 w.vector = vectors.next().expect("one vector per window");
@@ -627,12 +654,12 @@ impl Encoder {
 
     /// Sorts sequences by length (less padding), runs them in batches, pools and normalises.
     /// Returns vectors in the input order.
-    fn run_batches(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    fn run_batches(&self, seqs: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
         let mut out: Vec<Vec<f32>> = vec![vec![]; seqs.len()];
         for chunk in order.chunks(self.batch_size) {
-            let vecs = self.forward_pooled(chunk.iter().map(|&i| seqs[i].as_slice()))?;
+            let vecs = self.forward_pooled(chunk.iter().map(|&i| seqs[i].as_slice()), normalize)?;
             for (&i, v) in chunk.iter().zip(vecs) {
                 out[i] = v;
             }
@@ -641,7 +668,11 @@ impl Encoder {
     }
 
     /// One padded batch through the model, pooled (and normalised) to `[batch, hidden]`.
-    fn forward_pooled<'a>(&self, batch: impl Iterator<Item = &'a [u32]>) -> Result<Vec<Vec<f32>>> {
+    fn forward_pooled<'a>(
+        &self,
+        batch: impl Iterator<Item = &'a [u32]>,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let batch: Vec<&[u32]> = batch.collect();
         let b = batch.len();
         let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -665,7 +696,7 @@ impl Encoder {
                 sum.broadcast_div(&m.sum(1)?)?
             }
         };
-        let pooled = if self.info.normalize {
+        let pooled = if normalize {
             l2_normalize(&pooled)?
         } else {
             pooled

@@ -396,8 +396,16 @@ mod tests {
         let fused = gelu_erf(x.as_tensor()).unwrap();
         let composed = x.as_tensor().gelu_erf().unwrap();
         close(&fused, &composed, 1e-6, "GELU");
-        let (gf, gc) = (loss(fused).backward().unwrap(), loss(composed).backward().unwrap());
-        close(gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap(), 1e-5, "d GELU / dx");
+        let (gf, gc) = (
+            loss(fused).backward().unwrap(),
+            loss(composed).backward().unwrap(),
+        );
+        close(
+            gf.get(x.as_tensor()).unwrap(),
+            gc.get(x.as_tensor()).unwrap(),
+            1e-5,
+            "d GELU / dx",
+        );
     }
 
     /// Cross-entropy: the same loss and logit gradients as candle-nn's.

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::model::Encoder;
 
 struct Job {
+    /// The model input (`[CLS] ... [SEP]`, one window).
+    seq: Vec<u32>,
+    normalize: bool,
+    /// The query text (test builds' failure injection matches on it); empty for token ids.
     text: String,
     reply: oneshot::Sender<Result<Vec<f32>>>,
 }
@@ -35,6 +39,7 @@ fn panicked() -> Error {
 #[derive(Clone)]
 pub struct QueryEmbedder {
     tx: Sender<Job>,
+    encoder: Arc<Encoder>,
     pub stats: Arc<BatchStats>,
     /// Queries sent and not yet answered; above `max_queued` new ones are refused (429).
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -47,6 +52,7 @@ impl QueryEmbedder {
         let (tx, rx) = channel::<Job>();
         let stats = Arc::new(BatchStats::default());
         let st = stats.clone();
+        let worker = encoder.clone();
         std::thread::Builder::new()
             .name("query-embedder".into())
             .spawn(move || {
@@ -59,35 +65,25 @@ impl QueryEmbedder {
                         }
                     }
                     let t = std::time::Instant::now();
-                    let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
-                    let one = |t: &str| -> Result<Vec<f32>> {
-                        // Test builds: `query-embed` with `@TEXT` fails the pass holding TEXT.
-                        crate::failpoint::inject("query-embed", std::path::Path::new(t))?;
-                        encoder.embed(&[t]).map(|mut v| v.remove(0))
-                    };
-                    let pass = || -> Result<Vec<Vec<f32>>> {
-                        for t in &texts {
-                            crate::failpoint::inject("query-embed", std::path::Path::new(t))?;
+                    // One pass per normalisation asked for (the search always asks the
+                    // model's; the embedding endpoints let the client choose).
+                    let mut results: Vec<Option<Result<Vec<f32>>>> =
+                        jobs.iter().map(|_| None).collect();
+                    for normalize in [true, false] {
+                        let idx: Vec<usize> = (0..jobs.len())
+                            .filter(|&i| jobs[i].normalize == normalize)
+                            .collect();
+                        if idx.is_empty() {
+                            continue;
                         }
-                        encoder.embed(&texts)
-                    };
-                    // Supervised: a panic in a forward pass fails that pass's requests and the
-                    // worker goes on with the next (it is never left dead).
-                    let results: Vec<Result<Vec<f32>>> =
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass)) {
-                            Ok(Ok(v)) => v.into_iter().map(Ok).collect(),
-                            // One bad text must not fail the others: embed them one by one.
-                            Ok(Err(_)) => texts
-                                .iter()
-                                .map(|t| {
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        one(t)
-                                    }))
-                                    .unwrap_or_else(|_| Err(panicked()))
-                                })
-                                .collect(),
-                            Err(_) => texts.iter().map(|_| Err(panicked())).collect(),
-                        };
+                        for (i, r) in idx.iter().zip(run_pass(&worker, &jobs, &idx, normalize)) {
+                            results[*i] = Some(r);
+                        }
+                    }
+                    let results: Vec<Result<Vec<f32>>> = results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| Err(panicked())))
+                        .collect();
                     st.busy_us
                         .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                     st.batches.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +98,7 @@ impl QueryEmbedder {
             .expect("spawn the query embedding thread");
         QueryEmbedder {
             tx,
+            encoder,
             stats,
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             max_queued: max_queued.max(1),
@@ -110,8 +107,32 @@ impl QueryEmbedder {
 
     /// The query's vector, embedded together with whatever other queries are waiting.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
-        struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Queued<'_> {
+        let seq = self.encoder.sequence_of(text)?;
+        self.embed_sequence(seq, self.encoder.info().normalize, text)
+            .await
+    }
+
+    /// The vector of a model input made by [`Encoder::sequence_of`] or
+    /// [`Encoder::sequence_of_ids`], normalised or not; `text` is its text when it has one.
+    pub async fn embed_sequence(
+        &self,
+        seq: Vec<u32>,
+        normalize: bool,
+        text: &str,
+    ) -> Result<Vec<f32>> {
+        self.submit(seq, normalize, text)?.await
+    }
+
+    /// Queues a model input now and returns the wait for its vector: submitting several
+    /// before awaiting any puts them in the same forward pass.
+    pub fn submit(
+        &self,
+        seq: Vec<u32>,
+        normalize: bool,
+        text: &str,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<f32>>>> {
+        struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Queued {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::SeqCst);
             }
@@ -123,15 +144,57 @@ impl QueryEmbedder {
                 self.max_queued
             )));
         }
-        let _queued = Queued(&self.queued);
+        let queued = Queued(self.queued.clone());
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
+                seq,
+                normalize,
                 text: text.to_string(),
                 reply,
             })
             .map_err(|_| Error::Index("the query embedding worker stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Index("the query embedding worker stopped".into()))?
+        Ok(async move {
+            let _queued = queued;
+            rx.await
+                .map_err(|_| Error::Index("the query embedding worker stopped".into()))?
+        })
+    }
+}
+
+/// One forward pass over the jobs `idx` (all with the same `normalize`), supervised: a
+/// panic fails that pass's requests and the worker goes on with the next (it is never left
+/// dead); when the pass fails, the jobs are embedded one by one so one bad input does not
+/// fail the others.
+fn run_pass(
+    encoder: &Encoder,
+    jobs: &[Job],
+    idx: &[usize],
+    normalize: bool,
+) -> Vec<Result<Vec<f32>>> {
+    let one = |j: &Job| -> Result<Vec<f32>> {
+        // Test builds: `query-embed` with `@TEXT` fails the pass holding TEXT.
+        crate::failpoint::inject("query-embed", std::path::Path::new(&j.text))?;
+        encoder
+            .embed_sequences(std::slice::from_ref(&j.seq), normalize)
+            .map(|mut v| v.remove(0))
+    };
+    let pass = || -> Result<Vec<Vec<f32>>> {
+        for &i in idx {
+            crate::failpoint::inject("query-embed", std::path::Path::new(&jobs[i].text))?;
+        }
+        let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| jobs[i].seq.clone()).collect();
+        encoder.embed_sequences(&seqs, normalize)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass)) {
+        Ok(Ok(v)) => v.into_iter().map(Ok).collect(),
+        Ok(Err(_)) => idx
+            .iter()
+            .map(|&i| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(&jobs[i])))
+                    .unwrap_or_else(|_| Err(panicked()))
+            })
+            .collect(),
+        Err(_) => idx.iter().map(|_| Err(panicked())).collect(),
     }
 }

@@ -80,12 +80,32 @@ fn origin_of(url: &str) -> Option<String> {
     ))
 }
 
-/// All the checks for a server without keys.
-pub fn check(req: &ServiceRequest, config: &ServerConfig, uploads: bool) -> Result<(), ApiError> {
+/// All the checks for a server without keys. `json_only`: a route that changes nothing and
+/// is called by other programs (the OpenAI and TEI embedding endpoints): the JSON content type
+/// alone stops a cross-site page (it cannot send one without the CORS preflight this server
+/// never grants), so `Origin` is not asked of clients that never send one.
+pub fn check(
+    req: &ServiceRequest,
+    config: &ServerConfig,
+    uploads: bool,
+    json_only: bool,
+) -> Result<(), ApiError> {
     check_host(req, config, false)?;
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
+    let h = req.headers();
+    if !json_only {
+        same_origin(req)?;
+    }
+    if *req.method() == Method::DELETE {
+        return Ok(());
+    }
+    content_type(h, uploads)
+}
+
+/// `Origin` (else `Referer`) names this server.
+fn same_origin(req: &ServiceRequest) -> Result<(), ApiError> {
     let h = req.headers();
     let host = h
         .get(header::HOST)
@@ -111,9 +131,11 @@ pub fn check(req: &ServiceRequest, config: &ServerConfig, uploads: bool) -> Resu
             "a request that changes state must come from this server's own pages: send Origin with this server's address (e.g. Origin: http://127.0.0.1:8080), or configure an API key",
         ));
     }
-    if *req.method() == Method::DELETE {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// A JSON body (or, on upload routes, a declared file type); DELETE has no body.
+fn content_type(h: &actix_web::http::header::HeaderMap, uploads: bool) -> Result<(), ApiError> {
     let ct = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

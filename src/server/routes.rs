@@ -38,6 +38,9 @@ pub struct Route {
     pub action: Option<&'static str>,
     /// Takes file uploads (CSV, text) besides JSON: the content types the browser check allows.
     pub uploads: bool,
+    /// Changes nothing and is called by other programs: without keys, a JSON body suffices
+    /// (no `Origin` asked; see `browser::check`).
+    pub json_only: bool,
     handler: fn(actix_web::Route) -> actix_web::Route,
 }
 
@@ -52,6 +55,7 @@ fn route(
         access: None,
         action: None,
         uploads: false,
+        json_only: false,
         handler,
     }
 }
@@ -72,6 +76,10 @@ impl Route {
     }
     fn uploads(mut self) -> Self {
         self.uploads = true;
+        self
+    }
+    fn json_only(mut self) -> Self {
+        self.json_only = true;
         self
     }
 }
@@ -154,6 +162,23 @@ pub fn table() -> Vec<Route> {
             .needs(Admin)
             .audited("audit"),
         route(M::GET, "/metrics", |r| r.to(api::metrics)).needs(Read),
+        // Embedding endpoints in OpenAI's and text-embeddings-inference's formats.
+        route(M::POST, "/v1/embeddings", |r| r.to(api::openai_embeddings))
+            .needs(Read)
+            .audited("embed")
+            .json_only(),
+        route(M::POST, "/embed", |r| r.to(api::tei_embed))
+            .needs(Read)
+            .audited("embed")
+            .json_only(),
+        route(M::POST, "/", |r| r.to(api::tei_embed))
+            .needs(Read)
+            .audited("embed")
+            .json_only(),
+        route(M::POST, "/tokenize", |r| r.to(api::tei_tokenize))
+            .needs(Read)
+            .audited("embed")
+            .json_only(),
     ]
 }
 
@@ -195,6 +220,7 @@ pub fn register(cfg: &mut web::ServiceConfig, table: Vec<Route>) {
                 access: r.access.expect("checked: every route declares access"),
                 action: r.action,
                 uploads: r.uploads,
+                json_only: r.json_only,
             };
             let wrapped = (r.handler)(web::method(r.method.clone())).wrap(from_fn(
                 move |req: ServiceRequest, next: Next<BoxBody>| authorize(spec, req, next),
@@ -211,6 +237,7 @@ pub struct Checked {
     pub access: Access,
     pub action: Option<&'static str>,
     pub uploads: bool,
+    pub json_only: bool,
 }
 
 /// Set when the check refused the request (the audit records it as `denied`).
@@ -250,7 +277,7 @@ async fn authorize(
         // No keys: loopback only (the configuration refuses anything else). The caller is a
         // user of this machine, or a web page that user has open: the browser checks stop
         // the second.
-        if let Err(e) = super::browser::check(&req, &state.config, spec.uploads) {
+        if let Err(e) = super::browser::check(&req, &state.config, spec.uploads, spec.json_only) {
             return Ok(deny(req, None, e));
         }
         Principal::local()

@@ -3,6 +3,7 @@
 mod browser;
 mod clinical;
 mod common;
+mod compat;
 mod crash;
 pub(crate) mod encoder;
 mod eval;

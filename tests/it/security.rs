@@ -180,6 +180,24 @@ fn resources() -> Vec<(Method, &'static str, Role, Option<&'static str>)> {
         ),
         (
             Method::POST,
+            "/v1/embeddings",
+            Role::Read,
+            Some(r#"{"model": "m", "input": "heart"}"#),
+        ),
+        (
+            Method::POST,
+            "/embed",
+            Role::Read,
+            Some(r#"{"inputs": "heart"}"#),
+        ),
+        (
+            Method::POST,
+            "/tokenize",
+            Role::Read,
+            Some(r#"{"inputs": "heart"}"#),
+        ),
+        (
+            Method::POST,
             "/api/tune",
             Role::Admin,
             Some(r#"{"set": "sample", "wait": true}"#),

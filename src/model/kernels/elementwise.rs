@@ -180,7 +180,9 @@ pub fn gelu_erf_grad_inplace(x: &[f32], g: &mut [f32]) {
         _ => gelu_grad_body(x, g),
     };
     if g.len() >= 1 << 16 {
-        g.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(run);
+        g.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(run);
     } else {
         run((g, x));
     }

@@ -8,6 +8,7 @@
 //! keeps the two in step.
 
 mod annotate;
+mod compat;
 mod documents;
 mod eval;
 mod ingest;
@@ -16,6 +17,7 @@ mod search;
 mod status;
 
 pub use annotate::*;
+pub use compat::*;
 pub use documents::*;
 pub use eval::*;
 pub use ingest::*;

@@ -1,0 +1,439 @@
+//! Embedding endpoints in the formats other tools already speak: OpenAI's
+//! `POST /v1/embeddings` (the `openai` client, LangChain's and LlamaIndex's OpenAI
+//! embeddings) and text-embeddings-inference's `POST /embed`, `POST /tokenize` and
+//! `POST /` (huggingface_hub's `InferenceClient(model=URL).feature_extraction` posts to the
+//! base URL itself).
+//!
+//! Each input is one vector of its first window, as `/api/embed` gives without `windows`,
+//! through the query-batching worker; any `model` name is accepted and the served model
+//! answers (as text-embeddings-inference does), named in the reply. Errors come in each
+//! API's own shape (OpenAI: `{"error": {"message", "type", "param", "code"}}`; TEI:
+//! `{"error", "error_type"}`), so their clients raise their usual exceptions. The same keys,
+//! roles, limits and audit apply as everywhere (the route table).
+
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+
+/// Most inputs in one request (OpenAI's own limit is 2,048).
+pub const MAX_COMPAT_INPUTS: usize = 2048;
+
+/// An error in OpenAI's shape.
+fn openai_error(
+    status: StatusCode,
+    message: impl Into<String>,
+    param: Option<&str>,
+    code: &str,
+) -> HttpResponse {
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    };
+    HttpResponse::build(status).json(json!({
+        "error": {"message": message.into(), "type": kind, "param": param, "code": code}
+    }))
+}
+
+fn openai_from(e: ApiError) -> HttpResponse {
+    let mut r = openai_error(e.status, e.message.clone(), e.param.as_deref(), e.code);
+    if let Some(s) = e.retry_after {
+        r.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(s),
+        );
+    }
+    r
+}
+
+/// An error in text-embeddings-inference's shape.
+fn tei_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    let kind = match status.as_u16() {
+        413 | 422 | 400 => "Validation",
+        429 => "Overloaded",
+        401 | 403 => "Unauthorized",
+        _ => "Backend",
+    };
+    HttpResponse::build(status).json(json!({"error": message.into(), "error_type": kind}))
+}
+
+fn tei_from(e: ApiError) -> HttpResponse {
+    let status = if e.status == StatusCode::BAD_REQUEST {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        e.status
+    };
+    tei_error(status, e.message)
+}
+
+/// OpenAI's `input`: a string, strings, token ids, or arrays of token ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OpenAiInput {
+    One(String),
+    Many(Vec<String>),
+    Ids(Vec<u32>),
+    ManyIds(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenAiBody {
+    input: OpenAiInput,
+    /// Required by OpenAI's API; any name is accepted.
+    model: String,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+    /// OpenAI's end-user id: accepted and not used (never logged).
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// One input made ready for the model.
+struct Prepared {
+    seq: Vec<u32>,
+    /// The input's text (for the audit's query hash); token inputs have none.
+    text: Option<String>,
+}
+
+/// Embeds prepared inputs through the batching worker, `max_batch` at a time so that a large
+/// request does not fill the queue that searches share.
+async fn embed_all(
+    state: &State,
+    inputs: &[Prepared],
+    normalize: bool,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let step = state.config.query_batch.max(1);
+    let mut out = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(step) {
+        // Queued together, so they share forward passes.
+        let pending = chunk
+            .iter()
+            .map(|p| {
+                state
+                    .embedder
+                    .submit(p.seq.clone(), normalize, p.text.as_deref().unwrap_or(""))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in pending {
+            out.push(p.await?);
+        }
+    }
+    Ok(out)
+}
+
+fn base64_f32(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `POST /v1/embeddings`.
+pub async fn openai_embeddings(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
+    match openai_embeddings_inner(&state, &http, &body).await {
+        Ok(r) => r,
+        Err(e) => openai_from(e),
+    }
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+    let mut e = ApiError::bad_request("invalid_parameter", message);
+    e.param = Some(param.to_string());
+    e
+}
+
+async fn openai_embeddings_inner(
+    state: &State,
+    http: &HttpRequest,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let body: OpenAiBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("invalid body: {e} (expected {{\"input\": string | [string] | [int] | [[int]], \"model\": string}})"),
+        )
+    })?;
+    let _ = &body.model;
+    let enc = state.encoder.clone();
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(invalid(
+                "encoding_format",
+                format!("encoding_format {other:?}: use \"float\" or \"base64\""),
+            ))
+        }
+    };
+    if let Some(d) = body.dimensions {
+        if d != enc.dim() {
+            return Err(invalid(
+                "dimensions",
+                format!("dimensions {d}: the served model {} gives {} dimensions and cannot shorten them", enc.info().id, enc.dim()),
+            ));
+        }
+    }
+    let prepared: Vec<Prepared> = match body.input {
+        OpenAiInput::One(t) => vec![prepare_text(&enc, t, 0)?],
+        OpenAiInput::Many(ts) => {
+            check_count(ts.len())?;
+            ts.into_iter()
+                .enumerate()
+                .map(|(i, t)| prepare_text(&enc, t, i))
+                .collect::<Result<_, _>>()?
+        }
+        OpenAiInput::Ids(ids) => vec![prepare_ids(&enc, &ids, 0)?],
+        OpenAiInput::ManyIds(all) => {
+            check_count(all.len())?;
+            all.iter()
+                .enumerate()
+                .map(|(i, ids)| prepare_ids(&enc, ids, i))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    disclose_texts(http, &prepared);
+    let vectors = embed_all(state, &prepared, enc.info().normalize).await?;
+    let tokens: usize = prepared.iter().map(|p| p.seq.len()).sum();
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                json!(base64_f32(v))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "model": enc.info().id,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}
+
+fn check_count(n: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(invalid("input", "input: give at least one text"));
+    }
+    if n > MAX_COMPAT_INPUTS {
+        return Err(invalid(
+            "input",
+            format!("input: at most {MAX_COMPAT_INPUTS} inputs per request"),
+        ));
+    }
+    Ok(())
+}
+
+fn prepare_text(enc: &crate::model::Encoder, text: String, i: usize) -> Result<Prepared, ApiError> {
+    if text.trim().is_empty() {
+        return Err(invalid("input", format!("input {i} is empty")));
+    }
+    if text.len() > 1_000_000 {
+        return Err(invalid(
+            "input",
+            format!("input {i} is over 1,000,000 bytes"),
+        ));
+    }
+    let seq = enc.sequence_of(&text)?;
+    Ok(Prepared {
+        seq,
+        text: Some(text),
+    })
+}
+
+fn prepare_ids(enc: &crate::model::Encoder, ids: &[u32], i: usize) -> Result<Prepared, ApiError> {
+    if ids.is_empty() {
+        return Err(invalid("input", format!("input {i} has no tokens")));
+    }
+    let vocab = enc.tokenizer().vocab_size() as u32;
+    if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+        return Err(invalid(
+            "input",
+            format!("input {i}: token id {bad} is outside the model's vocabulary of {vocab}"),
+        ));
+    }
+    Ok(Prepared {
+        seq: enc.sequence_of_ids(ids),
+        text: None,
+    })
+}
+
+/// The audit records a hash of the texts (or the texts, when configured), as for
+/// `/api/embed`.
+fn disclose_texts(http: &HttpRequest, prepared: &[Prepared]) {
+    let texts: Vec<&str> = prepared.iter().filter_map(|p| p.text.as_deref()).collect();
+    disclose_query(http, &serde_json::to_string(&texts).unwrap_or_default());
+}
+
+/// TEI's `inputs`: a string or strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TeiInputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TeiInputs {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            TeiInputs::One(t) => vec![t],
+            TeiInputs::Many(ts) => ts,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeiEmbedBody {
+    inputs: TeiInputs,
+    #[serde(default = "yes")]
+    normalize: bool,
+    /// Cut inputs longer than the model reads; without it they are refused (413), as TEI
+    /// does by default.
+    #[serde(default)]
+    truncate: Option<bool>,
+    truncation_direction: Option<String>,
+    prompt_name: Option<String>,
+    dimensions: Option<usize>,
+}
+
+/// `POST /embed` and `POST /`.
+pub async fn tei_embed(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
+    match tei_embed_inner(&state, &http, &body).await {
+        Ok(r) => r,
+        Err(e) => tei_from(e),
+    }
+}
+
+async fn tei_embed_inner(
+    state: &State,
+    http: &HttpRequest,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let body: TeiEmbedBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("invalid body: {e} (expected {{\"inputs\": string | [string], \"normalize\"?, \"truncate\"?}})"),
+        )
+    })?;
+    let enc = state.encoder.clone();
+    if let Some(d) = body.truncation_direction.as_deref() {
+        if !d.eq_ignore_ascii_case("right") {
+            return Err(invalid(
+                "truncation_direction",
+                format!("truncation_direction {d:?}: only Right is supported"),
+            ));
+        }
+    }
+    if let Some(p) = &body.prompt_name {
+        return Err(invalid(
+            "prompt_name",
+            format!("prompt_name {p:?}: the served model has no prompts"),
+        ));
+    }
+    if let Some(d) = body.dimensions {
+        if d != enc.dim() {
+            return Err(invalid(
+                "dimensions",
+                format!("dimensions {d}: the served model gives {}", enc.dim()),
+            ));
+        }
+    }
+    let texts = body.inputs.into_vec();
+    check_count(texts.len()).map_err(|mut e| {
+        e.param = Some("inputs".into());
+        e.message = e.message.replace("input:", "inputs:");
+        e
+    })?;
+    let max = enc.max_input_tokens();
+    let mut prepared = Vec::with_capacity(texts.len());
+    for (i, t) in texts.into_iter().enumerate() {
+        if !body.truncate.unwrap_or(false) {
+            let n = enc
+                .tokenizer()
+                .encode(&t)
+                .map_err(ApiError::from)?
+                .ids
+                .len();
+            if n > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_tokens",
+                    format!("Input validation error: input {i} has {n} tokens; the model reads at most {max}: send \"truncate\": true to cut it"),
+                ));
+            }
+        }
+        prepared.push(prepare_text(&enc, t, i)?);
+    }
+    disclose_texts(http, &prepared);
+    let vectors = embed_all(state, &prepared, body.normalize).await?;
+    Ok(HttpResponse::Ok().json(vectors))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeiTokenizeBody {
+    inputs: TeiInputs,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+    /// Accepted as TEI does; inputs are tokenised whole either way.
+    #[allow(dead_code)]
+    prompt_name: Option<String>,
+}
+
+/// `POST /tokenize`: the model's tokens of each input, with byte offsets (`start`, `stop`;
+/// null for the special tokens), as text-embeddings-inference answers.
+pub async fn tei_tokenize(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
+    let run = || -> Result<HttpResponse, ApiError> {
+        let body: TeiTokenizeBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("invalid body: {e} (expected {{\"inputs\": string | [string]}})"),
+            )
+        })?;
+        let texts = body.inputs.into_vec();
+        check_count(texts.len())?;
+        disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
+        let tok = state.encoder.tokenizer();
+        let special = |id: u32| json!({"id": id, "text": tok.id_to_token(id).unwrap_or_default(), "special": true, "start": null, "stop": null});
+        let mut out = vec![];
+        for t in &texts {
+            if t.len() > 1_000_000 {
+                return Err(invalid("inputs", "an input is over 1,000,000 bytes"));
+            }
+            let tokens = tok.encode(t)?;
+            let mut row = vec![];
+            if body.add_special_tokens {
+                row.push(special(tok.cls_id));
+            }
+            for (id, (a, b)) in tokens.ids.iter().zip(&tokens.offsets) {
+                row.push(json!({
+                    "id": id,
+                    "text": t.get(*a..*b).unwrap_or_default(),
+                    "special": false,
+                    "start": a,
+                    "stop": b,
+                }));
+            }
+            if body.add_special_tokens {
+                row.push(special(tok.sep_id));
+            }
+            out.push(Value::Array(row));
+        }
+        Ok(HttpResponse::Ok().json(out))
+    };
+    run().unwrap_or_else(tei_from)
+}
