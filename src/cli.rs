@@ -175,6 +175,9 @@ pub enum Command {
     /// Assertion status of clinical text: negated, possible, historical, family and
     /// hypothetical scopes, with their triggers.
     Annotate(crate::cli_clinical::AnnotateArgs),
+    /// A search's every hit (up to --max-rows) as CSV or JSON Lines, one row per note or per
+    /// patient (a cohort); recorded in the data directory's access audit.
+    Export(crate::cli_export::ExportArgs),
     /// Classify texts with a model made by `finetune classify`; prints JSON.
     Classify {
         /// The fine-tuned classification folder (or Hub id).
@@ -1112,6 +1115,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Export(args) => crate::cli_export::run(args)?,
         Command::Annotate(mut args) => {
             let texts = if args.eval.is_some() {
                 vec![]

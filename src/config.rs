@@ -77,6 +77,8 @@ pub struct Limits {
     pub max_queued_queries: usize,
     /// Errors a job keeps in its error list (the rest are counted).
     pub max_job_errors: usize,
+    /// Rows one cohort export (`/api/search/export`) may hold (at most 10,000).
+    pub max_export_rows: usize,
 }
 
 impl Default for Limits {
@@ -89,6 +91,7 @@ impl Default for Limits {
             max_jobs: 4,
             max_queued_queries: 512,
             max_job_errors: 100,
+            max_export_rows: 10_000,
         }
     }
 }
@@ -286,7 +289,11 @@ impl ServerConfig {
             config_file: None,
             public_name: nonempty(l.public_name).map(|n| n.trim().to_ascii_lowercase()),
             audit_query_text: l.audit_query_text.unwrap_or(false),
-            limits: l.limits.unwrap_or_default(),
+            limits: {
+                let mut limits = l.limits.unwrap_or_default();
+                limits.max_export_rows = limits.max_export_rows.clamp(1, 10_000);
+                limits
+            },
             abbreviations: l.abbreviations.filter(|p| !p.as_os_str().is_empty()),
         };
         // Any key at all turns authentication on for every protected route; a bad entry

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cli;
 mod cli_access;
 mod cli_clinical;
+mod cli_export;
 mod cli_train;
 pub mod clinical;
 pub mod config;

@@ -323,6 +323,7 @@ async function searchPage(main, params) {
   const t = res.timings;
   const summary = el("p", { class: "summary", id: "summary" },
     `${res.took_ms.toFixed(1)} ms (embedding ${t.embed_ms.toFixed(1)}, BM25 ${t.bm25_ms.toFixed(1)}, vectors ${t.semantic_ms.toFixed(1)}, fusion ${res.fusion.method}${res.fusion.k !== undefined ? " k=" + res.fusion.k : ""}${res.fusion.alpha !== undefined ? " α=" + res.fusion.alpha : ""})`);
+  summary.append(" ", exportButtons(body, res.mode));
   if (res.mode === "compare") {
     const legend = el("div", { class: "legend" },
       el("span", { class: "badge in-3" }, "in all 3"), el("span", { class: "badge in-2" }, "in 2"), "hover a note to find it in the other columns");
@@ -332,6 +333,39 @@ async function searchPage(main, params) {
   } else {
     out.replaceChildren(...[expansions, ...notices].filter(Boolean), summary, el("div", { class: "columns single" }, column("hybrid", "Hybrid", "fused ranking with each retriever's rank and score", res.rankings[0], counts, qp)));
   }
+}
+
+/** Export buttons: every hit of this search (not just the page) as a CSV or JSONL file,
+ * one row per note or per patient as the search groups; side by side exports the hybrid
+ * ranking. The server records the export in the access audit. */
+function exportButtons(body, mode) {
+  const status = el("span", { class: "export-status", id: "export-status", "aria-live": "polite" });
+  const go = async (format) => {
+    const req = Object.assign({}, body, { format, mode: mode === "compare" ? "hybrid" : mode });
+    delete req.k;
+    status.textContent = "Exporting…";
+    try {
+      const headers = { "Content-Type": "application/json" };
+      const key = sessionStorage.getItem("clinsearch-key");
+      if (key) headers["Authorization"] = "Bearer " + key;
+      const r = await fetch("/api/search/export", { method: "POST", headers, body: JSON.stringify(req) });
+      if (!r.ok) {
+        const data = await r.json().catch(() => ({}));
+        throw new ApiError(r.status, (data.error || {}).code || "error", (data.error || {}).message || r.statusText);
+      }
+      const blob = await r.blob();
+      const a = el("a", { href: URL.createObjectURL(blob), download: `cohort-${req.group_by === "patient" ? "patients" : "notes"}.${format}` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      status.textContent = `${r.headers.get("x-export-rows")} rows exported`;
+    } catch (e) {
+      status.replaceChildren(errorBox(e));
+    }
+  };
+  return el("span", { class: "export" },
+    el("button", { type: "button", id: "export-csv", onclick: () => go("csv") }, "Export CSV"), " ",
+    el("button", { type: "button", id: "export-jsonl", onclick: () => go("jsonl") }, "Export JSONL"), " ", status);
 }
 
 /** Adds (or removes) an `entity=type:value` filter to the current search. */

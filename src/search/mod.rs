@@ -15,6 +15,7 @@
 //! embeddings of concurrent requests on one worker; the CLI and evaluation embed directly).
 
 pub mod dbsf;
+pub mod export;
 pub mod facets;
 mod params;
 mod present;
@@ -269,7 +270,8 @@ impl<'a> Searcher<'a> {
                 Mode::Bm25 | Mode::Semantic => need,
                 Mode::Hybrid | Mode::Compare => need.max(fusion_depth),
             },
-        };
+        }
+        .max(req.min_depth);
 
         let t = Instant::now();
         let plan = self.plan(req)?;

@@ -184,6 +184,10 @@ pub struct SearchRequest {
     /// Whether the request named a fusion (`fusion`, `rrf_k` or `alpha`); when it did not,
     /// a fusion tuned for the collection replaces the default.
     pub fusion_explicit: bool,
+    /// Retrieve at least this many candidates from each retriever whatever the page: an
+    /// export reads a ranking page by page and needs every page cut from the same ranking
+    /// (with depth following the page, a deeper page can fuse differently).
+    pub min_depth: usize,
 }
 
 impl SearchRequest {
@@ -207,6 +211,7 @@ impl SearchRequest {
             bm25: Bm25Params::default(),
             note_score: NoteScore::Max,
             note_score_explicit: false,
+            min_depth: 0,
         }
     }
 

@@ -105,6 +105,12 @@ pub fn table() -> Vec<Route> {
         route(M::POST, "/api/search", |r| r.to(api::search_post))
             .needs(Read)
             .audited("search"),
+        route(M::GET, "/api/search/export", |r| r.to(api::export_get))
+            .needs(Read)
+            .audited("export"),
+        route(M::POST, "/api/search/export", |r| r.to(api::export_post))
+            .needs(Read)
+            .audited("export"),
         route(M::POST, "/api/documents", |r| r.to(api::documents_post))
             .needs(Write)
             .audited("ingest"),

@@ -259,6 +259,12 @@ fn search_shows_three_columns_then_a_note_opens_with_its_matches() {
     );
     b.screenshot("search");
 
+    // Export: every hit of the search as a file, the count shown.
+    b.click(&b.wait("#export-csv"));
+    let status = b.wait_text("#export-status", "rows exported");
+    let n: usize = status.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(n > 10, "{status}: more than the page");
+
     // The keyboard: a new query typed into the box and submitted with Enter.
     let q = b.wait("#q");
     b.script("arguments[0].value = ''", vec![json!({ELEMENT: q})]);

@@ -7,6 +7,7 @@ mod compat;
 mod crash;
 pub(crate) mod encoder;
 mod eval;
+mod export;
 mod faults;
 #[cfg(any(feature = "cuda", feature = "metal"))]
 mod gpu;

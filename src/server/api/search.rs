@@ -30,7 +30,7 @@ pub async fn search_post(
     run_search(state, &http, caller, req).await
 }
 
-fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::bad_request(
             "invalid_json",

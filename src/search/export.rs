@@ -1,0 +1,253 @@
+//! Cohort export: every hit of a search (not one page), up to a cap, as CSV or JSON Lines:
+//! one row per note, or with `group_by=patient` one row per patient. The search API
+//! (`/api/search/export`) and `clinsearch export` both write through here.
+//!
+//! The ranking is read page by page ([`EXPORT_PAGE`] hits at a time) and each row is written
+//! as soon as its page is ranked, so an export of many notes never holds them all in memory.
+
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
+
+use super::{GroupBy, Hit, Mode, SearchRequest, Searcher};
+use crate::error::{Error, Result};
+
+/// Hits ranked per page of an export.
+pub const EXPORT_PAGE: usize = 200;
+
+/// The two formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "csv" => Ok(ExportFormat::Csv),
+            "jsonl" | "ndjson" => Ok(ExportFormat::Jsonl),
+            other => Err(Error::InvalidInput(format!(
+                "format {other:?}: use csv or jsonl"
+            ))),
+        }
+    }
+}
+
+impl ExportFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Jsonl => "application/x-ndjson",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Columns of a note row.
+pub const NOTE_COLUMNS: &[&str] = &[
+    "rank",
+    "note_id",
+    "patient_id",
+    "date",
+    "note_type",
+    "specialty",
+    "title",
+    "score",
+    "bm25_rank",
+    "bm25_score",
+    "semantic_rank",
+    "semantic_score",
+    "fused_score",
+    "snippet",
+];
+
+/// Columns of a patient row (`group_by=patient`).
+pub const PATIENT_COLUMNS: &[&str] = &[
+    "rank",
+    "patient_id",
+    "matching_notes",
+    "first_date",
+    "last_date",
+    "best_note_id",
+    "best_note_date",
+    "score",
+    "snippet",
+];
+
+/// What an export must be given before it may run: one ranking (not `compare`) and a
+/// bounded number of rows.
+pub fn check(req: &SearchRequest, limit: usize, cap: usize) -> Result<()> {
+    if req.mode == Mode::Compare {
+        return Err(Error::InvalidInput(
+            "mode=compare: an export is one ranking; use bm25, semantic or hybrid".into(),
+        ));
+    }
+    if limit == 0 || limit > cap {
+        return Err(Error::InvalidInput(format!(
+            "limit {limit}: between 1 and {cap} rows (the configured max_export_rows)"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes rows in one format: the header first (CSV), then one line per row.
+pub struct RowWriter {
+    format: ExportFormat,
+    columns: &'static [&'static str],
+}
+
+impl RowWriter {
+    pub fn new(format: ExportFormat, group_by: GroupBy) -> Self {
+        let columns = match group_by {
+            GroupBy::Note => NOTE_COLUMNS,
+            GroupBy::Patient => PATIENT_COLUMNS,
+        };
+        RowWriter { format, columns }
+    }
+
+    /// The first line (CSV's header; nothing for JSON Lines).
+    pub fn header(&self) -> String {
+        match self.format {
+            ExportFormat::Csv => csv_line(self.columns.iter().map(|c| c.to_string())),
+            ExportFormat::Jsonl => String::new(),
+        }
+    }
+
+    /// One row (`values` in column order) as a line.
+    pub fn line(&self, values: &[Value]) -> String {
+        match self.format {
+            ExportFormat::Csv => csv_line(values.iter().map(|v| match v {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })),
+            ExportFormat::Jsonl => {
+                let mut m = serde_json::Map::new();
+                for (c, v) in self.columns.iter().zip(values) {
+                    m.insert(c.to_string(), v.clone());
+                }
+                format!("{}\n", Value::Object(m))
+            }
+        }
+    }
+}
+
+fn csv_line(fields: impl Iterator<Item = String>) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(vec![]);
+    let fields: Vec<String> = fields.collect();
+    w.write_record(&fields).expect("writing to memory");
+    String::from_utf8(w.into_inner().expect("writing to memory")).expect("utf-8 in, utf-8 out")
+}
+
+fn snippet_text(hit: &Hit) -> String {
+    let s: String = hit.snippet.iter().map(|s| s.text.as_str()).collect();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn opt<T: serde::Serialize>(v: &Option<T>) -> Value {
+    v.as_ref().map_or(Value::Null, |x| json!(x))
+}
+
+/// The values of a note row (in [`NOTE_COLUMNS`] order).
+pub fn note_values(hit: &Hit) -> Vec<Value> {
+    vec![
+        json!(hit.rank),
+        json!(hit.id),
+        opt(&hit.patient_id),
+        opt(&hit.date),
+        opt(&hit.note_type),
+        opt(&hit.specialty),
+        opt(&hit.title),
+        json!(hit.score),
+        opt(&hit.bm25.rank),
+        opt(&hit.bm25.score),
+        opt(&hit.semantic.rank),
+        opt(&hit.semantic.score),
+        opt(&hit.fused),
+        json!(snippet_text(hit)),
+    ]
+}
+
+/// The values of a patient row (in [`PATIENT_COLUMNS`] order): `dates` gives a note's date
+/// (from the store).
+pub fn patient_values(hit: &Hit, dates: &dyn Fn(&str) -> Option<String>) -> Vec<Value> {
+    let (patient, notes) = match &hit.group {
+        Some(g) => (Some(g.patient_id.clone()), g.note_ids.clone()),
+        None => (hit.patient_id.clone(), vec![hit.id.clone()]),
+    };
+    let mut all: Vec<String> = notes.iter().filter_map(|n| dates(n)).collect();
+    all.sort();
+    vec![
+        json!(hit.rank),
+        opt(&patient),
+        json!(notes.len()),
+        opt(&all.first().cloned()),
+        opt(&all.last().cloned()),
+        json!(hit.id),
+        opt(&hit.date),
+        json!(hit.score),
+        json!(snippet_text(hit)),
+    ]
+}
+
+/// Ranks `req` page by page and hands each hit of its ranking to `each`, best first, up to
+/// `limit` hits; `each` returns false to stop. Returns the hits handed over. A note (or
+/// patient) seen on an earlier page is not handed over again (pages are re-ranked, and the
+/// collection may change meanwhile).
+pub fn for_each_hit(
+    searcher: &Searcher<'_>,
+    req: &SearchRequest,
+    query_vector: Option<&[f32]>,
+    limit: usize,
+    each: &mut dyn FnMut(&Hit) -> Result<bool>,
+) -> Result<usize> {
+    let mut seen = HashSet::new();
+    let mut n = 0;
+    let mut offset = 0;
+    while n < limit {
+        let k = EXPORT_PAGE.min(limit - n);
+        let page = SearchRequest {
+            offset,
+            k,
+            // Every page from the same candidates, so pages neither repeat nor skip a hit.
+            min_depth: match req.group_by {
+                GroupBy::Note => limit,
+                GroupBy::Patient => limit * 5,
+            },
+            ..req.clone()
+        };
+        let resp = searcher.search(&page, query_vector)?;
+        let Some(ranking) = resp.ranking(req.mode) else {
+            break;
+        };
+        let hits = &ranking.hits;
+        for h in hits {
+            let key = match &h.group {
+                Some(g) => format!("patient:{}", g.patient_id),
+                None => format!("note:{}", h.id),
+            };
+            if !seen.insert(key) {
+                continue;
+            }
+            if n >= limit || !each(h)? {
+                return Ok(n);
+            }
+            n += 1;
+        }
+        if hits.len() < k {
+            break;
+        }
+        offset += k;
+    }
+    Ok(n)
+}

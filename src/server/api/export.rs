@@ -1,0 +1,199 @@
+//! `GET|POST /api/search/export`: a search's every hit (up to `max_export_rows`) as CSV or
+//! JSON Lines, one row per note or per patient (`search::export`).
+//!
+//! Two passes, so that the audit line (written before the reply leaves) names every note
+//! the export contains, and the rows still stream: the first ranks the hits keeping only
+//! their ids and patients; the reply's body is then written by a second pass, page by page,
+//! keeping only the notes the first pass found (a note stored in between is left out, so
+//! the export never holds a note the audit does not name).
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::*;
+use crate::search::export::{self, ExportFormat, RowWriter};
+use crate::search::GroupBy;
+
+/// The parameters a search page has and an export ignores (it takes every hit).
+const PAGING: &[&str] = &["k", "limit", "offset"];
+
+pub async fn export_get(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    query: web::Query<Vec<(String, String)>>,
+) -> ApiResult {
+    run_export(state, &http, caller, query.into_inner()).await
+}
+
+pub async fn export_post(
+    state: State,
+    http: HttpRequest,
+    caller: Caller,
+    body: web::Json<Value>,
+) -> ApiResult {
+    let pairs = super::search::flatten_params(&body)?;
+    run_export(state, &http, caller, pairs).await
+}
+
+fn param_error(param: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        param: Some(param.to_string()),
+        ..ApiError::bad_request("invalid_parameter", format!("{param}: {e}"))
+    }
+}
+
+async fn run_export(
+    state: State,
+    http: &HttpRequest,
+    caller: Caller,
+    pairs: Vec<(String, String)>,
+) -> ApiResult {
+    let cap = state.config.limits.max_export_rows;
+    let mut format = ExportFormat::Csv;
+    let mut max_rows = cap;
+    let mut search = vec![];
+    for (k, v) in pairs {
+        match k.as_str() {
+            "format" => format = v.parse().map_err(|e| param_error("format", e))?,
+            "max_rows" => {
+                max_rows = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| param_error("max_rows", format!("{v:?} is not a whole number")))?
+            }
+            p if PAGING.contains(&p) => {}
+            _ => search.push((k, v)),
+        }
+    }
+    let mut req = SearchRequest::from_params(search.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    if max_rows == 0 || max_rows > cap {
+        return Err(param_error(
+            "max_rows",
+            format!("between 1 and {cap} (the configured max_export_rows)"),
+        ));
+    }
+    export::check(&req, max_rows, cap).map_err(|e| param_error("mode", e))?;
+    req.check()?;
+    disclose_query(http, &req.q);
+    req.filter = caller.0.scope(&req.filter);
+    let qv = if req.mode.needs_vector() {
+        Some(state.embedder.embed(&req.embedding_text()).await?)
+    } else {
+        None
+    };
+
+    // Pass 1: which notes (and patients) the export holds; the audit names them all.
+    let (st, r, v) = (state.clone(), req.clone(), qv.clone());
+    let found = web::block(
+        move || -> Result<Vec<(String, Option<String>, Vec<String>)>, Error> {
+            let s = searcher(&st);
+            let mut out = vec![];
+            export::for_each_hit(&s, &r, v.as_deref(), max_rows, &mut |h| {
+                let group = h
+                    .group
+                    .as_ref()
+                    .map(|g| g.note_ids.clone())
+                    .unwrap_or_default();
+                let patient = h
+                    .group
+                    .as_ref()
+                    .map(|g| g.patient_id.clone())
+                    .or(h.patient_id.clone());
+                out.push((h.id.clone(), patient, group));
+                Ok(true)
+            })?;
+            Ok(out)
+        },
+    )
+    .await??;
+    let mut allowed = HashSet::new();
+    for (id, patient, group) in &found {
+        disclose(http, id, patient.as_deref());
+        allowed.insert(id.clone());
+        for n in group {
+            disclose(http, n, patient.as_deref());
+        }
+    }
+
+    // Pass 2: the rows, streamed as they are ranked.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let rows = found.len();
+    let st = state.clone();
+    std::thread::Builder::new()
+        .name("export".into())
+        .spawn(move || {
+            let writer = RowWriter::new(format, req.group_by);
+            let send = |text: String| tx.blocking_send(Ok(Bytes::from(text))).is_ok();
+            if !send(writer.header()) {
+                return;
+            }
+            let s = searcher(&st);
+            let dates = |id: &str| -> Option<String> {
+                st.engine
+                    .store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| n.note.date)
+            };
+            let mut written = 0;
+            let result = export::for_each_hit(&s, &req, qv.as_deref(), max_rows, &mut |h| {
+                if written >= rows || !allowed.contains(&h.id) {
+                    return Ok(written < rows);
+                }
+                let values = match req.group_by {
+                    GroupBy::Note => export::note_values(h),
+                    GroupBy::Patient => export::patient_values(h, &dates),
+                };
+                written += 1;
+                Ok(send(writer.line(&values)))
+            });
+            if let Err(e) = result {
+                // The status line has gone; all that is left is to cut the body short.
+                tracing::error!("export failed after its first rows: {e}");
+                let _ = tx.blocking_send(Err(std::io::Error::other("the export failed")));
+            }
+        })
+        .map_err(|e| Error::io("export thread", e))?;
+    let name = match req_group(&search) {
+        true => "cohort-patients",
+        false => "cohort-notes",
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(format.content_type())
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}.{}\"", format.extension()),
+        ))
+        .insert_header(("x-export-rows", rows.to_string()))
+        .streaming(Chunks(rx)))
+}
+
+fn req_group(params: &[(String, String)]) -> bool {
+    params
+        .iter()
+        .any(|(k, v)| k == "group_by" && v.trim().eq_ignore_ascii_case("patient"))
+}
+
+fn searcher(st: &AppState) -> Searcher<'_> {
+    let mut s = Searcher::new(&st.engine);
+    s.abbreviations = st.abbreviations.clone();
+    s.ef = st.config.ef_search;
+    s
+}
+
+/// The rows as the reply's body.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
