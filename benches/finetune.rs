@@ -27,7 +27,6 @@
 //! Everything goes through the `clinsearch` binary (finetune, ingest, eval) except the
 //! baselines and the classifier's test predictions (library calls).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

@@ -26,7 +26,6 @@ use std::time::Instant;
 use serde_json::Value;
 
 #[path = "common/mtsamples.rs"]
-#[allow(dead_code)] // the training part of the split is the fine-tuning benchmark's
 mod mtsamples;
 
 #[path = "common/cpu.rs"]

@@ -872,6 +872,7 @@ mod tests {
             assert_eq!(m.labels[0], NOT_PREDICTED);
             assert_eq!(m.labels[ids.len() - 1], NOT_PREDICTED);
             assert_eq!((m.input[0], m.input[ids.len() - 1]), (1, 2));
+            #[allow(clippy::needless_range_loop)] // three arrays by one index
             for i in 0..ids.len() {
                 if m.labels[i] == NOT_PREDICTED {
                     assert_eq!(m.input[i], ids[i], "an unchosen token is left as it is");

@@ -19,6 +19,9 @@ use super::*;
 use crate::search::export::{self, ExportFormat, RowWriter};
 use crate::search::GroupBy;
 
+/// What the first pass keeps of a hit: the note, its patient, the notes grouped under it.
+type Found = (String, Option<String>, Vec<String>);
+
 /// The parameters a search page has and an export ignores (it takes every hit).
 const PAGING: &[&str] = &["k", "limit", "offset"];
 
@@ -90,27 +93,25 @@ async fn run_export(
 
     // Pass 1: which notes (and patients) the export holds; the audit names them all.
     let (st, r, v) = (state.clone(), req.clone(), qv.clone());
-    let found = web::block(
-        move || -> Result<Vec<(String, Option<String>, Vec<String>)>, Error> {
-            let s = searcher(&st);
-            let mut out = vec![];
-            export::for_each_hit(&s, &r, v.as_deref(), max_rows, &mut |h| {
-                let group = h
-                    .group
-                    .as_ref()
-                    .map(|g| g.note_ids.clone())
-                    .unwrap_or_default();
-                let patient = h
-                    .group
-                    .as_ref()
-                    .map(|g| g.patient_id.clone())
-                    .or(h.patient_id.clone());
-                out.push((h.id.clone(), patient, group));
-                Ok(true)
-            })?;
-            Ok(out)
-        },
-    )
+    let found = web::block(move || -> Result<Vec<Found>, Error> {
+        let s = searcher(&st);
+        let mut out = vec![];
+        export::for_each_hit(&s, &r, v.as_deref(), max_rows, &mut |h| {
+            let group = h
+                .group
+                .as_ref()
+                .map(|g| g.note_ids.clone())
+                .unwrap_or_default();
+            let patient = h
+                .group
+                .as_ref()
+                .map(|g| g.patient_id.clone())
+                .or(h.patient_id.clone());
+            out.push((h.id.clone(), patient, group));
+            Ok(true)
+        })?;
+        Ok(out)
+    })
     .await??;
     let mut allowed = HashSet::new();
     for (id, patient, group) in &found {
