@@ -221,6 +221,16 @@ pub fn register(cfg: &mut web::ServiceConfig, table: Vec<Route>) {
     }
     for (path, routes) in by_path {
         let mut res = web::resource(path);
+        // Any other method: 405 with the methods this path has (RFC 9110 asks for `Allow`).
+        let allow = routes
+            .iter()
+            .map(|r| r.method.as_str().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        res = res.default_service(web::to(move |req: HttpRequest| {
+            let allow = allow.clone();
+            async move { method_not_allowed(req.method(), &allow) }
+        }));
         for r in routes {
             let spec = Checked {
                 access: r.access.expect("checked: every route declares access"),
@@ -235,6 +245,27 @@ pub fn register(cfg: &mut web::ServiceConfig, table: Vec<Route>) {
         }
         cfg.service(res);
     }
+}
+
+/// 405 in the API's error shape, with `Allow`.
+fn method_not_allowed(method: &Method, allow: &str) -> actix_web::HttpResponse {
+    // The method is echoed only when it is a token of plain letters (never request text).
+    let name = method.as_str();
+    let shown = if name.len() <= 16 && name.bytes().all(|b| b.is_ascii_alphabetic()) {
+        name
+    } else {
+        "this method"
+    };
+    let mut r = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{shown} is not supported on this endpoint; it takes {allow}"),
+    )
+    .error_response();
+    if let Ok(v) = header::HeaderValue::from_str(allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
 }
 
 /// What the check of a matched route knows; left in the request for the audit.

@@ -1309,3 +1309,41 @@ async fn bm25_parameters_change_the_keyword_scores_and_are_checked() {
         );
     }
 }
+
+/// A method a path does not take is 405 with `Allow` naming those it does (what HTTP asks,
+/// and what API testers check), for every path of the route table, TRACE included.
+#[actix_web::test]
+async fn an_undeclared_method_is_405_with_allow() {
+    let app = test::init_service(server::app(shared().state.clone())).await;
+    let mut by_path: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in server::routes::table() {
+        by_path
+            .entry(r.path)
+            .or_default()
+            .push(r.method.as_str().to_string());
+    }
+    for (path, methods) in by_path {
+        let uri = path
+            .replace("{id}", "N1")
+            .replace("{job}", "job-1")
+            .replace("{file}", "app.js");
+        for m in ["TRACE", "PUT", "PATCH"] {
+            if methods.iter().any(|x| x == m) {
+                continue;
+            }
+            let req = TestRequest::default()
+                .method(actix_web::http::Method::from_bytes(m.as_bytes()).unwrap())
+                .uri(&uri)
+                .to_request();
+            let res = test::call_service(&app, same_origin(req)).await;
+            assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{m} {uri}");
+            let allow = res
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(allow, Some(methods.join(", ")), "{m} {uri}");
+            let v: Value = serde_json::from_slice(&test::read_body(res).await).unwrap();
+            assert_eq!(v["error"]["code"], "method_not_allowed", "{m} {uri}");
+        }
+    }
+}
