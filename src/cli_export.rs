@@ -121,16 +121,24 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // Pass 1: the notes the export holds, recorded in the audit before any is written.
     let mut notes = vec![];
     let mut patients = vec![];
-    export::for_each_hit(&searcher, &req, qv.as_deref(), args.max_rows, &mut |h| {
-        notes.push(h.id.clone());
-        if let Some(g) = &h.group {
-            notes.extend(g.note_ids.iter().cloned());
-            patients.push(g.patient_id.clone());
-        } else if let Some(p) = &h.patient_id {
-            patients.push(p.clone());
-        }
-        Ok(true)
-    })?;
+    export::for_each_hit(
+        &searcher,
+        &req,
+        qv.as_deref(),
+        args.max_rows,
+        true,
+        &mut |h| {
+            notes.push(h.id.clone());
+            if let Some(g) = &h.group {
+                notes.extend(g.note_ids.iter().cloned());
+                patients.push(g.patient_id.clone());
+            } else if let Some(p) = engine.store.get(&h.id)?.and_then(|n| n.note.patient_id) {
+                // A first pass's note hits carry no patient: the store has it.
+                patients.push(p);
+            }
+            Ok(true)
+        },
+    )?;
     notes.sort();
     notes.dedup();
     patients.sort();
@@ -157,23 +165,30 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     let mut rows = 0;
     let mut io_error = None;
-    export::for_each_hit(&searcher, &req, qv.as_deref(), args.max_rows, &mut |h| {
-        if !allowed.contains(&h.id) {
-            return Ok(true);
-        }
-        let values = match req.group_by {
-            GroupBy::Note => export::note_values(h),
-            GroupBy::Patient => export::patient_values(h, &dates),
-        };
-        rows += 1;
-        match out.write_all(writer.line(&values).as_bytes()) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                io_error = Some(e);
-                Ok(false)
+    export::for_each_hit(
+        &searcher,
+        &req,
+        qv.as_deref(),
+        args.max_rows,
+        false,
+        &mut |h| {
+            if !allowed.contains(&h.id) {
+                return Ok(true);
             }
-        }
-    })?;
+            let values = match req.group_by {
+                GroupBy::Note => export::note_values(h),
+                GroupBy::Patient => export::patient_values(h, &dates),
+            };
+            rows += 1;
+            match out.write_all(writer.line(&values).as_bytes()) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    io_error = Some(e);
+                    Ok(false)
+                }
+            }
+        },
+    )?;
     if let Some(e) = io_error {
         return Err(e).context("writing the export");
     }

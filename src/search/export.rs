@@ -203,12 +203,15 @@ pub fn patient_values(hit: &Hit, dates: &dyn Fn(&str) -> Option<String>) -> Vec<
 /// Ranks `req` page by page and hands each hit of its ranking to `each`, best first, up to
 /// `limit` hits; `each` returns false to stop. Returns the hits handed over. A note (or
 /// patient) seen on an earlier page is not handed over again (pages are re-ranked, and the
-/// collection may change meanwhile).
+/// collection may change meanwhile). `ids_only`: hits carry ids, ranks and scores but no
+/// snippets or metadata (a first pass that only needs to know which notes; grouped by
+/// patient the groups still come whole).
 pub fn for_each_hit(
     searcher: &Searcher<'_>,
     req: &SearchRequest,
     query_vector: Option<&[f32]>,
     limit: usize,
+    ids_only: bool,
     each: &mut dyn FnMut(&Hit) -> Result<bool>,
 ) -> Result<usize> {
     let mut seen = HashSet::new();
@@ -224,6 +227,7 @@ pub fn for_each_hit(
                 GroupBy::Note => limit,
                 GroupBy::Patient => limit * 5,
             },
+            details: req.details && !(ids_only && req.group_by == GroupBy::Note),
             ..req.clone()
         };
         let resp = searcher.search(&page, query_vector)?;

@@ -96,17 +96,17 @@ async fn run_export(
     let found = web::block(move || -> Result<Vec<Found>, Error> {
         let s = searcher(&st);
         let mut out = vec![];
-        export::for_each_hit(&s, &r, v.as_deref(), max_rows, &mut |h| {
+        export::for_each_hit(&s, &r, v.as_deref(), max_rows, true, &mut |h| {
             let group = h
                 .group
                 .as_ref()
                 .map(|g| g.note_ids.clone())
                 .unwrap_or_default();
-            let patient = h
-                .group
-                .as_ref()
-                .map(|g| g.patient_id.clone())
-                .or(h.patient_id.clone());
+            // A first pass's note hits carry no patient: the store has it.
+            let patient = match &h.group {
+                Some(g) => Some(g.patient_id.clone()),
+                None => st.engine.store.get(&h.id)?.and_then(|n| n.note.patient_id),
+            };
             out.push((h.id.clone(), patient, group));
             Ok(true)
         })?;
@@ -144,7 +144,7 @@ async fn run_export(
                     .and_then(|n| n.note.date)
             };
             let mut written = 0;
-            let result = export::for_each_hit(&s, &req, qv.as_deref(), max_rows, &mut |h| {
+            let result = export::for_each_hit(&s, &req, qv.as_deref(), max_rows, false, &mut |h| {
                 if written >= rows || !allowed.contains(&h.id) {
                     return Ok(written < rows);
                 }
