@@ -255,3 +255,52 @@ pub fn for_each_hit(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commas, quotes and line breaks in a snippet stay inside their CSV field; JSON Lines
+    /// names every column; nulls are empty fields.
+    #[test]
+    fn rows_are_quoted_as_csv_readers_expect_and_jsonl_names_every_column() {
+        let w = RowWriter::new(ExportFormat::Csv, GroupBy::Note);
+        let mut values: Vec<Value> = NOTE_COLUMNS.iter().map(|_| Value::Null).collect();
+        values[0] = json!(1);
+        values[1] = json!("N,1");
+        values[13] = json!("said \"no\",\nthen left");
+        let text = format!("{}{}", w.header(), w.line(&values));
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(r.headers().unwrap().len(), NOTE_COLUMNS.len());
+        let row = r.records().next().unwrap().unwrap();
+        assert_eq!(&row[1], "N,1");
+        assert_eq!(&row[13], "said \"no\",\nthen left");
+        assert_eq!(&row[2], "");
+
+        let j = RowWriter::new(ExportFormat::Jsonl, GroupBy::Patient);
+        assert_eq!(j.header(), "");
+        let v: Value =
+            serde_json::from_str(j.line(&vec![json!(7); PATIENT_COLUMNS.len()]).trim()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), PATIENT_COLUMNS.len());
+        assert_eq!(v["matching_notes"], 7);
+    }
+
+    #[test]
+    fn formats_and_checks() {
+        assert_eq!("CSV".parse::<ExportFormat>().unwrap(), ExportFormat::Csv);
+        assert_eq!(
+            "ndjson".parse::<ExportFormat>().unwrap(),
+            ExportFormat::Jsonl
+        );
+        assert!("xml".parse::<ExportFormat>().is_err());
+        let mut req = SearchRequest::new("pain", Mode::Compare, 10);
+        assert!(check(&req, 10, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("compare"));
+        req.mode = Mode::Bm25;
+        assert!(check(&req, 0, 100).is_err());
+        assert!(check(&req, 101, 100).is_err());
+        assert!(check(&req, 100, 100).is_ok());
+    }
+}
