@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::cli::{DataArgs, ModelArgs};
-use crate::search::export::{self, ExportFormat, RowWriter};
+use crate::search::export::{self, ExportFormat};
 use crate::search::{GroupBy, SearchRequest, Searcher};
 
 #[derive(Args, Debug, Clone)]
@@ -119,32 +119,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
         crate::clinical::abbrev::Dictionary::load(args.abbreviations.as_deref())?;
 
     // Pass 1: the notes the export holds, recorded in the audit before any is written.
-    let mut notes = vec![];
-    let mut patients = vec![];
-    export::for_each_hit(
-        &searcher,
-        &req,
-        qv.as_deref(),
-        args.max_rows,
-        true,
-        &mut |h| {
-            notes.push(h.id.clone());
-            if let Some(g) = &h.group {
-                notes.extend(g.note_ids.iter().cloned());
-                patients.push(g.patient_id.clone());
-            } else if let Some(p) = engine.store.get(&h.id)?.and_then(|n| n.note.patient_id) {
-                // A first pass's note hits carry no patient: the store has it.
-                patients.push(p);
-            }
-            Ok(true)
-        },
-    )?;
-    notes.sort();
-    notes.dedup();
-    patients.sort();
-    patients.dedup();
-    let allowed: std::collections::HashSet<String> = notes.iter().cloned().collect();
-    audit(&args, &req, &notes, &patients)?;
+    let cohort = export::find(&searcher, &req, qv.as_deref(), args.max_rows)?;
+    audit(&args, &req, &cohort.notes, &cohort.patients)?;
 
     // Pass 2: the rows.
     let mut out: Box<dyn Write> = match &args.out {
@@ -153,39 +129,19 @@ pub fn run(args: ExportArgs) -> Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let writer = RowWriter::new(format, req.group_by);
-    out.write_all(writer.header().as_bytes())?;
-    let dates = |id: &str| -> Option<String> {
-        engine
-            .store
-            .get(id)
-            .ok()
-            .flatten()
-            .and_then(|n| n.note.date)
-    };
-    let mut rows = 0;
     let mut io_error = None;
-    export::for_each_hit(
+    let rows = export::write_rows(
         &searcher,
         &req,
         qv.as_deref(),
         args.max_rows,
-        false,
-        &mut |h| {
-            if !allowed.contains(&h.id) {
-                return Ok(true);
-            }
-            let values = match req.group_by {
-                GroupBy::Note => export::note_values(h),
-                GroupBy::Patient => export::patient_values(h, &dates),
-            };
-            rows += 1;
-            match out.write_all(writer.line(&values).as_bytes()) {
-                Ok(()) => Ok(true),
-                Err(e) => {
-                    io_error = Some(e);
-                    Ok(false)
-                }
+        &cohort,
+        format,
+        &mut |line| match out.write_all(line.as_bytes()) {
+            Ok(()) => true,
+            Err(e) => {
+                io_error = Some(e);
+                false
             }
         },
     )?;
@@ -200,8 +156,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     eprintln!(
         "exported {rows} {unit} ({} notes of {} patients recorded in the access audit)",
-        notes.len(),
-        patients.len()
+        cohort.notes.len(),
+        cohort.patients.len()
     );
     Ok(())
 }

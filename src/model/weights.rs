@@ -98,7 +98,8 @@ pub fn normalize_key(key: &str) -> String {
     key
 }
 
-/// All tensors of a checkpoint, on the CPU, under normalised names.
+/// All tensors of a checkpoint, on the CPU, under normalised names (cloning shares them).
+#[derive(Clone)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
     /// Where they came from, for error messages.

@@ -256,6 +256,98 @@ pub fn for_each_hit(
     Ok(n)
 }
 
+/// What an export holds, found by a first pass that ranks without snippets: the audit
+/// names these before any row is written.
+#[derive(Debug, Clone, Default)]
+pub struct Cohort {
+    /// The hits (notes, or each patient's best note), in ranking order.
+    pub hits: Vec<String>,
+    /// Every note the rows disclose (the hits and the notes grouped under them), sorted.
+    pub notes: Vec<String>,
+    /// Their patients, sorted.
+    pub patients: Vec<String>,
+}
+
+/// The first pass of an export (see [`Cohort`]).
+pub fn find(
+    searcher: &Searcher<'_>,
+    req: &SearchRequest,
+    query_vector: Option<&[f32]>,
+    limit: usize,
+) -> Result<Cohort> {
+    let mut c = Cohort::default();
+    for_each_hit(searcher, req, query_vector, limit, true, &mut |h| {
+        c.hits.push(h.id.clone());
+        c.notes.push(h.id.clone());
+        match &h.group {
+            Some(g) => {
+                c.notes.extend(g.note_ids.iter().cloned());
+                c.patients.push(g.patient_id.clone());
+            }
+            // Without details a note's hit carries no patient: the store has it.
+            None => c.patients.extend(
+                searcher
+                    .engine
+                    .store
+                    .get(&h.id)?
+                    .and_then(|n| n.note.patient_id),
+            ),
+        }
+        Ok(true)
+    })?;
+    for v in [&mut c.notes, &mut c.patients] {
+        v.sort();
+        v.dedup();
+    }
+    Ok(c)
+}
+
+/// The second pass: the header, then one line per hit of `cohort` (a note found since is
+/// left out, so the rows never hold a note the audit does not name), each handed to `emit`
+/// as soon as its page is ranked; `emit` returns false to stop. `limit` is the first pass's
+/// (the depth every page is cut from). Returns the rows written.
+pub fn write_rows(
+    searcher: &Searcher<'_>,
+    req: &SearchRequest,
+    query_vector: Option<&[f32]>,
+    limit: usize,
+    cohort: &Cohort,
+    format: ExportFormat,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<usize> {
+    let writer = RowWriter::new(format, req.group_by);
+    if !emit(writer.header()) {
+        return Ok(0);
+    }
+    let allowed: HashSet<&str> = cohort.hits.iter().map(String::as_str).collect();
+    let dates = |id: &str| -> Option<String> {
+        searcher
+            .engine
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .and_then(|n| n.note.date)
+    };
+    let mut written = 0;
+    let rows = cohort.hits.len();
+    for_each_hit(searcher, req, query_vector, limit, false, &mut |h| {
+        if written >= rows {
+            return Ok(false);
+        }
+        if !allowed.contains(h.id.as_str()) {
+            return Ok(true);
+        }
+        let values = match req.group_by {
+            GroupBy::Note => note_values(h),
+            GroupBy::Patient => patient_values(h, &dates),
+        };
+        written += 1;
+        Ok(emit(writer.line(&values)))
+    })?;
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,28 @@ pub fn disclose(req: &HttpRequest, note: &str, patient: Option<&str>) {
     }
 }
 
+/// Records that the reply to `req` shows `notes` of `patients` (a list, not pairs: the
+/// audit line keeps the two apart).
+pub fn disclose_all(req: &HttpRequest, notes: &[String], patients: &[String]) {
+    for n in notes {
+        disclose(req, n, None);
+    }
+    let mut ext = req.extensions_mut();
+    let d = ext.get_mut::<Disclosed>();
+    let d = match d {
+        Some(d) => d,
+        None => {
+            ext.insert(Disclosed::default());
+            ext.get_mut::<Disclosed>().expect("inserted above")
+        }
+    };
+    for p in patients {
+        if !d.patient_ids.contains(p) {
+            d.patient_ids.push(p.clone());
+        }
+    }
+}
+
 /// Records the query (or input text) of `req`, hashed in the audit unless the configuration
 /// asks for the text.
 pub fn disclose_query(req: &HttpRequest, text: &str) {

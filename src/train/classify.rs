@@ -393,14 +393,8 @@ pub fn finetune(
     let device = &args.device;
     let h = base.config.hidden_size;
     let (mut model, pooler, head) = {
-        let from_ckpt;
-        let w: &Weights = match &resume {
-            Some((ckpt, _)) => {
-                from_ckpt = Weights::load(ckpt)?;
-                &from_ckpt
-            }
-            None => &base.weights,
-        };
+        let w = base.starting_weights(resume.as_ref().map(|(c, _)| c.as_path()))?;
+        let w: &Weights = &w;
         let model = BertModel::load(w, &base.config, DType::F32, device)?;
         let mut rng = fastrand::Rng::with_seed(opts.seed);
         let fresh = |rng: &mut fastrand::Rng, out: usize| -> Result<Linear> {

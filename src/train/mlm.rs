@@ -713,14 +713,8 @@ pub fn finetune(args: &MlmArgs, on_event: &mut dyn FnMut(&TrainEvent)) -> Result
         .is_some_and(|(_, s)| s.corpus.as_deref().is_some_and(|c| c != corpus));
 
     let device = &args.device;
-    let from_ckpt;
-    let w: &Weights = match &resume {
-        Some((ckpt, _)) => {
-            from_ckpt = Weights::load(ckpt)?;
-            &from_ckpt
-        }
-        None => &base.weights,
-    };
+    let w = base.starting_weights(resume.as_ref().map(|(c, _)| c.as_path()))?;
+    let w: &Weights = &w;
     let mut model = BertModel::load(w, &base.config, DType::F32, device)?;
     let mut vars = model.make_trainable(opts.freeze_layers)?;
     let frozen = model.named_tensors().len() - vars.len();

@@ -199,6 +199,17 @@ impl Base {
 
     /// A digest of the base's word embeddings: two bases of the same shape (another
     /// MiniLM) still differ here, so a checkpoint cannot silently resume onto the wrong one.
+    /// The weights a run starts from: the checkpoint's when resuming, else the base's.
+    pub(crate) fn starting_weights(
+        &self,
+        resume: Option<&Path>,
+    ) -> Result<std::borrow::Cow<'_, Weights>> {
+        Ok(match resume {
+            Some(ckpt) => std::borrow::Cow::Owned(Weights::load(ckpt)?),
+            None => std::borrow::Cow::Borrowed(&self.weights),
+        })
+    }
+
     pub fn digest(&self) -> Result<String> {
         use std::hash::{Hash, Hasher};
         let values = self

@@ -249,14 +249,8 @@ pub fn finetune(args: &NerArgs, on_event: &mut dyn FnMut(&TrainEvent)) -> Result
 
     let device = &args.device;
     let h = base.config.hidden_size;
-    let from_ckpt;
-    let w: &Weights = match &resume {
-        Some((ckpt, _)) => {
-            from_ckpt = Weights::load(ckpt)?;
-            &from_ckpt
-        }
-        None => &base.weights,
-    };
+    let w = base.starting_weights(resume.as_ref().map(|(c, _)| c.as_path()))?;
+    let w: &Weights = &w;
     let mut model = BertModel::load(w, &base.config, DType::F32, device)?;
     let same_head = resume.is_some() || base.config.labels == labels;
     let head = if same_head && w.contains("classifier.weight") {

@@ -185,7 +185,7 @@ fn weights_of(dir: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+pub(crate) fn max_weight_diff(a: &Path, b: &Path) -> f32 {
     let (wa, wb) = (weights_of(a), weights_of(b));
     assert_eq!(
         wa.iter().map(|x| &x.0).collect::<Vec<_>>(),

@@ -86,7 +86,8 @@ enum OpenAiInput {
 #[serde(deny_unknown_fields)]
 struct OpenAiBody {
     input: OpenAiInput,
-    /// Required by OpenAI's API; any name is accepted.
+    /// Required by OpenAI's API; any name is accepted (the served model answers).
+    #[allow(dead_code)]
     model: String,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
@@ -100,6 +101,8 @@ struct Prepared {
     seq: Vec<u32>,
     /// The input's text (for the audit's query hash); token inputs have none.
     text: Option<String>,
+    /// Its tokens before truncation to one window.
+    tokens: usize,
 }
 
 /// Embeds prepared inputs through the batching worker, `max_batch` at a time so that a large
@@ -159,7 +162,6 @@ async fn openai_embeddings_inner(
             format!("invalid body: {e} (expected {{\"input\": string | [string] | [int] | [[int]], \"model\": string}})"),
         )
     })?;
-    let _ = &body.model;
     let enc = state.encoder.clone();
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -243,10 +245,14 @@ fn prepare_text(enc: &crate::model::Encoder, text: String, i: usize) -> Result<P
             format!("input {i} is over 1,000,000 bytes"),
         ));
     }
-    let seq = enc.sequence_of(&text)?;
+    let ids = enc.tokenizer().encode(&text)?.ids;
+    if ids.is_empty() {
+        return Err(invalid("input", format!("input {i} has no tokens")));
+    }
     Ok(Prepared {
-        seq,
+        seq: enc.sequence_of_ids(&ids),
         text: Some(text),
+        tokens: ids.len(),
     })
 }
 
@@ -264,6 +270,7 @@ fn prepare_ids(enc: &crate::model::Encoder, ids: &[u32], i: usize) -> Result<Pre
     Ok(Prepared {
         seq: enc.sequence_of_ids(ids),
         text: None,
+        tokens: ids.len(),
     })
 }
 
@@ -361,13 +368,9 @@ async fn tei_embed_inner(
     let max = enc.max_input_tokens();
     let mut prepared = Vec::with_capacity(texts.len());
     for (i, t) in texts.into_iter().enumerate() {
+        let p = prepare_text(&enc, t, i)?;
         if !body.truncate.unwrap_or(false) {
-            let n = enc
-                .tokenizer()
-                .encode(&t)
-                .map_err(ApiError::from)?
-                .ids
-                .len();
+            let n = p.tokens;
             if n > max {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -376,7 +379,7 @@ async fn tei_embed_inner(
                 ));
             }
         }
-        prepared.push(prepare_text(&enc, t, i)?);
+        prepared.push(p);
     }
     disclose_texts(http, &prepared);
     let vectors = embed_all(state, &prepared, body.normalize).await?;

@@ -7,7 +7,6 @@
 //! keeping only the notes the first pass found (a note stored in between is left out, so
 //! the export never holds a note the audit does not name).
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,11 +15,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::*;
-use crate::search::export::{self, ExportFormat, RowWriter};
+use crate::search::export::{self, ExportFormat};
 use crate::search::GroupBy;
-
-/// What the first pass keeps of a hit: the note, its patient, the notes grouped under it.
-type Found = (String, Option<String>, Vec<String>);
 
 /// The parameters a search page has and an export ignores (it takes every hit).
 const PAGING: &[&str] = &["k", "limit", "offset"];
@@ -93,68 +89,32 @@ async fn run_export(
 
     // Pass 1: which notes (and patients) the export holds; the audit names them all.
     let (st, r, v) = (state.clone(), req.clone(), qv.clone());
-    let found = web::block(move || -> Result<Vec<Found>, Error> {
-        let s = searcher(&st);
-        let mut out = vec![];
-        export::for_each_hit(&s, &r, v.as_deref(), max_rows, true, &mut |h| {
-            let group = h
-                .group
-                .as_ref()
-                .map(|g| g.note_ids.clone())
-                .unwrap_or_default();
-            // A first pass's note hits carry no patient: the store has it.
-            let patient = match &h.group {
-                Some(g) => Some(g.patient_id.clone()),
-                None => st.engine.store.get(&h.id)?.and_then(|n| n.note.patient_id),
-            };
-            out.push((h.id.clone(), patient, group));
-            Ok(true)
-        })?;
-        Ok(out)
-    })
-    .await??;
-    let mut allowed = HashSet::new();
-    for (id, patient, group) in &found {
-        disclose(http, id, patient.as_deref());
-        allowed.insert(id.clone());
-        for n in group {
-            disclose(http, n, patient.as_deref());
-        }
-    }
+    let cohort =
+        web::block(move || export::find(&searcher(&st), &r, v.as_deref(), max_rows)).await??;
+    crate::server::disclose_all(http, &cohort.notes, &cohort.patients);
 
     // Pass 2: the rows, streamed as they are ranked.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let rows = found.len();
+    let rows = cohort.hits.len();
+    let name = match req.group_by {
+        GroupBy::Patient => "cohort-patients",
+        GroupBy::Note => "cohort-notes",
+    };
     let st = state.clone();
     std::thread::Builder::new()
         .name("export".into())
         .spawn(move || {
-            let writer = RowWriter::new(format, req.group_by);
-            let send = |text: String| tx.blocking_send(Ok(Bytes::from(text))).is_ok();
-            if !send(writer.header()) {
-                return;
-            }
+            let mut send = |text: String| tx.blocking_send(Ok(Bytes::from(text))).is_ok();
             let s = searcher(&st);
-            let dates = |id: &str| -> Option<String> {
-                st.engine
-                    .store
-                    .get(id)
-                    .ok()
-                    .flatten()
-                    .and_then(|n| n.note.date)
-            };
-            let mut written = 0;
-            let result = export::for_each_hit(&s, &req, qv.as_deref(), max_rows, false, &mut |h| {
-                if written >= rows || !allowed.contains(&h.id) {
-                    return Ok(written < rows);
-                }
-                let values = match req.group_by {
-                    GroupBy::Note => export::note_values(h),
-                    GroupBy::Patient => export::patient_values(h, &dates),
-                };
-                written += 1;
-                Ok(send(writer.line(&values)))
-            });
+            let result = export::write_rows(
+                &s,
+                &req,
+                qv.as_deref(),
+                max_rows,
+                &cohort,
+                format,
+                &mut send,
+            );
             if let Err(e) = result {
                 // The status line has gone; all that is left is to cut the body short.
                 tracing::error!("export failed after its first rows: {e}");
@@ -162,10 +122,6 @@ async fn run_export(
             }
         })
         .map_err(|e| Error::io("export thread", e))?;
-    let name = match req_group(&search) {
-        true => "cohort-patients",
-        false => "cohort-notes",
-    };
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header((
@@ -174,12 +130,6 @@ async fn run_export(
         ))
         .insert_header(("x-export-rows", rows.to_string()))
         .streaming(Chunks(rx)))
-}
-
-fn req_group(params: &[(String, String)]) -> bool {
-    params
-        .iter()
-        .any(|(k, v)| k == "group_by" && v.trim().eq_ignore_ascii_case("patient"))
 }
 
 fn searcher(st: &AppState) -> Searcher<'_> {
