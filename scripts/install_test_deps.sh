@@ -3,8 +3,8 @@
 # and its WebDriver for the browser tests, pytrec_eval (trec_eval's code, the reference the
 # evaluation tests compare against), torch + transformers + sentence-transformers (the
 # fine-tuning tests load clinsearch's output folders with them), and the openai and
-# huggingface_hub clients (the embedding endpoints are tested with them). Idempotent: does nothing when
-# all are present.
+# huggingface_hub clients (the embedding endpoints are tested with them), and schemathesis (the
+# OpenAPI description is tested with it). Idempotent: does nothing when all are present.
 set -euo pipefail
 if ! python3 -c "import pytrec_eval" 2> /dev/null; then
   echo "install_test_deps: installing pytrec_eval-terrier (trec_eval for the evaluation tests)" >&2
@@ -17,6 +17,10 @@ fi
 if ! python3 -c "import openai, huggingface_hub" 2> /dev/null; then
   echo "install_test_deps: installing openai and huggingface_hub (the embedding endpoints' real clients)" >&2
   python3 -m pip install --quiet openai huggingface_hub
+fi
+if ! python3 -c "import schemathesis" 2> /dev/null; then
+  echo "install_test_deps: installing schemathesis (the OpenAPI description's tester)" >&2
+  python3 -m pip install --quiet schemathesis
 fi
 if ! python3 -c "import seqeval" 2> /dev/null; then
   echo "install_test_deps: installing seqeval (the NER metrics' reference)" >&2

@@ -50,7 +50,7 @@ pub const ACTIONS: &[&str] = &[
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// UTC, RFC 3339 with milliseconds.
     pub time: String,

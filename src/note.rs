@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// A clinical note with its metadata. `id` is the user's (or derived from the content).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Note {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,7 +29,7 @@ pub struct Note {
     pub extra: BTreeMap<String, String>,
 }
 
-/// Longest accepted note id, in bytes.
+/// Longest accepted note id, in characters.
 pub const MAX_ID_LEN: usize = 512;
 
 impl Note {
@@ -67,9 +67,9 @@ impl Note {
         if self.id.is_empty() {
             self.id = Note::derived_id(self.title.as_deref(), &self.text);
         }
-        if self.id.len() > MAX_ID_LEN || self.id.chars().any(char::is_control) {
+        if self.id.chars().count() > MAX_ID_LEN || self.id.chars().any(char::is_control) {
             return Err(Error::InvalidInput(format!(
-                "note id must be at most {MAX_ID_LEN} bytes without control characters"
+                "note id must be at most {MAX_ID_LEN} characters without control characters"
             )));
         }
         let clean = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());

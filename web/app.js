@@ -298,6 +298,9 @@ async function searchPage(main, params) {
   }
   const body = { q, mode: view === "fused" ? "hybrid" : "compare" };
   for (const k of ["note_type", "specialty", "patient_id", "date_from", "date_to", "fusion", "group_by", "k", "syntax", "expand", "expand_skip", "assertion"]) if (f(k)) body[k] = f(k);
+  // The JSON body is typed (the API description's types): numbers and booleans as such.
+  if (body.k !== undefined) body.k = Number(body.k);
+  if (body.expand !== undefined) body.expand = body.expand !== "false";
   if (entities.length) body.entity = entities;
   entityFacets(facetBox, body);
   const qp = queryParams(params);

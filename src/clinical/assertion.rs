@@ -21,6 +21,7 @@ use serde::Serialize;
 /// The status a scope gives what it covers.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -445,7 +446,7 @@ const TRIGGERS: &[(&str, Kind)] = &[
 ];
 
 /// A trigger found in the text.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Trigger {
     /// Character offsets.
     pub start: usize,
@@ -454,7 +455,7 @@ pub struct Trigger {
 }
 
 /// A scope: what `trigger` asserts `status` of, as character offsets.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Assertion {
     pub start: usize,
     pub end: usize,
@@ -463,7 +464,7 @@ pub struct Assertion {
 }
 
 /// The annotation of one text: its sentences and assertion scopes, as character offsets.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Annotation {
     pub sentences: Vec<(usize, usize)>,
     pub assertions: Vec<Assertion>,

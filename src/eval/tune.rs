@@ -24,7 +24,7 @@ pub const FOLDS: usize = 5;
 
 /// A fusion, the candidate depth each retriever contributes to it, and how a note's
 /// semantic score comes from its windows.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FusionChoice {
     pub fusion: Fusion,
     pub depth: usize,

@@ -28,7 +28,7 @@ pub fn parse_entity(v: &str) -> std::result::Result<String, String> {
 
 /// Metadata filters applied inside both retrievers. String fields match case-insensitively;
 /// dates are inclusive `YYYY-MM-DD` bounds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note_type: Option<String>,

@@ -18,7 +18,7 @@ use serde::Serialize;
 pub const MAX_QUERY_TERMS: usize = 512;
 
 /// How the query text is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Syntax {
     /// Every word optional; no operators.

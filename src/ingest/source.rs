@@ -122,6 +122,19 @@ pub fn note_from_json(v: &Value) -> std::result::Result<Note, String> {
         .or_else(|| obj.get("_id"))
         .and_then(scalar)
         .unwrap_or_default();
+    // A known field of another kind is a mistake to report, not a value to drop.
+    for (k, v) in obj {
+        let known = matches!(
+            k.as_str(),
+            "id" | "_id" | "title" | "patient_id" | "patient" | "note_type" | "type" | "specialty" | "date"
+        );
+        if known && (v.is_array() || v.is_object()) {
+            return Err(format!("{k:?} must be a string (or a number)"));
+        }
+        if matches!(k.as_str(), "metadata" | "meta") && !(v.is_object() || v.is_null()) {
+            return Err(format!("{k:?} must be an object of fields"));
+        }
+    }
     let mut note = Note::new(id, text);
     let mut add = |k: &str, v: &Value| {
         if let Some(s) = scalar(v) {

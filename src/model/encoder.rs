@@ -37,7 +37,7 @@ pub struct WindowConfig {
 /// without them is read out of context ("No fever. Lungs clear." of whose note?), and a note
 /// scores by its best window, so on collections of long unrelated passages later windows
 /// can outrank the right notes (issue 17). The choice is recorded in the data directory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowContext {
     /// The title in the first window only (the text embedded as "title\ntext").
@@ -168,7 +168,7 @@ pub struct ModelInfo {
 }
 
 /// One embedded window of a text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Window {
     /// Position of the window in its text (0, 1, ...).
     pub index: usize,
@@ -184,7 +184,7 @@ pub struct Window {
 }
 
 /// A candidate token for one `[MASK]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenScore {
     pub id: u32,
     pub token: String,
@@ -192,7 +192,7 @@ pub struct TokenScore {
 }
 
 /// The predictions for one `[MASK]` of a text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MaskPrediction {
     /// Which mask (0 for the first in the text).
     pub mask_index: usize,

@@ -139,7 +139,7 @@ pub fn normalise(text: &str) -> String {
 type WordPieces = Vec<Vec<u32>>;
 
 /// An entity found in a text.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Entity {
     /// The entity type (`Disease`, `Chemical`...).
     #[serde(rename = "type")]

@@ -13,7 +13,7 @@ use crate::store::StoredNote;
 pub const TOP_VALUES: usize = 20;
 
 /// One value of one entity type.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EntityCount {
     /// The normalised value (what `entity=type:value` filters on).
     pub value: String,

@@ -23,6 +23,7 @@ mod response;
 mod retrieve;
 pub mod rrf;
 pub mod score_fusion;
+pub mod spec;
 pub mod zscore;
 
 pub use params::{
@@ -50,7 +51,7 @@ use crate::store::{Chunk, StoredNote};
 pub const MAX_K: usize = 1000;
 /// Deepest page start.
 pub const MAX_OFFSET: usize = 10_000;
-/// Longest query, in bytes.
+/// Longest query, in characters.
 pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 /// Candidates each retriever contributes to a fused ranking (at least; more for deep pages).
 /// 50 rather than 100: ranks beyond 50 move a top-10 RRF page very little, and the semantic

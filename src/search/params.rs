@@ -8,7 +8,7 @@ use crate::index::bm25_scorer::Bm25Params;
 use crate::index::query::{Syntax, TextQuery};
 use crate::index::Filter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Bm25,
@@ -40,7 +40,7 @@ impl std::str::FromStr for Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Fusion {
     /// Reciprocal rank fusion with constant `k` ([`super::rrf`]).
@@ -102,7 +102,7 @@ impl Default for Fusion {
 }
 
 /// How a note's semantic score comes from its windows' cosines (`note_score=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoteScore {
     /// The best window (MaxP).
@@ -141,7 +141,7 @@ pub enum Assertion {
     Affirmed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     #[default]
@@ -252,6 +252,13 @@ impl SearchRequest {
                 message,
             };
             let v = value.trim();
+            // The table is the list of names (and what the API description documents).
+            if super::spec::lookup(&[], name).is_none() {
+                return Err(ParamError {
+                    param: name.to_string(),
+                    message: "unknown parameter".into(),
+                });
+            }
             match name {
                 "q" | "query" => q = Some(value.to_string()),
                 "mode" => req.mode = v.parse().map_err(bad)?,
@@ -357,9 +364,9 @@ impl SearchRequest {
                     }
                 }
                 "expand" => {
-                    req.expand = match v.to_ascii_lowercase().as_str() {
-                        "" | "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
+                    req.expand = match v {
+                        "true" => true,
+                        "false" => false,
                         other => return Err(bad(format!("{other:?}: use true or false"))),
                     }
                 }
@@ -421,10 +428,10 @@ impl SearchRequest {
         if self.q.trim().is_empty() {
             return bad("q", "the query is empty");
         }
-        if self.q.len() > MAX_QUERY_BYTES {
+        if self.q.chars().count() > MAX_QUERY_BYTES {
             return bad(
                 "q",
-                &format!("the query is longer than {MAX_QUERY_BYTES} bytes"),
+                &format!("the query is longer than {MAX_QUERY_BYTES} characters"),
             );
         }
         if !self.q.chars().any(char::is_alphanumeric) {

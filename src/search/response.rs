@@ -7,22 +7,23 @@ use super::*;
 
 /// One retriever's view of a hit: its rank in that retriever's candidate list (None when the
 /// note was not among them) and its score (computed for the note when it was not).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Signal {
     pub rank: Option<usize>,
     pub score: Option<f32>,
 }
 
 /// A piece of a snippet; `hl` marks a matched query term.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Segment {
     pub text: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     pub hl: bool,
 }
 
 /// The chunk (embedded window) of a note that matched best.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChunkMatch {
     pub index: u32,
     pub char_start: usize,
@@ -33,7 +34,7 @@ pub struct ChunkMatch {
 
 /// The best semantic window: its span in the note and an excerpt of it with the query's
 /// terms marked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WindowSnippet {
     pub char_start: usize,
     pub char_end: usize,
@@ -43,7 +44,7 @@ pub struct WindowSnippet {
 }
 
 /// Notes of one patient folded into a hit by `group_by=patient`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     pub patient_id: String,
     pub count: usize,
@@ -51,7 +52,7 @@ pub struct Group {
     pub note_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Hit {
     /// 1-based position in this ranking (offset included).
     pub rank: usize,
@@ -89,12 +90,13 @@ pub struct Hit {
     pub group: Option<Group>,
     /// The note's distinct named entities (with a tagger), for chips and the entity filter.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub entities: Vec<EntityChip>,
 }
 
 /// One distinct entity of a note: type, normalised value, and whether any mention of it is
 /// affirmed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EntityChip {
     #[serde(rename = "type")]
     pub entity_type: String,
@@ -125,14 +127,14 @@ impl EntityChip {
 }
 
 /// Each retriever's share of a fused score, after its normalisation and weight.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FusedShares {
     pub bm25: f32,
     pub semantic: f32,
 }
 
 /// One ranking: a page of hits and how many candidates it was cut from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Ranking {
     pub mode: Mode,
     /// Candidates in this ranking before paging (a lower bound: retrieval stops at its depth).
@@ -141,7 +143,7 @@ pub struct Ranking {
 }
 
 /// Milliseconds per stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     pub embed_ms: f64,
     pub bm25_ms: f64,
@@ -151,7 +153,7 @@ pub struct Timings {
 }
 
 /// An expansion the search applied.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AppliedExpansion {
     /// The words of the query, as written.
     pub from: String,
@@ -161,13 +163,14 @@ pub struct AppliedExpansion {
     pub kind: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub q: String,
     pub mode: Mode,
     pub k: usize,
     pub offset: usize,
     #[serde(skip_serializing_if = "Filter::is_empty")]
+    #[schema(required = false)]
     pub filter: Filter,
     pub fusion: Fusion,
     pub group_by: GroupBy,

@@ -2,36 +2,73 @@
 //! (`GET /api/audit`, admins only): "who accessed patient P, when, with what action".
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::routes::Caller;
 use super::{ApiError, AppState};
 
-/// `GET /api/whoami`: the principal, its role and whether it is restricted.
-pub async fn whoami(caller: Caller) -> HttpResponse {
-    let p = caller.0;
-    HttpResponse::Ok().json(json!({
-        "principal": p.name,
-        "role": p.role.as_str(),
-        "restricted": p.restrict.is_some(),
-    }))
+#[derive(Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The key's name (`local` on a server without keys).
+    pub principal: String,
+    pub role: String,
+    /// Whether the key is restricted to part of the notes (a filter).
+    pub restricted: bool,
 }
 
-#[derive(Deserialize)]
+/// `GET /api/whoami`: the principal, its role and whether it is restricted.
+#[utoipa::path(get, path = "/api/whoami", tag = "access",
+    responses((status = 200, description = "The caller.", body = WhoAmI)))]
+pub async fn whoami(caller: Caller) -> HttpResponse {
+    let p = caller.0;
+    HttpResponse::Ok().json(WhoAmI {
+        principal: p.name,
+        role: p.role.as_str().to_string(),
+        restricted: p.restrict.is_some(),
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Events that disclosed this patient's notes.
     patient: Option<String>,
+    /// Events of this key.
     principal: Option<String>,
+    /// Events that disclosed this note.
     note: Option<String>,
+    /// Events of this action.
+    #[param(value_type = Option<AuditAction>)]
     action: Option<String>,
+    /// From this time on (RFC 3339, or a YYYY-MM-DD day).
     since: Option<String>,
+    /// Up to this time.
     until: Option<String>,
     /// Most events returned, the newest (default 1,000, at most 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
-/// `GET /api/audit?patient=&principal=&note=&action=&since=&until=&limit=`.
+/// An audited action (`audit::ACTIONS`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = AuditAction)]
+pub struct AuditAction(String);
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditReport {
+    /// Events matching every filter (more than `events` holds when over the limit).
+    pub matched: usize,
+    /// Oldest first.
+    pub events: Vec<crate::audit::Event>,
+}
+
+/// `GET /api/audit?patient=&principal=&note=&action=&since=&until=&limit=`: who accessed
+/// what, when (admins).
+#[utoipa::path(get, path = "/api/audit", tag = "access", params(AuditParams),
+    responses((status = 200, description = "The matching events.", body = AuditReport)))]
 pub async fn audit(
     state: web::Data<AppState>,
     q: web::Query<AuditParams>,
@@ -55,5 +92,5 @@ pub async fn audit(
     .normalized()?;
     let dir = state.audit.dir().to_path_buf();
     let (events, matched) = web::block(move || crate::audit::search(&dir, &query, limit)).await??;
-    Ok(HttpResponse::Ok().json(json!({ "matched": matched, "events": events })))
+    Ok(HttpResponse::Ok().json(AuditReport { matched, events }))
 }

@@ -4,7 +4,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::Error;
 
@@ -66,12 +67,35 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        let mut e = json!({ "code": self.code, "message": self.message });
-        if let Some(p) = &self.param {
-            e["param"] = json!(p);
-        }
-        json!({ "error": e })
+        serde_json::to_value(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                param: self.param.clone(),
+            },
+        })
+        .expect("an error serialises")
     }
+}
+
+/// Every error of the API (the OpenAI and TEI routes aside): `{"error": {...}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: invalid_parameter, invalid_input, invalid_json,
+    /// invalid_utf8, invalid_notes, empty_body, too_many_notes, too_many_windows,
+    /// unsupported_media_type, no_mlm_head, no_classifier, no_tagger, unsupported, not_found,
+    /// method_not_allowed, payload_too_large, unauthorized, forbidden, cross_site, overloaded,
+    /// too_many_jobs, index_degraded, internal...
+    pub code: String,
+    pub message: String,
+    /// The request parameter at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {

@@ -30,10 +30,10 @@ use crate::train::{TrainEvent, TrainOptions};
 /// on two CPU cores at 16 x 128 tokens a step.
 pub const DEFAULT_ADAPT_STEPS: usize = 200;
 /// The most steps one job may ask for.
-pub const MAX_ADAPT_STEPS: usize = 5000;
+pub const MAX_ADAPT_STEPS: usize = 5000; // the schema of `AdaptRequest` states it too
 
 /// Where the fill-mask model came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// `--mlm-model` / `mlm_model`.
@@ -67,14 +67,22 @@ fn record_path(data: &Path) -> PathBuf {
 }
 
 /// The knobs of an adapt job (`POST /api/fill-mask/adapt`), bounded.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptRequest {
+    /// Optimiser steps (default 200); [`Self::check`] holds the same bounds.
+    #[schema(minimum = 1, maximum = 5000)]
     pub max_steps: usize,
+    /// Sequences per step (default 16).
+    #[schema(minimum = 1, maximum = 64)]
     pub batch_size: usize,
     /// Tokens per sequence; None: 128, or the model's positions when it has fewer.
+    #[schema(minimum = 16, maximum = 512)]
     pub max_len: Option<usize>,
+    /// Learning rate (default 1e-4), in (0, 0.01].
+    #[schema(exclusive_minimum = 0.0, maximum = 0.01)]
     pub lr: f64,
+    /// Seed of the masking and the order of the notes (default 42).
     pub seed: u64,
 }
 
@@ -138,7 +146,7 @@ impl AdaptRequest {
 const ADAPT_EPOCHS: usize = 3;
 
 /// What a client sees of an adapt job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AdaptStatus {
     pub id: String,
     pub owner: String,

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::ingest::{self, source, CsvMapping, Format, IngestOptions, OnError};
 use crate::model::Encoder;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Running,
@@ -84,7 +84,7 @@ impl Slots {
 }
 
 /// What a client sees of a job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     pub id: String,
     /// The principal that started it: only they (and admins) see it.
@@ -338,6 +338,24 @@ mod tests {
     }
 }
 
+/// What a client sees of an evaluation (or tuning) job.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EvalStatus {
+    pub id: String,
+    pub owner: String,
+    pub state: JobState,
+    /// Queries evaluated so far, of `total`.
+    pub done: usize,
+    pub total: usize,
+    pub seconds: f64,
+    /// The report, once done: per mode and query, the metrics (see `clinsearch eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
 /// Evaluation jobs: an evaluation runs on its own thread; clients poll its progress and get
 /// the report when it is done.
 #[derive(Default)]
@@ -407,25 +425,19 @@ impl EvalJobs {
         Ok(format!("eval-{n}"))
     }
 
-    /// `{id, state, done, total, seconds, report?, failure?}`.
-    pub fn status(&self, id: &str) -> Option<serde_json::Value> {
+    pub fn status(&self, id: &str) -> Option<EvalStatus> {
         let n: u64 = id.strip_prefix("eval-")?.parse().ok()?;
         let job = self.jobs.lock().unwrap().get(&n)?.clone();
         let st = job.result.lock().unwrap();
-        let mut v = serde_json::json!({
-            "id": id,
-            "owner": job.owner,
-            "state": st.0,
-            "done": job.done.load(Ordering::SeqCst),
-            "total": job.total,
-            "seconds": job.started.elapsed().as_secs_f64(),
-        });
-        if let Some(r) = &st.1 {
-            v["report"] = r.clone();
-        }
-        if let Some(f) = &st.2 {
-            v["failure"] = serde_json::json!(f);
-        }
-        Some(v)
+        Some(EvalStatus {
+            id: id.to_string(),
+            owner: job.owner.clone(),
+            state: st.0,
+            done: job.done.load(Ordering::SeqCst),
+            total: job.total,
+            seconds: job.started.elapsed().as_secs_f64(),
+            report: st.1.clone(),
+            failure: st.2.clone(),
+        })
     }
 }

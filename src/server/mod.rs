@@ -17,6 +17,7 @@ pub mod error;
 pub mod fill_mask;
 pub mod jobs;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub abbreviations: Arc<crate::clinical::abbrev::Dictionary>,
     /// The model answering fill-mask, and the jobs that adapt one on the stored notes.
     pub fill_mask: Arc<fill_mask::FillMask>,
+    /// The OpenAPI description as this configuration serves it (`openapi::document`).
+    pub openapi: web::Bytes,
 }
 
 impl AppState {
@@ -88,6 +91,11 @@ impl AppState {
             &config.encoder_options()?,
         )?);
         crate::engine::spawn_healer(&engine);
+        let served = openapi::Served {
+            dim: encoder.dim(),
+            vocab: encoder.tokenizer().vocab_size(),
+        };
+        let openapi = web::Bytes::from(openapi::document(&config.limits, served).to_string());
         Ok(AppState {
             engine,
             encoder,
@@ -103,6 +111,7 @@ impl AppState {
             tagger: None,
             abbreviations,
             fill_mask,
+            openapi,
         })
     }
 

@@ -41,6 +41,8 @@ pub struct Route {
     /// Changes nothing and is called by other programs: without keys, a JSON body suffices
     /// (no `Origin` asked; see `browser::check`).
     pub json_only: bool,
+    /// The browser UI's page or files: not API, so not in the OpenAPI description.
+    pub ui: bool,
     handler: fn(actix_web::Route) -> actix_web::Route,
 }
 
@@ -56,6 +58,7 @@ fn route(
         action: None,
         uploads: false,
         json_only: false,
+        ui: false,
         handler,
     }
 }
@@ -82,6 +85,10 @@ impl Route {
         self.json_only = true;
         self
     }
+    fn ui(mut self) -> Self {
+        self.ui = true;
+        self
+    }
 }
 
 /// The table. Reading it answers "who may do what" for the whole server.
@@ -89,9 +96,13 @@ pub fn table() -> Vec<Route> {
     use Method as M;
     use Role::*;
     vec![
-        route(M::GET, "/", |r| r.to(assets::index)).public(),
-        route(M::GET, "/assets/{file}", |r| r.to(assets::asset)).public(),
-        route(M::GET, "/favicon.ico", |r| r.to(assets::favicon)).public(),
+        route(M::GET, "/", |r| r.to(assets::index)).public().ui(),
+        route(M::GET, "/assets/{file}", |r| r.to(assets::asset))
+            .public()
+            .ui(),
+        route(M::GET, "/favicon.ico", |r| r.to(assets::favicon))
+            .public()
+            .ui(),
         route(M::GET, "/api/health", |r| r.to(api::health)).public(),
         route(M::GET, "/api/openapi.json", |r| r.to(api::openapi)).public(),
         route(M::GET, "/api/whoami", |r| r.to(access::whoami)).needs(Read),
@@ -177,7 +188,7 @@ pub fn table() -> Vec<Route> {
             .needs(Read)
             .audited("embed")
             .json_only(),
-        route(M::POST, "/", |r| r.to(api::tei_embed))
+        route(M::POST, "/", |r| r.to(api::tei_embed_root))
             .needs(Read)
             .audited("embed")
             .json_only(),

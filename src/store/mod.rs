@@ -133,7 +133,7 @@ pub struct StoredNote {
 
 /// A named entity as stored: type, character span, text, the normalised value that filters
 /// and facets use, the tagger's score and the assertion status of its span.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredEntity {
     #[serde(rename = "type")]
     pub entity_type: String,

@@ -44,14 +44,14 @@ pub fn read_labelled(path: &Path, text_field: &str, label_field: &str) -> Result
 }
 
 /// A label with its probability.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LabelScore {
     pub label: String,
     pub score: f32,
 }
 
 /// The prediction for one text: the best label and the `top_k` most likely.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Classification {
     pub label: String,
     pub score: f32,

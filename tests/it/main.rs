@@ -16,6 +16,7 @@ mod ingest;
 mod mlm;
 mod ner;
 mod sample_corpus;
+mod schemathesis;
 mod security;
 mod server;
 pub(crate) mod train;

@@ -3,24 +3,54 @@
 
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnnotateBody {
-    /// One text, or several with `texts`.
-    text: Option<String>,
-    texts: Option<Vec<String>>,
+/// One text, or several with `texts` (exactly one of the two).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum AnnotateBody {
+    One {
+        #[schema(max_length = 1048576)]
+        text: String,
+    },
+    Many {
+        #[schema(min_items = 1, max_items = 256)]
+        texts: Vec<String>,
+    },
+}
+
+/// Several texts' annotations, in order.
+#[derive(Serialize, ToSchema)]
+pub struct Annotations {
+    pub results: Vec<crate::clinical::assertion::Annotation>,
+}
+
+/// One text's annotation, or several texts' (as asked).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AnnotateReply {
+    One(crate::clinical::assertion::Annotation),
+    Many(Annotations),
 }
 
 /// Most characters annotated in one request, all texts together.
 pub const MAX_ANNOTATE_CHARS: usize = 1 << 20;
 
+/// Sentences and assertion scopes (negated, possible, historical, family, hypothetical) of
+/// one text or several, as character offsets.
+#[utoipa::path(post, path = "/api/annotate", tag = "clinical", request_body = AnnotateBody,
+    responses(
+        (status = 200, description = "The annotations.", body = AnnotateReply),
+        (status = 413, description = "Over 1,048,576 characters in all.", body = crate::server::error::ErrorBody),
+    ))]
 pub async fn annotate(http: HttpRequest, body: web::Json<AnnotateBody>) -> ApiResult {
-    let AnnotateBody { text, texts } = body.into_inner();
+    let (text, texts) = match body.into_inner() {
+        AnnotateBody::One { text } => (Some(text), None),
+        AnnotateBody::Many { texts } => (None, Some(texts)),
+    };
     let single = text.is_some();
     let texts = one_or_many(text, texts)?;
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
@@ -36,17 +66,14 @@ pub async fn annotate(http: HttpRequest, body: web::Json<AnnotateBody>) -> ApiRe
     let results = web::block(move || {
         texts
             .iter()
-            .map(|t| {
-                let a = crate::clinical::assertion::annotate(t);
-                json!({ "sentences": a.sentences, "assertions": a.assertions })
-            })
+            .map(|t| crate::clinical::assertion::annotate(t))
             .collect::<Vec<_>>()
     })
     .await?;
     let body = if single {
-        results.into_iter().next().unwrap_or_default()
+        AnnotateReply::One(results.into_iter().next().unwrap_or_default())
     } else {
-        json!({ "results": results })
+        AnnotateReply::Many(Annotations { results })
     };
     Ok(HttpResponse::Ok().json(body))
 }

@@ -14,8 +14,8 @@
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::*;
 
@@ -36,9 +36,14 @@ fn openai_error(
         500..=599 => "server_error",
         _ => "invalid_request_error",
     };
-    HttpResponse::build(status).json(json!({
-        "error": {"message": message.into(), "type": kind, "param": param, "code": code}
-    }))
+    HttpResponse::build(status).json(OpenAiErrorBody {
+        error: OpenAiErrorDetail {
+            message: message.into(),
+            kind: kind.into(),
+            param: param.map(str::to_string),
+            code: code.into(),
+        },
+    })
 }
 
 fn openai_from(e: ApiError) -> HttpResponse {
@@ -60,7 +65,10 @@ fn tei_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
         401 | 403 => "Unauthorized",
         _ => "Backend",
     };
-    HttpResponse::build(status).json(json!({"error": message.into(), "error_type": kind}))
+    HttpResponse::build(status).json(TeiErrorBody {
+        error: message.into(),
+        error_type: kind.into(),
+    })
 }
 
 fn tei_from(e: ApiError) -> HttpResponse {
@@ -72,28 +80,112 @@ fn tei_from(e: ApiError) -> HttpResponse {
     tei_error(status, e.message)
 }
 
+/// An input text: not blank, at most 1,000,000 characters.
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "\\S", max_length = 1000000)]
+pub struct InputText(String);
+
+/// A token id of the served model's vocabulary (the description states its size).
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct TokenId(u32);
+
+/// Token ids of one input (at least one: `server::openapi` states it, as it states the
+/// bounds of the lists below, which utoipa cannot attach to unnamed fields).
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct TokenIds(Vec<TokenId>);
+
 /// OpenAI's `input`: a string, strings, token ids, or arrays of token ids.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum OpenAiInput {
-    One(String),
-    Many(Vec<String>),
-    Ids(Vec<u32>),
-    ManyIds(Vec<Vec<u32>>),
+pub enum OpenAiInput {
+    One(InputText),
+    Many(Vec<InputText>),
+    Ids(TokenIds),
+    ManyIds(Vec<TokenIds>),
 }
 
-#[derive(Deserialize)]
+/// OpenAI's embeddings request.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OpenAiBody {
+pub struct OpenAiBody {
     input: OpenAiInput,
     /// Required by OpenAI's API; any name is accepted (the served model answers).
     #[allow(dead_code)]
     model: String,
-    encoding_format: Option<String>,
+    encoding_format: Option<EncodingFormat>,
+    /// Only the served model's own dimension (the description states it).
     dimensions: Option<usize>,
     /// OpenAI's end-user id: accepted and not used (never logged).
     #[allow(dead_code)]
     user: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+/// A vector: floats, or with `encoding_format: base64` the little-endian f32 bytes in base64.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: OpenAiVector,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// OpenAI's embeddings reply.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<OpenAiEmbedding>,
+    /// The served model (whatever the request named).
+    pub model: String,
+    pub usage: OpenAiUsage,
+}
+
+/// OpenAI's error shape.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// invalid_request_error, authentication_error, permission_error, rate_limit_error,
+    /// server_error.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: String,
+}
+
+/// text-embeddings-inference's error shape.
+#[derive(Serialize, ToSchema)]
+pub struct TeiErrorBody {
+    pub error: String,
+    /// Validation, Overloaded, Unauthorized or Backend.
+    pub error_type: String,
 }
 
 /// One input made ready for the model.
@@ -137,7 +229,16 @@ fn base64_f32(v: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// `POST /v1/embeddings`.
+/// OpenAI's embeddings API: any model name is accepted and the served model answers (named
+/// in the reply), through the query-batching worker.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "compatible", request_body = OpenAiBody,
+    responses(
+        (status = 200, description = "One vector per input.", body = OpenAiList),
+        (status = 400, description = "Invalid input (OpenAI's error shape).", body = OpenAiErrorBody),
+        (status = 413, description = "Over the body limit or the windows per request.", body = OpenAiErrorBody),
+        (status = 429, description = "The query queue is full.", body = OpenAiErrorBody),
+        (status = 503, description = "An index is being healed.", body = OpenAiErrorBody),
+    ))]
 pub async fn openai_embeddings(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
     match openai_embeddings_inner(&state, &http, &body).await {
         Ok(r) => r,
@@ -163,16 +264,7 @@ async fn openai_embeddings_inner(
         )
     })?;
     let enc = state.encoder.clone();
-    let base64 = match body.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(invalid(
-                "encoding_format",
-                format!("encoding_format {other:?}: use \"float\" or \"base64\""),
-            ))
-        }
-    };
+    let base64 = body.encoding_format == Some(EncodingFormat::Base64);
     if let Some(d) = body.dimensions {
         if d != enc.dim() {
             return Err(invalid(
@@ -182,44 +274,48 @@ async fn openai_embeddings_inner(
         }
     }
     let prepared: Vec<Prepared> = match body.input {
-        OpenAiInput::One(t) => vec![prepare_text(&enc, t, 0)?],
+        OpenAiInput::One(t) => vec![prepare_text(&enc, t.0, 0)?],
         OpenAiInput::Many(ts) => {
             check_count(ts.len())?;
             ts.into_iter()
                 .enumerate()
-                .map(|(i, t)| prepare_text(&enc, t, i))
+                .map(|(i, t)| prepare_text(&enc, t.0, i))
                 .collect::<Result<_, _>>()?
         }
-        OpenAiInput::Ids(ids) => vec![prepare_ids(&enc, &ids, 0)?],
+        OpenAiInput::Ids(ids) => vec![prepare_ids(&enc, &ids.ids(), 0)?],
         OpenAiInput::ManyIds(all) => {
             check_count(all.len())?;
             all.iter()
                 .enumerate()
-                .map(|(i, ids)| prepare_ids(&enc, ids, i))
+                .map(|(i, ids)| prepare_ids(&enc, &ids.ids(), i))
                 .collect::<Result<_, _>>()?
         }
     };
     disclose_texts(http, &prepared);
     let vectors = embed_all(state, &prepared, enc.info().normalize).await?;
     let tokens: usize = prepared.iter().map(|p| p.seq.len()).sum();
-    let data: Vec<Value> = vectors
-        .iter()
+    let data = vectors
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 {
-                json!(base64_f32(v))
+        .map(|(index, v)| OpenAiEmbedding {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                OpenAiVector::Base64(base64_f32(&v))
             } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+                OpenAiVector::Float(v)
+            },
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "data": data,
-        "model": enc.info().id,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    Ok(HttpResponse::Ok().json(OpenAiList {
+        object: "list",
+        data,
+        model: enc.info().id.clone(),
+        usage: OpenAiUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
 }
 
 fn check_count(n: usize) -> Result<(), ApiError> {
@@ -239,10 +335,10 @@ fn prepare_text(enc: &crate::model::Encoder, text: String, i: usize) -> Result<P
     if text.trim().is_empty() {
         return Err(invalid("input", format!("input {i} is empty")));
     }
-    if text.len() > 1_000_000 {
+    if text.chars().count() > 1_000_000 {
         return Err(invalid(
             "input",
-            format!("input {i} is over 1,000,000 bytes"),
+            format!("input {i} is over 1,000,000 characters"),
         ));
     }
     let ids = enc.tokenizer().encode(&text)?.ids;
@@ -281,30 +377,44 @@ fn disclose_texts(http: &HttpRequest, prepared: &[Prepared]) {
     disclose_query(http, &serde_json::to_string(&texts).unwrap_or_default());
 }
 
+impl TokenIds {
+    fn ids(&self) -> Vec<u32> {
+        self.0.iter().map(|t| t.0).collect()
+    }
+}
+
 /// TEI's `inputs`: a string or strings.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum TeiInputs {
-    One(String),
-    Many(Vec<String>),
+pub enum TeiInputs {
+    One(InputText),
+    Many(Vec<InputText>),
 }
 
 impl TeiInputs {
     fn into_vec(self) -> Vec<String> {
         match self {
-            TeiInputs::One(t) => vec![t],
-            TeiInputs::Many(ts) => ts,
+            TeiInputs::One(t) => vec![t.0],
+            TeiInputs::Many(ts) => ts.into_iter().map(|t| t.0).collect(),
         }
     }
+}
+
+/// Only `right` (any case) is supported.
+#[derive(Deserialize, ToSchema)]
+pub enum TruncationDirection {
+    #[serde(alias = "right", alias = "RIGHT")]
+    Right,
 }
 
 fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+/// text-embeddings-inference's embed request.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TeiEmbedBody {
+pub struct TeiEmbedBody {
     inputs: TeiInputs,
     #[serde(default = "yes")]
     normalize: bool,
@@ -312,13 +422,44 @@ struct TeiEmbedBody {
     /// does by default.
     #[serde(default)]
     truncate: Option<bool>,
-    truncation_direction: Option<String>,
+    #[allow(dead_code)]
+    truncation_direction: Option<TruncationDirection>,
+    /// The served model has no prompts: only null.
+    #[schema(value_type = Option<()>)]
     prompt_name: Option<String>,
+    /// Only the served model's own dimension (the description states it).
     dimensions: Option<usize>,
 }
 
-/// `POST /embed` and `POST /`.
+/// text-embeddings-inference's embed: one vector per input (its first window), through the
+/// query-batching worker.
+#[utoipa::path(post, path = "/embed", tag = "compatible", request_body = TeiEmbedBody,
+    responses(
+        (status = 200, description = "One vector per input.", body = Vec<Vec<f32>>),
+        (status = 413, description = "An input is longer than the model reads (without truncate), or the body is over the limit.", body = TeiErrorBody),
+        (status = 422, description = "Invalid input (TEI's error shape).", body = TeiErrorBody),
+        (status = 429, description = "The query queue is full.", body = TeiErrorBody),
+        (status = 503, description = "An index is being healed.", body = TeiErrorBody),
+    ))]
 pub async fn tei_embed(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
+    tei_embed_any(state, http, body).await
+}
+
+/// The same as `POST /embed` (huggingface_hub's `InferenceClient(model=URL)` posts to the
+/// base URL itself; `GET /` stays the UI).
+#[utoipa::path(post, path = "/", tag = "compatible", request_body = TeiEmbedBody,
+    responses(
+        (status = 200, description = "One vector per input.", body = Vec<Vec<f32>>),
+        (status = 413, description = "An input is longer than the model reads (without truncate), or the body is over the limit.", body = TeiErrorBody),
+        (status = 422, description = "Invalid input (TEI's error shape).", body = TeiErrorBody),
+        (status = 429, description = "The query queue is full.", body = TeiErrorBody),
+        (status = 503, description = "An index is being healed.", body = TeiErrorBody),
+    ))]
+pub async fn tei_embed_root(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
+    tei_embed_any(state, http, body).await
+}
+
+async fn tei_embed_any(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
     match tei_embed_inner(&state, &http, &body).await {
         Ok(r) => r,
         Err(e) => tei_from(e),
@@ -337,14 +478,6 @@ async fn tei_embed_inner(
         )
     })?;
     let enc = state.encoder.clone();
-    if let Some(d) = body.truncation_direction.as_deref() {
-        if !d.eq_ignore_ascii_case("right") {
-            return Err(invalid(
-                "truncation_direction",
-                format!("truncation_direction {d:?}: only Right is supported"),
-            ));
-        }
-    }
     if let Some(p) = &body.prompt_name {
         return Err(invalid(
             "prompt_name",
@@ -386,9 +519,10 @@ async fn tei_embed_inner(
     Ok(HttpResponse::Ok().json(vectors))
 }
 
-#[derive(Deserialize)]
+/// text-embeddings-inference's tokenize request.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TeiTokenizeBody {
+pub struct TeiTokenizeBody {
     inputs: TeiInputs,
     #[serde(default = "yes")]
     add_special_tokens: bool,
@@ -397,8 +531,27 @@ struct TeiTokenizeBody {
     prompt_name: Option<String>,
 }
 
+/// One token of an input.
+#[derive(Serialize, ToSchema)]
+pub struct TeiToken {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    /// Byte offsets in the input (null for the special tokens).
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
 /// `POST /tokenize`: the model's tokens of each input, with byte offsets (`start`, `stop`;
 /// null for the special tokens), as text-embeddings-inference answers.
+#[utoipa::path(post, path = "/tokenize", tag = "compatible", request_body = TeiTokenizeBody,
+    responses(
+        (status = 200, description = "Each input's tokens.", body = Vec<Vec<TeiToken>>),
+        (status = 413, description = "The body is over the limit.", body = TeiErrorBody),
+        (status = 422, description = "Invalid input (TEI's error shape).", body = TeiErrorBody),
+        (status = 429, description = "Too many requests.", body = TeiErrorBody),
+        (status = 503, description = "An index is being healed.", body = TeiErrorBody),
+    ))]
 pub async fn tei_tokenize(state: State, http: HttpRequest, body: Bytes) -> HttpResponse {
     let run = || -> Result<HttpResponse, ApiError> {
         let body: TeiTokenizeBody = serde_json::from_slice(&body).map_err(|e| {
@@ -411,30 +564,34 @@ pub async fn tei_tokenize(state: State, http: HttpRequest, body: Bytes) -> HttpR
         check_count(texts.len())?;
         disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
         let tok = state.encoder.tokenizer();
-        let special = |id: u32| json!({"id": id, "text": tok.id_to_token(id).unwrap_or_default(), "special": true, "start": null, "stop": null});
+        let special = |id: u32| TeiToken {
+            id,
+            text: tok.id_to_token(id).unwrap_or_default(),
+            special: true,
+            start: None,
+            stop: None,
+        };
         let mut out = vec![];
         for t in &texts {
-            if t.len() > 1_000_000 {
-                return Err(invalid("inputs", "an input is over 1,000,000 bytes"));
-            }
+
             let tokens = tok.encode(t)?;
             let mut row = vec![];
             if body.add_special_tokens {
                 row.push(special(tok.cls_id));
             }
             for (id, (a, b)) in tokens.ids.iter().zip(&tokens.offsets) {
-                row.push(json!({
-                    "id": id,
-                    "text": t.get(*a..*b).unwrap_or_default(),
-                    "special": false,
-                    "start": a,
-                    "stop": b,
-                }));
+                row.push(TeiToken {
+                    id: *id,
+                    text: t.get(*a..*b).unwrap_or_default().to_string(),
+                    special: false,
+                    start: Some(*a),
+                    stop: Some(*b),
+                });
             }
             if body.add_special_tokens {
                 row.push(special(tok.sep_id));
             }
-            out.push(Value::Array(row));
+            out.push(row);
         }
         Ok(HttpResponse::Ok().json(out))
     };

@@ -3,8 +3,11 @@
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::server::error::ErrorBody;
 
 use super::*;
 
@@ -88,8 +91,114 @@ pub fn parse_note_body(body: &[u8]) -> Result<Vec<crate::ingest::Item>, ApiError
         .collect())
 }
 
+/// A note to store, as `ingest::source::note_from_json` reads it: `text` (or `body`),
+/// `id` (or `_id`; derived from the content when absent), the metadata fields, a nested
+/// `metadata` object flattened into them, and any other scalar field kept as metadata
+/// (other values are ignored). Never deserialised itself: it describes that reader, and a
+/// test feeds it every documented field.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NoteInput {
+    /// The user's id (derived from the content when absent).
+    #[schema(value_type = Option<NoteId>)]
+    id: Option<String>,
+    /// Must hold something other than white space.
+    #[schema(pattern = "\\S")]
+    text: String,
+    #[schema(value_type = Option<Scalar>)]
+    title: Option<String>,
+    #[schema(value_type = Option<Scalar>)]
+    patient_id: Option<String>,
+    /// Discharge summary, progress note, radiology report...
+    #[schema(value_type = Option<Scalar>)]
+    note_type: Option<String>,
+    #[schema(value_type = Option<Scalar>)]
+    specialty: Option<String>,
+    /// `YYYY-MM-DD` (a time after it is dropped).
+    #[schema(format = Date)]
+    date: Option<String>,
+    /// More metadata, flattened into the note's (BEIR's `metadata`).
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+}
+
+/// A string, or a number or boolean read as its text.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Scalar {
+    Text(String),
+    Number(f64),
+    Flag(bool),
+}
+
+/// A note id: at most 512 characters without control characters (`Note::validate`), or a
+/// number or boolean read as its text.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum NoteId {
+    Text(NoteIdText),
+    Number(f64),
+    Flag(bool),
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", max_length = 512)]
+pub struct NoteIdText(String);
+
+/// `stored` or `rejected`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NoteStatus {
+    Stored,
+    Rejected,
+}
+
+/// What happened to one note of the request.
+#[derive(Serialize, ToSchema)]
+pub struct NoteResult {
+    /// Its position in the request (from 0).
+    pub index: usize,
+    /// Absent when the note could not be read far enough to have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub status: NoteStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<usize>,
+    /// The window cap left the note's tail unembedded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows_capped: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StoredReply {
+    pub stored: usize,
+    pub rejected: usize,
+    pub results: Vec<NoteResult>,
+}
+
+/// 400 when no note could be stored: the error, and why each note was refused.
+#[derive(Serialize, ToSchema)]
+pub struct RejectedReply {
+    pub error: crate::server::error::ErrorDetail,
+    pub results: Vec<NoteResult>,
+}
+
 /// `POST /api/documents`: stores notes (replacing notes with the same id) and replies with
 /// the status of each.
+#[utoipa::path(post, path = "/api/documents", tag = "documents",
+    request_body(description = "One note, an array of notes, or NDJSON (one note per line): at most 1000.",
+        content((NoteInput = "application/json"), (Vec<NoteInput> = "application/json"), (String = "application/x-ndjson"))),
+    responses(
+        (status = 200, description = "At least one note was stored; each note's outcome.", body = StoredReply,
+            links(("GetDocumentById" = (operation_id = "document_get", parameters(("id" = "$response.body#/results/0/id")))),
+                  ("DeleteDocumentById" = (operation_id = "document_delete", parameters(("id" = "$response.body#/results/0/id")))))),
+        (status = 400, description = "No note could be stored (or the body is not notes).", body = RejectedReply),
+        (status = 413, description = "Over 1000 notes, over the body limit, or more windows than max_windows_per_request.", body = ErrorBody),
+    ))]
 pub async fn documents_post(
     state: State,
     http: HttpRequest,
@@ -133,25 +242,34 @@ pub async fn documents_post(
     })
     .await??;
     let chunks: usize = prepared.notes.iter().map(|n| n.windows.len()).sum();
-    let results: Vec<Value> = prepared
+    let results: Vec<NoteResult> = prepared
         .outcomes
         .iter()
         .zip(ids)
         .enumerate()
-        .map(|(i, (o, id))| match o {
-            Outcome::Stored { id, chunks, capped } => json!({
-                "index": i, "id": id, "status": "stored", "chunks": chunks,
-                "windows_capped": capped,
-            }),
-            Outcome::Rejected(e) => match id {
-                Some(id) => {
-                    json!({ "index": i, "id": id, "status": "rejected", "error": e.reason })
-                }
-                None => json!({ "index": i, "status": "rejected", "error": e.reason }),
+        .map(|(index, (o, id))| match o {
+            Outcome::Stored { id, chunks, capped } => NoteResult {
+                index,
+                id: Some(id.clone()),
+                status: NoteStatus::Stored,
+                chunks: Some(*chunks),
+                windows_capped: Some(*capped),
+                error: None,
+            },
+            Outcome::Rejected(e) => NoteResult {
+                index,
+                id,
+                status: NoteStatus::Rejected,
+                chunks: None,
+                windows_capped: None,
+                error: Some(e.reason.clone()),
             },
         })
         .collect();
-    let stored = results.iter().filter(|r| r["status"] == "stored").count();
+    let stored = results
+        .iter()
+        .filter(|r| matches!(r.status, NoteStatus::Stored))
+        .count();
     let rejected = results.len() - stored;
     use std::sync::atomic::Ordering::Relaxed;
     state
@@ -166,28 +284,87 @@ pub async fn documents_post(
         .metrics
         .notes_rejected
         .fetch_add(rejected as u64, Relaxed);
-    let body = json!({ "stored": stored, "rejected": rejected, "results": results });
     if stored == 0 {
-        let mut b = ApiError::bad_request(
-            "invalid_notes",
-            format!("none of the {rejected} notes could be stored"),
-        )
-        .body();
-        b["results"] = body["results"].clone();
-        return Ok(HttpResponse::BadRequest().json(b));
+        return Ok(HttpResponse::BadRequest().json(RejectedReply {
+            error: crate::server::error::ErrorDetail {
+                code: "invalid_notes".into(),
+                message: format!("none of the {rejected} notes could be stored"),
+                param: None,
+            },
+            results,
+        }));
     }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(StoredReply {
+        stored,
+        rejected,
+        results,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DocQuery {
     /// A query to mark in the note: BM25 term matches and each chunk's cosine to it.
+    #[param(max_length = 32768)]
     q: Option<String>,
-    /// Read as the search read it (see `SearchRequest`).
+    /// How `q` is read, as the search that led here read it (see `/api/search`).
+    #[param(value_type = Option<DocSyntax>)]
     syntax: Option<String>,
+    /// Whether `q`'s abbreviations were expanded (see `/api/search`).
+    #[param(value_type = Option<bool>)]
     expand: Option<String>,
+    /// Words of `q` not expanded, comma-separated.
     expand_skip: Option<String>,
+}
+
+/// `syntax` of `GET /api/documents/{id}` (the search parameter's values).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = DocSyntax)]
+pub enum DocSyntax {
+    #[schema(rename = "")]
+    Default,
+    #[schema(rename = "plain")]
+    Plain,
+    #[schema(rename = "advanced")]
+    Advanced,
+}
+
+/// One chunk (embedded window) of a note.
+#[derive(Serialize, ToSchema)]
+pub struct ChunkView {
+    pub index: u32,
+    pub char_start: usize,
+    pub char_end: usize,
+    /// Cosine to `q` (null without `q`).
+    pub score: Option<f32>,
+}
+
+/// Another note of the same patient.
+#[derive(Serialize, ToSchema)]
+pub struct NoteRef {
+    pub id: String,
+    pub title: Option<String>,
+    pub date: Option<String>,
+    pub note_type: Option<String>,
+    pub specialty: Option<String>,
+}
+
+/// A note as the reader shows it.
+#[derive(Serialize, ToSchema)]
+pub struct NoteView {
+    pub note: Note,
+    pub chunks: Vec<ChunkView>,
+    /// The chunk closest to `q` (null without `q`).
+    pub best_chunk: Option<u32>,
+    /// BM25 term matches of `q` as `[start, end)` character spans.
+    pub terms: Vec<[usize; 2]>,
+    pub windows_capped: bool,
+    pub assertions: Vec<crate::clinical::assertion::Assertion>,
+    pub entities: Vec<crate::store::StoredEntity>,
+    /// The patient's other notes, newest first.
+    pub same_patient: Vec<NoteRef>,
 }
 
 /// Char offset of each byte offset of `text` (for the browser, which counts characters).
@@ -195,6 +372,13 @@ fn char_offset(text: &str, byte: usize) -> usize {
     text.get(..byte).map_or(0, |s| s.chars().count())
 }
 
+/// A note with its chunks; with `q`, BM25 term spans and each chunk's cosine to it.
+#[utoipa::path(get, path = "/api/documents/{id}", tag = "documents",
+    params(("id" = String, Path, description = "The note's id."), DocQuery),
+    responses(
+        (status = 200, description = "The note.", body = NoteView),
+        (status = 404, description = "No note with this id (or none the key may read).", body = ErrorBody),
+    ))]
 pub async fn document_get(
     state: State,
     http: HttpRequest,
@@ -232,7 +416,7 @@ pub async fn document_get(
         None => None,
     };
     let st = state.clone();
-    let v = web::block(move || -> Result<Option<Value>, Error> {
+    let v = web::block(move || -> Result<Option<NoteView>, Error> {
         let e = &st.engine;
         let Some((stored, chunks)) = e
             .store
@@ -253,9 +437,12 @@ pub async fn document_get(
                     best = Some((c.index, s));
                 }
             }
-            chunk_json.push(json!({
-                "index": c.index, "char_start": c.char_start, "char_end": c.char_end, "score": score,
-            }));
+            chunk_json.push(ChunkView {
+                index: c.index,
+                char_start: c.char_start,
+                char_end: c.char_end,
+                score,
+            });
         }
         // BM25 term matches over the whole note, as character spans.
         let mut terms = vec![];
@@ -266,7 +453,10 @@ pub async fn document_get(
             let (fragment, ranges) = e.bm25.snippet(&tq, text, text.chars().count() + 1)?;
             if let Some(base) = text.find(&fragment).filter(|_| !fragment.is_empty()) {
                 for r in ranges {
-                    terms.push(json!([char_offset(text, base + r.start), char_offset(text, base + r.end)]));
+                    terms.push([
+                        char_offset(text, base + r.start),
+                        char_offset(text, base + r.end),
+                    ]);
                 }
             }
         }
@@ -281,34 +471,35 @@ pub async fn document_get(
                 for other in ids.iter().filter(|o| **o != note.id) {
                     if let Some(n) = e.store.get(other)? {
                         let n = n.note;
-                        same_patient.push(json!({
-                            "id": n.id, "title": n.title, "date": n.date, "note_type": n.note_type,
-                            "specialty": n.specialty,
-                        }));
+                        same_patient.push(NoteRef {
+                            id: n.id,
+                            title: n.title,
+                            date: n.date,
+                            note_type: n.note_type,
+                            specialty: n.specialty,
+                        });
                     }
                 }
             }
-            same_patient.sort_by(|a, b| b["date"].as_str().cmp(&a["date"].as_str()));
+            same_patient.sort_by(|a, b| b.date.cmp(&a.date));
         }
-        Ok(Some(json!({
-            "note": note,
-            "chunks": chunk_json,
-            "best_chunk": best.map(|(i, _)| i),
-            "terms": terms,
-            "windows_capped": stored.windows_capped,
-            "assertions": stored.annotation().assertions,
-            "entities": stored.entities,
-            "same_patient": same_patient,
-        })))
+        Ok(Some(NoteView {
+            note: note.clone(),
+            chunks: chunk_json,
+            best_chunk: best.map(|(i, _)| i),
+            terms,
+            windows_capped: stored.windows_capped,
+            assertions: stored.annotation().assertions,
+            entities: stored.entities.clone(),
+            same_patient,
+        }))
     })
     .await??;
     match v {
         Some(v) => {
-            disclose(&http, &asked_id, v["note"]["patient_id"].as_str());
-            for other in v["same_patient"].as_array().into_iter().flatten() {
-                if let Some(o) = other["id"].as_str() {
-                    disclose(&http, o, v["note"]["patient_id"].as_str());
-                }
+            disclose(&http, &asked_id, v.note.patient_id.as_deref());
+            for other in &v.same_patient {
+                disclose(&http, &other.id, v.note.patient_id.as_deref());
             }
             Ok(HttpResponse::Ok().json(v))
         }
@@ -316,6 +507,19 @@ pub async fn document_get(
     }
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    /// The id of the note deleted.
+    pub deleted: String,
+}
+
+/// Deletes a note everywhere (store, BM25 and vectors).
+#[utoipa::path(delete, path = "/api/documents/{id}", tag = "documents",
+    params(("id" = String, Path, description = "The note's id.")),
+    responses(
+        (status = 200, description = "Deleted.", body = Deleted),
+        (status = 404, description = "No note with this id (or none the key may read).", body = ErrorBody),
+    ))]
 pub async fn document_delete(
     state: State,
     http: HttpRequest,
@@ -348,5 +552,5 @@ pub async fn document_delete(
         .metrics
         .notes_deleted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
+    Ok(HttpResponse::Ok().json(Deleted { deleted: id }))
 }

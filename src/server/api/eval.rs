@@ -3,24 +3,33 @@
 use actix_web::http::StatusCode;
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::*;
 
-#[derive(Deserialize)]
+/// A stored set by name, or posted queries and judgments.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvalBody {
     /// A query set stored in the data directory (`clinsearch eval --save-set NAME`).
     set: Option<String>,
     /// Queries: `[{"id", "text"}]`, or the text of a BEIR queries.jsonl / `qid<TAB>text` file.
+    #[schema(value_type = Option<Object>)]
     queries: Option<Value>,
     /// Judgments: `{"qid": {"docid": grade}}`, or the text of a BEIR qrels TSV / TREC qrels.
+    #[schema(value_type = Option<Object>)]
     qrels: Option<Value>,
+    /// Modes to evaluate (bm25, semantic, hybrid; default all three).
     modes: Option<Vec<String>>,
+    /// Cut-offs of the metrics (default 10 and 100).
     ks: Option<Vec<usize>>,
+    /// The hybrid fusion (as /api/search's).
     fusion: Option<String>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
     rrf_k: Option<f32>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     alpha: Option<f32>,
     /// Reply with the report when done (200) instead of a job to poll (202).
     #[serde(default)]
@@ -91,6 +100,14 @@ fn eval_inputs(body: &EvalBody, data: &std::path::Path) -> Result<crate::eval::Q
 }
 
 /// `POST /api/eval`: evaluates a stored or posted query set; a job to poll, or the report.
+/// Evaluates BM25, semantic and hybrid on judged queries: a job to poll (202), or with
+/// `wait` the report (200).
+#[utoipa::path(post, path = "/api/eval", tag = "eval", request_body = EvalBody,
+    responses(
+        (status = 200, description = "The report (with wait).", body = Object),
+        (status = 202, description = "The job, started.", body = crate::server::jobs::EvalStatus,
+            links(("GetEvalJob" = (operation_id = "eval_status", parameters(("job" = "$response.body#/id")))))),
+    ))]
 pub async fn eval_start(
     state: State,
     http: HttpRequest,
@@ -180,6 +197,13 @@ fn disclose_report(http: &HttpRequest, report: &Value) {
     }
 }
 
+/// Progress of an evaluation or tuning job; the report when done.
+#[utoipa::path(get, path = "/api/eval/{job}", tag = "eval",
+    params(("job" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = crate::server::jobs::EvalStatus),
+        (status = 404, description = "No such job (or not this key's).", body = crate::server::error::ErrorBody),
+    ))]
 pub async fn eval_status(
     state: State,
     http: HttpRequest,
@@ -189,25 +213,41 @@ pub async fn eval_status(
     match state
         .evals
         .status(&job)
-        .filter(|v| sees_all(&caller) || v["owner"] == caller.0.name.as_str())
+        .filter(|v| sees_all(&caller) || v.owner == caller.0.name)
     {
         Some(v) => {
-            disclose_report(&http, &v["report"]);
+            if let Some(r) = &v.report {
+                disclose_report(&http, r);
+            }
             Ok(HttpResponse::Ok().json(v))
         }
         None => Err(ApiError::not_found("no evaluation job with this id")),
     }
 }
 
-pub async fn eval_sets(state: State) -> ApiResult {
-    let sets: Vec<Value> = crate::eval::list_sets(&state.engine.dir)
-        .into_iter()
-        .map(|(name, n)| json!({"name": name, "queries": n}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "sets": sets })))
+#[derive(Serialize, ToSchema)]
+pub struct QuerySetInfo {
+    pub name: String,
+    pub queries: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct QuerySets {
+    pub sets: Vec<QuerySetInfo>,
+}
+
+/// Query sets stored in the data directory.
+#[utoipa::path(get, path = "/api/eval/sets", tag = "eval",
+    responses((status = 200, description = "The sets.", body = QuerySets)))]
+pub async fn eval_sets(state: State) -> ApiResult {
+    let sets = crate::eval::list_sets(&state.engine.dir)
+        .into_iter()
+        .map(|(name, queries)| QuerySetInfo { name, queries })
+        .collect();
+    Ok(HttpResponse::Ok().json(QuerySets { sets }))
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneBody {
     /// The stored query set to tune on.
@@ -227,6 +267,11 @@ fn yes() -> bool {
 /// `POST /api/tune`: chooses the hybrid fusion on a stored judged set by cross-validation (as
 /// `clinsearch tune`), and stores it as the collection's default unless `store` is false.
 /// The result names no notes: figures, the choice and each fold's choice.
+#[utoipa::path(post, path = "/api/tune", tag = "eval", request_body = TuneBody,
+    responses(
+        (status = 200, description = "The choice (with wait).", body = Object),
+        (status = 202, description = "The job, started.", body = crate::server::jobs::EvalStatus),
+    ))]
 pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>) -> ApiResult {
     let body = body.into_inner();
     let principal = caller.0.clone();

@@ -16,11 +16,37 @@ use serde_json::Value;
 
 use super::*;
 use crate::search::export::{self, ExportFormat};
-use crate::search::GroupBy;
+use crate::search::{spec, GroupBy};
 
-/// The parameters a search page has and an export ignores (it takes every hit).
+/// The parameters a search page has and an export refuses (it takes every hit).
 const PAGING: &[&str] = &["k", "limit", "offset"];
 
+/// An export's own parameters, besides the search's.
+pub const EXPORT_PARAMS: &[spec::Param] = &[
+    spec::Param {
+        name: "format",
+        kind: spec::Kind::Choice(&["csv", "jsonl", "ndjson"]),
+        doc: "csv (default) or jsonl (JSON Lines; ndjson is the same).",
+        filter: false,
+    },
+    spec::Param {
+        name: "max_rows",
+        // The server's max_export_rows bounds it (the description states the configured one).
+        kind: spec::Kind::Int {
+            min: 1,
+            max: usize::MAX,
+        },
+        doc: "Most rows (default and most: the server's max_export_rows).",
+        filter: false,
+    },
+];
+
+/// Cohort export: every hit of a search (its parameters without a page, up to max_rows) as
+/// CSV or JSON Lines, one row per note or, with group_by=patient, per patient; streamed.
+#[utoipa::path(get, path = "/api/search/export", tag = "search",
+    responses((status = 200, description = "The rows; X-Export-Rows counts them.",
+        headers(("x-export-rows" = u64, description = "Rows in the body")),
+        content((String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn export_get(
     state: State,
     http: HttpRequest,
@@ -30,13 +56,18 @@ pub async fn export_get(
     run_export(state, &http, caller, query.into_inner()).await
 }
 
+#[utoipa::path(post, path = "/api/search/export", tag = "search",
+    request_body(content = Object, description = "The search and export parameters as a JSON object."),
+    responses((status = 200, description = "The rows; X-Export-Rows counts them.",
+        headers(("x-export-rows" = u64, description = "Rows in the body")),
+        content((String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn export_post(
     state: State,
     http: HttpRequest,
     caller: Caller,
     body: web::Json<Value>,
 ) -> ApiResult {
-    let pairs = super::search::flatten_params(&body)?;
+    let pairs = spec::typed_pairs(&body, EXPORT_PARAMS)?;
     run_export(state, &http, caller, pairs).await
 }
 
@@ -66,7 +97,12 @@ async fn run_export(
                     .parse()
                     .map_err(|_| param_error("max_rows", format!("{v:?} is not a whole number")))?
             }
-            p if PAGING.contains(&p) => {}
+            p if PAGING.contains(&p) => {
+                return Err(param_error(
+                    p,
+                    "an export takes every hit (up to max_rows): k and offset do not apply",
+                ))
+            }
             _ => search.push((k, v)),
         }
     }

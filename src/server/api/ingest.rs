@@ -3,22 +3,52 @@
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct IngestQuery {
+    /// jsonl, csv or txt (default: from the file name's extension).
+    #[param(value_type = Option<UploadFormat>)]
     format: Option<String>,
+    /// The file's name (reported in errors as `filename:line`).
     filename: Option<String>,
+    /// CSV: the column of the note text (default `text`).
     text_col: Option<String>,
+    /// CSV: the column of the note id.
     id_col: Option<String>,
+    /// CSV: the column of the title.
     title_col: Option<String>,
 }
 
-/// `POST /api/ingest?format=jsonl|csv|txt&filename=...`: the raw file as the body.
+/// The format of an upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum UploadFormat {
+    Jsonl,
+    Csv,
+    Txt,
+}
+
+/// Jobs this key may see: its own (admins: everyone's), newest first.
+#[derive(Serialize, ToSchema)]
+pub struct IngestJobs {
+    pub jobs: Vec<crate::server::jobs::JobStatus>,
+}
+
+/// `POST /api/ingest?format=jsonl|csv|txt&filename=...`: the raw file as the body, ingested
+/// in the background.
+#[utoipa::path(post, path = "/api/ingest", tag = "ingest", params(IngestQuery),
+    request_body(content = Vec<u8>, description = "The file (JSONL, CSV or text).", content_type = "application/octet-stream"),
+    responses(
+        (status = 202, description = "The job, started.", body = crate::server::jobs::JobStatus,
+            links(("GetIngestJob" = (operation_id = "ingest_status", parameters(("job" = "$response.body#/id")))))),
+    ))]
 pub async fn ingest_start(
     state: State,
     caller: Caller,
@@ -83,6 +113,12 @@ pub async fn ingest_start(
     Ok(HttpResponse::Accepted().json(status))
 }
 
+#[utoipa::path(get, path = "/api/ingest/{job}", tag = "ingest",
+    params(("job" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = crate::server::jobs::JobStatus),
+        (status = 404, description = "No such job (or not this key's).", body = crate::server::error::ErrorBody),
+    ))]
 pub async fn ingest_status(state: State, caller: Caller, job: web::Path<String>) -> ApiResult {
     match state
         .jobs
@@ -94,6 +130,8 @@ pub async fn ingest_status(state: State, caller: Caller, job: web::Path<String>)
     }
 }
 
+#[utoipa::path(get, path = "/api/ingest", tag = "ingest",
+    responses((status = 200, description = "Recent jobs.", body = IngestJobs)))]
 pub async fn ingest_list(state: State, caller: Caller) -> ApiResult {
     let jobs: Vec<_> = state
         .jobs
@@ -101,5 +139,5 @@ pub async fn ingest_list(state: State, caller: Caller) -> ApiResult {
         .into_iter()
         .filter(|s| sees_all(&caller) || s.owner == caller.0.name)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+    Ok(HttpResponse::Ok().json(IngestJobs { jobs }))
 }

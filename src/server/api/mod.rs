@@ -4,8 +4,8 @@
 //! `ingest` (upload jobs) and `eval` (evaluation jobs). Routes and their permissions are in
 //! [`super::routes`]. Handlers validate, then hand blocking work (sled, tantivy, candle) to
 //! the blocking pool; query embeddings go through the batching worker.
-//! The OpenAPI description (`openapi.json`) documents every route registered here; a test
-//! keeps the two in step.
+//! Each handler carries its `#[utoipa::path]`: the OpenAPI description is derived from
+//! these and from the handlers' types (`super::openapi`).
 
 mod annotate;
 mod compat;
@@ -49,8 +49,6 @@ type State = web::Data<AppState>;
 pub const MAX_NOTES_PER_REQUEST: usize = 1000;
 /// Most texts in one `POST /api/embed`.
 pub const MAX_EMBED_TEXTS: usize = 256;
-
-pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The JSON extractor's failures in the API's error shape.
 pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {

@@ -3,20 +3,40 @@
 use actix_web::http::StatusCode;
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::server::error::ErrorBody;
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedBody {
+    #[schema(min_items = 1, max_items = 256)]
     texts: Vec<String>,
     /// One vector per overlapping window instead of one per text.
     #[serde(default)]
     windows: bool,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct EmbedReply {
+    pub model: String,
+    pub dim: usize,
+    pub pooling: crate::model::Pooling,
+    pub normalized: bool,
+    /// One vector per text (without `windows`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Vec<Vec<f32>>>,
+    /// Each text's windows with their spans and vectors (with `windows`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<Vec<crate::model::Window>>>,
+}
+
+/// Embeds texts: one vector each (its first window), or one per window.
+#[utoipa::path(post, path = "/api/embed", tag = "models", request_body = EmbedBody,
+    responses((status = 200, description = "The vectors.", body = EmbedReply)))]
 pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) -> ApiResult {
     let EmbedBody { texts, windows } = body.into_inner();
     disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
@@ -37,14 +57,21 @@ pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) 
         check_windows(&state, state.encoder.count_windows(&refs)?)?;
     }
     let st = state.clone();
-    let out = web::block(move || -> Result<Value, Error> {
+    let out = web::block(move || -> Result<EmbedReply, Error> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let info = st.encoder.info();
-        let mut v = json!({ "model": info.id, "dim": st.encoder.dim(), "pooling": info.pooling, "normalized": info.normalize });
+        let mut v = EmbedReply {
+            model: info.id.clone(),
+            dim: st.encoder.dim(),
+            pooling: info.pooling,
+            normalized: info.normalize,
+            embeddings: None,
+            windows: None,
+        };
         if windows {
-            v["windows"] = serde_json::to_value(st.encoder.embed_windows(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+            v.windows = Some(st.encoder.embed_windows(&refs)?);
         } else {
-            v["embeddings"] = serde_json::to_value(st.encoder.embed(&refs)?).map_err(|e| Error::Index(e.to_string()))?;
+            v.embeddings = Some(st.encoder.embed(&refs)?);
         }
         Ok(v)
     })
@@ -52,18 +79,34 @@ pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) 
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FillMaskBody {
+    /// A text with one or more of the model's mask token (`[MASK]`).
+    #[schema(max_length = 100000)]
     text: String,
+    /// Candidates per mask (default 5).
     #[serde(default = "default_top_k")]
+    #[schema(minimum = 1, maximum = 100)]
     top_k: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FillMaskReply {
+    /// The model that answered (a folder or Hub id).
+    pub model: String,
+    pub source: crate::server::fill_mask::Source,
+    pub masks: Vec<crate::model::MaskPrediction>,
 }
 
 fn default_top_k() -> usize {
     5
 }
 
+/// Candidates for each mask from the fill-mask model (`--mlm-model`, else one adapted on the
+/// stored notes, else the embedding model's own MLM head).
+#[utoipa::path(post, path = "/api/fill-mask", tag = "models", request_body = FillMaskBody,
+    responses((status = 200, description = "The candidates of each mask.", body = FillMaskReply)))]
 pub async fn fill_mask(
     state: State,
     caller: Caller,
@@ -88,13 +131,16 @@ pub async fn fill_mask(
             "top_k: must be between 1 and 100",
         ));
     }
-    if text.len() > 100_000 {
+    if text.chars().count() > 100_000 {
         return Err(ApiError::bad_request("invalid_parameter", "text: too long"));
     }
     let enc = served.encoder.clone();
     let masks = web::block(move || enc.fill_mask(&text, top_k)).await??;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "model": served.spec, "source": served.source, "masks": masks })))
+    Ok(HttpResponse::Ok().json(FillMaskReply {
+        model: served.spec.clone(),
+        source: served.source,
+        masks,
+    }))
 }
 
 /// A model adapted on every stored note may reproduce fragments of notes outside a
@@ -113,41 +159,69 @@ fn refuse_restricted_on_adapted(
     Ok(())
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct FillMaskModel {
+    /// The model answering fill-mask (null: none).
+    pub model: Option<String>,
+    pub source: Option<crate::server::fill_mask::Source>,
+    pub embedding_model: String,
+    pub notes: u64,
+    /// Whether this key may start an adapt job (write role, unrestricted).
+    pub can_adapt: bool,
+    /// An adapt job's defaults (keys that may adapt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<crate::server::fill_mask::AdaptRequest>,
+    /// The command line that runs the same training (keys that may adapt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cli: Option<String>,
+    /// The latest adapt job this key may see (keys that may adapt; null: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub adapt: Option<Option<crate::server::fill_mask::AdaptStatus>>,
+}
+
 /// `GET /api/fill-mask/model`: the model answering fill-mask (or none), and for write keys
 /// the latest adapt job and what a new one would run.
+#[utoipa::path(get, path = "/api/fill-mask/model", tag = "models",
+    responses((status = 200, description = "The fill-mask model.", body = FillMaskModel)))]
 pub async fn fill_mask_model(state: State, caller: Caller) -> ApiResult {
     use crate::auth::Role;
     use crate::server::fill_mask::AdaptRequest;
     let served = state.fill_mask.served();
     let may_adapt = caller.0.role >= Role::Write && caller.0.restrict.is_none();
-    let mut v = json!({
-        "model": served.as_ref().map(|s| s.spec.clone()),
-        "source": served.as_ref().map(|s| s.source),
-        "embedding_model": state.encoder.info().id,
-        "notes": state.engine.bm25.num_docs(),
-        "can_adapt": may_adapt,
-    });
+    let mut v = FillMaskModel {
+        model: served.as_ref().map(|s| s.spec.clone()),
+        source: served.as_ref().map(|s| s.source),
+        embedding_model: state.encoder.info().id.clone(),
+        notes: state.engine.bm25.num_docs(),
+        can_adapt: may_adapt,
+        defaults: None,
+        cli: None,
+        adapt: None,
+    };
     if may_adapt {
         let req = AdaptRequest::default();
         let out = state.engine.dir.join("mlm").join("adapted-TIMESTAMP");
-        v["defaults"] = json!({
-            "max_steps": req.max_steps,
-            "batch_size": req.batch_size,
-            "max_len": req.max_len,
-            "lr": req.lr,
-            "seed": req.seed,
-        });
-        v["cli"] = json!(req.cli(&state.config.model, &state.engine.dir, &out));
-        v["adapt"] = json!(state
-            .fill_mask
-            .latest()
-            .filter(|j| sees_all(&caller) || j.owner == caller.0.name));
+        v.cli = Some(req.cli(&state.config.model, &state.engine.dir, &out));
+        v.defaults = Some(req);
+        v.adapt = Some(
+            state
+                .fill_mask
+                .latest()
+                .filter(|j| sees_all(&caller) || j.owner == caller.0.name),
+        );
     }
     Ok(HttpResponse::Ok().json(v))
 }
 
 /// `POST /api/fill-mask/adapt`: starts adapting the embedding model (with a new MLM head
 /// where it has none) on every stored note; 202 with the job.
+#[utoipa::path(post, path = "/api/fill-mask/adapt", tag = "models",
+    request_body = crate::server::fill_mask::AdaptRequest,
+    responses(
+        (status = 202, description = "The job, started.", body = crate::server::fill_mask::AdaptStatus,
+            links(("GetAdaptJob" = (operation_id = "adapt_status", parameters(("job" = "$response.body#/id")))))),
+    ))]
 pub async fn adapt_start(
     state: State,
     caller: Caller,
@@ -186,6 +260,12 @@ pub async fn adapt_start(
 }
 
 /// `GET /api/fill-mask/adapt/{job}`: progress of an adapt job (its owner's and admins').
+#[utoipa::path(get, path = "/api/fill-mask/adapt/{job}", tag = "models",
+    params(("job" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = crate::server::fill_mask::AdaptStatus),
+        (status = 404, description = "No such job (or not this key's).", body = ErrorBody),
+    ))]
 pub async fn adapt_status(state: State, caller: Caller, job: web::Path<String>) -> ApiResult {
     match state
         .fill_mask
@@ -197,14 +277,43 @@ pub async fn adapt_status(state: State, caller: Caller, job: web::Path<String>) 
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifyBody {
-    /// One text, or several with `texts`.
-    text: Option<String>,
-    texts: Option<Vec<String>>,
-    #[serde(default = "default_classify_top_k")]
-    top_k: usize,
+/// One text, or several with `texts` (exactly one of the two; no text blank).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ClassifyBody {
+    One {
+        text: NonBlank,
+        /// Labels per text (default 3).
+        #[serde(default = "default_classify_top_k")]
+        #[schema(minimum = 1, maximum = 100)]
+        top_k: usize,
+    },
+    Many {
+        #[schema(min_items = 1, max_items = 256)]
+        texts: Vec<NonBlank>,
+        #[serde(default = "default_classify_top_k")]
+        #[schema(minimum = 1, maximum = 100)]
+        top_k: usize,
+    },
+}
+
+/// A text holding something other than white space.
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "\\S")]
+pub struct NonBlank(pub String);
+
+fn strings(texts: Vec<NonBlank>) -> Vec<String> {
+    texts.into_iter().map(|t| t.0).collect()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClassifyReply {
+    /// The classifier's folder.
+    #[schema(value_type = String)]
+    pub model: std::path::PathBuf,
+    pub labels: Vec<String>,
+    pub predictions: Vec<crate::train::classify::Classification>,
 }
 
 fn default_classify_top_k() -> usize {
@@ -212,6 +321,8 @@ fn default_classify_top_k() -> usize {
 }
 
 /// `POST /api/classify`: the configured fine-tuned classifier's labels for one or more texts.
+#[utoipa::path(post, path = "/api/classify", tag = "models", request_body = ClassifyBody,
+    responses((status = 200, description = "Each text's labels.", body = ClassifyReply)))]
 pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyBody>) -> ApiResult {
     let Some(clf) = state.classifier.clone() else {
         return Err(ApiError::bad_request(
@@ -219,7 +330,10 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
             "no classifier is configured: fine-tune one with `clinsearch finetune classify` and serve it with --classifier DIR",
         ));
     };
-    let ClassifyBody { text, texts, top_k } = body.into_inner();
+    let (text, texts, top_k) = match body.into_inner() {
+        ClassifyBody::One { text, top_k } => (Some(text.0), None, top_k),
+        ClassifyBody::Many { texts, top_k } => (None, Some(strings(texts)), top_k),
+    };
     let texts = audited_texts(&http, text, texts)?;
     if !(1..=100).contains(&top_k) {
         return Err(ApiError::bad_request(
@@ -233,22 +347,46 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
         c.predict(&refs, top_k)
     })
     .await??;
-    Ok(HttpResponse::Ok().json(json!({
-        "model": clf.dir,
-        "labels": clf.labels,
-        "predictions": preds,
-    })))
+    Ok(HttpResponse::Ok().json(ClassifyReply {
+        model: clf.dir.clone(),
+        labels: clf.labels.clone(),
+        predictions: preds,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagBody {
-    text: Option<String>,
-    texts: Option<Vec<String>>,
+/// One text, or several with `texts` (exactly one of the two; no text blank).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum TagBody {
+    One {
+        text: NonBlank,
+    },
+    Many {
+        #[schema(min_items = 1, max_items = 256)]
+        texts: Vec<NonBlank>,
+    },
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TagResult {
+    pub entities: Vec<crate::ner::Entity>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TagReply {
+    /// The tagger's folder.
+    #[schema(value_type = String)]
+    pub model: std::path::PathBuf,
+    /// The entity types it finds.
+    pub types: Vec<String>,
+    /// One per text, in order.
+    pub results: Vec<TagResult>,
 }
 
 /// `POST /api/tag`: the configured tagger's entities (type, character span, text, score) of
 /// one or more texts; long texts are read in overlapping windows.
+#[utoipa::path(post, path = "/api/tag", tag = "models", request_body = TagBody,
+    responses((status = 200, description = "Each text's entities.", body = TagReply)))]
 pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> ApiResult {
     let Some(tagger) = state.tagger.clone() else {
         return Err(ApiError::bad_request(
@@ -256,7 +394,10 @@ pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> A
             "no tagger is configured: fine-tune one with `clinsearch finetune ner` and serve it with --tagger DIR",
         ));
     };
-    let TagBody { text, texts } = body.into_inner();
+    let (text, texts) = match body.into_inner() {
+        TagBody::One { text } => (Some(text.0), None),
+        TagBody::Many { texts } => (None, Some(strings(texts))),
+    };
     let texts = audited_texts(&http, text, texts)?;
     let t = tagger.clone();
     let entities = web::block(move || {
@@ -266,11 +407,14 @@ pub async fn tag(state: State, http: HttpRequest, body: web::Json<TagBody>) -> A
     .await??;
     let types: std::collections::BTreeSet<&str> =
         tagger.labels.iter().filter_map(|l| l.get(2..)).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "model": tagger.dir,
-        "types": types,
-        "results": entities.into_iter().map(|e| json!({ "entities": e })).collect::<Vec<_>>(),
-    })))
+    Ok(HttpResponse::Ok().json(TagReply {
+        model: tagger.dir.clone(),
+        types: types.into_iter().map(str::to_string).collect(),
+        results: entities
+            .into_iter()
+            .map(|entities| TagResult { entities })
+            .collect(),
+    }))
 }
 
 /// The texts of a classify or tag request, recorded in the audit store (they are patient

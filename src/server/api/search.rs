@@ -2,11 +2,22 @@
 
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::*;
 
-/// `GET /api/search?q=...&mode=...`
+/// A search's answer and how long the server took.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SearchReply {
+    #[serde(flatten)]
+    pub response: SearchResponse,
+    pub took_ms: f64,
+}
+
+/// Search: BM25, semantic, hybrid, or the three side by side (the parameters: the search
+/// table, `search::spec`).
+#[utoipa::path(get, path = "/api/search", tag = "search",
+    responses((status = 200, description = "The rankings.", body = SearchReply)))]
 pub async fn search_get(
     state: State,
     http: HttpRequest,
@@ -17,61 +28,20 @@ pub async fn search_get(
     run_search(state, &http, caller, req).await
 }
 
-/// `POST /api/search` with the same parameters as a JSON object; filters may also be nested
-/// under `"filter"`.
+/// `POST /api/search` with the same parameters as a JSON object, each of its JSON type
+/// (`search::spec`); filters may also be nested under `"filter"`.
+#[utoipa::path(post, path = "/api/search", tag = "search",
+    request_body(content = Object, description = "The search parameters as a JSON object."),
+    responses((status = 200, description = "The rankings.", body = SearchReply)))]
 pub async fn search_post(
     state: State,
     http: HttpRequest,
     caller: Caller,
     body: web::Json<Value>,
 ) -> ApiResult {
-    let pairs = flatten_params(&body)?;
+    let pairs = crate::search::spec::typed_pairs(&body, &[])?;
     let req = SearchRequest::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     run_search(state, &http, caller, req).await
-}
-
-pub(super) fn flatten_params(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
-    let Value::Object(map) = body else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "the body must be a JSON object of search parameters",
-        ));
-    };
-    let mut out = vec![];
-    fn scalar(k: &str, v: &Value) -> Result<Option<String>, ApiError> {
-        match v {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
-            Value::Number(n) => Ok(Some(n.to_string())),
-            Value::Bool(b) => Ok(Some(b.to_string())),
-            _ => Err(ApiError {
-                param: Some(k.to_string()),
-                ..ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("{k}: must be a string or a number"),
-                )
-            }),
-        }
-    }
-    for (k, v) in map {
-        if (k == "filter" || k == "filters") && v.is_object() {
-            for (fk, fv) in v.as_object().into_iter().flatten() {
-                if let Some(s) = scalar(fk, fv)? {
-                    out.push((fk.clone(), s));
-                }
-            }
-        } else if let Value::Array(items) = v {
-            // A repeatable parameter (entity): each item as if given again.
-            for item in items {
-                if let Some(s) = scalar(k, item)? {
-                    out.push((k.clone(), s));
-                }
-            }
-        } else if let Some(s) = scalar(k, v)? {
-            out.push((k.clone(), s));
-        }
-    }
-    Ok(out)
 }
 
 /// Embeds the query on the batching worker (when the mode needs it) and ranks.
@@ -150,7 +120,8 @@ async fn run_search(
             }
         }
     }
-    let mut v = serde_json::to_value(&resp).map_err(|e| Error::Index(e.to_string()))?;
-    v["took_ms"] = json!(t.elapsed().as_secs_f64() * 1e3);
-    Ok(HttpResponse::Ok().json(v))
+    Ok(HttpResponse::Ok().json(SearchReply {
+        response: resp,
+        took_ms: t.elapsed().as_secs_f64() * 1e3,
+    }))
 }
