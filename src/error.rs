@@ -13,6 +13,10 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// Something the caller named by name (a stored query set) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
     /// A model folder or Hub id that does not resolve to a usable checkpoint.
     #[error("model not found: {0}")]
     ModelNotFound(String),

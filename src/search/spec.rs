@@ -13,8 +13,8 @@ use super::{ParamError, MAX_K, MAX_OFFSET, MAX_QUERY_BYTES};
 /// What values a parameter takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
-    /// Free text of at most this many characters.
-    Text { max_chars: usize },
+    /// Free text (of at most this many characters, where bounded).
+    Text { max_chars: Option<usize> },
     /// A whole number in `min..=max`.
     Int { min: usize, max: usize },
     /// A number in the range (`exclusive_min`: above `min`, not equal to it).
@@ -71,7 +71,7 @@ pub const PARAMS: &[Param] = &[
     p(
         "q",
         Kind::Text {
-            max_chars: MAX_QUERY_BYTES,
+            max_chars: Some(MAX_QUERY_BYTES),
         },
         "The query: plain words by default (no operators); it must hold a letter or a digit. Required (facets: optional, the filters alone count every note passing them).",
     ),
@@ -93,9 +93,9 @@ pub const PARAMS: &[Param] = &[
         },
         "Hits skipped before the page.",
     ),
-    filter("note_type", Kind::Text { max_chars: 1024 }, "Only notes of this type (case-insensitive)."),
-    filter("specialty", Kind::Text { max_chars: 1024 }, "Only notes of this specialty (case-insensitive)."),
-    filter("patient_id", Kind::Text { max_chars: 1024 }, "Only this patient's notes."),
+    filter("note_type", Kind::Text { max_chars: None }, "Only notes of this type (case-insensitive)."),
+    filter("specialty", Kind::Text { max_chars: None }, "Only notes of this specialty (case-insensitive)."),
+    filter("patient_id", Kind::Text { max_chars: None }, "Only this patient's notes."),
     filter("date_from", Kind::Date, "Notes dated on or after this day (YYYY-MM-DD)."),
     filter("date_to", Kind::Date, "Notes dated on or before this day (YYYY-MM-DD)."),
     filter(
@@ -248,6 +248,10 @@ fn push_typed(
     let text = match (spec.kind, v) {
         (_, Value::Null) => return Ok(()),
         (Kind::Int { .. }, Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        // JSON Schema's integer: 5.0 is 5.
+        (Kind::Int { .. }, Value::Number(n)) if n.as_f64().is_some_and(|x| x.fract() == 0.0) => {
+            format!("{}", n.as_f64().unwrap_or_default())
+        }
         (Kind::Int { .. }, _) => return Err(bad(name, "must be a whole number")),
         (Kind::Number { .. }, Value::Number(n)) => n.to_string(),
         (Kind::Number { .. }, _) => return Err(bad(name, "must be a number")),
@@ -344,6 +348,7 @@ mod tests {
         for (body, param) in [
             (json!({"q": "cp", "k": "5"}), "k"),
             (json!({"q": "cp", "k": 2.5}), "k"),
+            (json!({"q": "cp", "filter": 3}), "filter"),
             (json!({"q": "cp", "expand": "false"}), "expand"),
             (json!({"q": 7}), "q"),
             (json!({"q": "cp", "filter": {"mode": "bm25"}}), "mode"),

@@ -134,6 +134,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
             Error::InvalidInput(m) => ApiError::bad_request("invalid_input", m),
+            Error::NotFound(m) => ApiError::not_found(m),
             Error::Tokenizer(m) => ApiError::bad_request("invalid_input", m),
             Error::Unsupported(m) => ApiError::bad_request("unsupported", m),
             Error::Busy(m) => ApiError::too_many_requests("overloaded", m, 1),

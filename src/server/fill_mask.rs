@@ -72,17 +72,21 @@ fn record_path(data: &Path) -> PathBuf {
 pub struct AdaptRequest {
     /// Optimiser steps (default 200); [`Self::check`] holds the same bounds.
     #[schema(minimum = 1, maximum = 5000)]
+    #[serde(deserialize_with = "crate::server::api::whole::int")]
     pub max_steps: usize,
     /// Sequences per step (default 16).
     #[schema(minimum = 1, maximum = 64)]
+    #[serde(deserialize_with = "crate::server::api::whole::int")]
     pub batch_size: usize,
     /// Tokens per sequence; None: 128, or the model's positions when it has fewer.
     #[schema(minimum = 16, maximum = 512)]
+    #[serde(deserialize_with = "crate::server::api::whole::opt_int")]
     pub max_len: Option<usize>,
     /// Learning rate (default 1e-4), in (0, 0.01].
     #[schema(exclusive_minimum = 0.0, maximum = 0.01)]
     pub lr: f64,
     /// Seed of the masking and the order of the notes (default 42).
+    #[serde(deserialize_with = "crate::server::api::whole::int")]
     pub seed: u64,
 }
 

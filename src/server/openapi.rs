@@ -65,7 +65,12 @@ use crate::search::spec::{self, Kind, Param};
         super::access::whoami,
         super::access::audit,
     ),
-    components(schemas(super::error::ErrorBody))
+    components(schemas(
+        super::error::ErrorBody,
+        api::DocSyntax,
+        api::UploadFormat,
+        super::access::AuditAction
+    ))
 )]
 struct ApiDoc;
 
@@ -124,7 +129,10 @@ fn params_of(takes: Takes, limits: &Limits) -> Vec<(Param, bool)> {
 /// parser reads it; in a JSON body, of its JSON type (`spec::typed_pairs`), null for unset.
 fn param_schema(p: &Param, in_body: bool) -> Value {
     let mut s = match p.kind {
-        Kind::Text { max_chars } => json!({"type": "string", "maxLength": max_chars}),
+        Kind::Text {
+            max_chars: Some(max),
+        } => json!({"type": "string", "maxLength": max}),
+        Kind::Text { max_chars: None } => json!({"type": "string"}),
         Kind::Int { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
         Kind::Number {
             min,
@@ -139,7 +147,11 @@ fn param_schema(p: &Param, in_body: bool) -> Value {
         }
         Kind::Bool => json!({"type": "boolean"}),
         Kind::Choice(words) => json!({"type": "string", "enum": words}),
-        Kind::Date => json!({"type": "string", "format": "date"}),
+        // Empty (or blank): no bound.
+        Kind::Date => json!({"anyOf": [
+            {"type": "string", "format": "date"},
+            {"type": "string", "pattern": "^\\s*$"}
+        ]}),
         Kind::Words => json!({"type": "string"}),
         Kind::Entity => json!({"type": "string", "pattern": "^[^:]+:.+$"}),
     };
@@ -214,6 +226,19 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+/// The body of `POST /api/documents`: one note, 1 to 1000 of them, or NDJSON.
+fn refine_documents(doc: &mut Value) {
+    let body = &mut doc["paths"]["/api/documents"]["post"]["requestBody"];
+    body["required"] = json!(true);
+    // utoipa keeps one schema per media type: both shapes, stated here.
+    let note = json!({"$ref": "#/components/schemas/NoteInput"});
+    body["content"]["application/json"]["schema"] = json!({"oneOf": [
+        note,
+        {"type": "array", "items": note, "minItems": 1, "maxItems": api::MAX_NOTES_PER_REQUEST}
+    ]});
+    body["content"]["application/x-ndjson"]["schema"] = json!({"type": "string", "pattern": "\\S"});
+}
+
 /// Adds `status` unless the handler declared it.
 fn add_response(op: &mut Value, status: &str, description: &str) {
     let responses = op["responses"]
@@ -238,7 +263,12 @@ pub struct Served {
 fn refine(doc: &mut Value, served: Served) {
     let schemas = &mut doc["components"]["schemas"];
     let lists = json!({"minItems": 1, "maxItems": api::MAX_COMPAT_INPUTS});
-    for (component, alternative) in [("OpenAiInput", 1), ("OpenAiInput", 3), ("TeiInputs", 1)] {
+    for (component, alternative) in [
+        ("OpenAiInput", 1),
+        ("OpenAiInput", 3),
+        ("TeiInputs", 1),
+        ("TokenizeInputs", 1),
+    ] {
         let s = &mut schemas[component]["oneOf"][alternative];
         assert_eq!(s["type"], "array", "{component}");
         merge(s, &lists);
@@ -255,6 +285,37 @@ fn refine(doc: &mut Value, served: Served) {
                     "description": "Only the served model's own dimension."});
     }
     schemas["AuditAction"] = json!({"type": "string", "enum": crate::audit::ACTIONS});
+    // The search parameter's values (an empty one reads as the default).
+    let syntax = spec::PARAMS.iter().find(|p| p.name == "syntax").expect("syntax");
+    if let Kind::Choice(words) = syntax.kind {
+        schemas["DocSyntax"] = json!({"type": "string", "enum": words});
+    }
+    // One text or several: each alternative takes only its own fields (serde's
+    // deny_unknown_fields on the untagged enum's variants).
+    for component in ["AnnotateBody", "ClassifyBody", "TagBody"] {
+        for alt in schemas[component]["oneOf"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("{component} is one of two shapes"))
+        {
+            alt["additionalProperties"] = json!(false);
+        }
+    }
+    // Posted queries and judgments: JSON, or the text of the files `clinsearch eval` reads.
+    let eval = &mut schemas["EvalBody"]["properties"];
+    eval["queries"] = json!({"anyOf": [
+        {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["id", "text"],
+            "properties": {"id": {"type": ["string", "integer"]}, "text": {"type": "string"}}}},
+        {"type": "string", "description": "A BEIR queries.jsonl, or qid<TAB>text lines."},
+        {"type": "null"}
+    ]});
+    eval["qrels"] = json!({"anyOf": [
+        {"type": "object", "additionalProperties": {"type": "object",
+            "additionalProperties": {"type": "integer"}}},
+        {"type": "string", "description": "A BEIR qrels TSV or TREC qrels."},
+        {"type": "null"}
+    ]});
+    // The served model has no prompts: TEI's prompt_name is only ever null.
+    schemas["TeiEmbedBody"]["properties"]["prompt_name"] = json!({"type": "null"});
     if let Some(params) = doc["paths"]["/api/audit"]["get"]["parameters"].as_array_mut() {
         for p in params {
             if p["name"] == "since" || p["name"] == "until" {
@@ -279,6 +340,7 @@ fn merge(target: &mut Value, extra: &Value) {
 pub fn document(limits: &Limits, served: Served) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the description serialises");
     refine(&mut doc, served);
+    refine_documents(&mut doc);
     doc["components"]["securitySchemes"] = json!({
         "bearer": {"type": "http", "scheme": "bearer",
                    "description": "A key made by `clinsearch keys new NAME --role read|write|admin`."},
@@ -315,6 +377,14 @@ pub fn document(limits: &Limits, served: Served) -> Value {
             .get("parameters")
             .and_then(Value::as_array)
             .is_some_and(|p| !p.is_empty());
+        if has_params || r.path.contains('{') {
+            // Answered by the HTTP layer before any handler, without a body.
+            op["responses"]
+                .as_object_mut()
+                .expect("every operation has responses")
+                .entry("431")
+                .or_insert(json!({"description": "The request line or headers are over the HTTP layer's limits (send long queries by POST)."}));
+        }
         if has_body || has_params {
             add_response(
                 op,

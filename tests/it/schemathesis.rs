@@ -49,6 +49,19 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
             .arg(&data)
             .arg(repo_root().join("sample_corpus/notes.jsonl")),
     );
+    // The judged set the description's examples name, so evaluation and tuning run.
+    run_ok(
+        Command::new(bin)
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--queries")
+            .arg(repo_root().join("sample_corpus/queries.jsonl"))
+            .arg("--qrels")
+            .arg(repo_root().join("sample_corpus/qrels.tsv"))
+            .args(["--save-set", "sample"]),
+    );
     // A classifier (one quick epoch) and the shared tagger, so classify and tag answer.
     let train = dir.path().join("train.jsonl");
     let rows: Vec<serde_json::Value> = [
@@ -111,7 +124,7 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
         .args(["--max-time", &RUN_SECONDS.to_string()])
         .args(["--seed", "1"])
         .args(["-H", &format!("Authorization: Bearer {key}")])
-        .args(["--request-timeout", "30"])
+        .args(["--request-timeout", "60"])
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

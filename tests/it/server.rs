@@ -1168,9 +1168,20 @@ async fn evaluation_runs_on_a_stored_set_or_posted_judgments() {
     assert_eq!(st["done"], 2);
     assert_eq!(st["report"]["ks"], json!([5, 10]));
     assert_eq!(st["report"]["summaries"].as_array().unwrap().len(), 2);
-    // Mistakes are 400s with the reason.
+    // A set that does not exist is 404; mistakes are 400s with the reason.
+    let (s, v) = call(
+        &app,
+        TestRequest::post()
+            .uri("/api/eval")
+            .set_json(json!({"set": "nope"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no stored query set"));
     for (bad, needle) in [
-        (json!({"set": "nope"}), "no stored query set"),
         (json!({"set": "../etc"}), "set name"),
         (
             json!({"queries": "q1\tx\n"}),

@@ -89,7 +89,7 @@ pub struct InputText(String);
 /// A token id of the served model's vocabulary (the description states its size).
 #[derive(Deserialize, ToSchema)]
 #[serde(transparent)]
-pub struct TokenId(u32);
+pub struct TokenId(#[serde(deserialize_with = "whole::int")] u32);
 
 /// Token ids of one input (at least one: `server::openapi` states it, as it states the
 /// bounds of the lists below, which utoipa cannot attach to unnamed fields).
@@ -117,6 +117,7 @@ pub struct OpenAiBody {
     model: String,
     encoding_format: Option<EncodingFormat>,
     /// Only the served model's own dimension (the description states it).
+    #[serde(default, deserialize_with = "whole::opt_int")]
     dimensions: Option<usize>,
     /// OpenAI's end-user id: accepted and not used (never logged).
     #[allow(dead_code)]
@@ -400,6 +401,15 @@ impl TeiInputs {
     }
 }
 
+/// `/tokenize`'s `inputs`: a string or strings, any (an empty one has only the special
+/// tokens).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TokenizeInputs {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// Only `right` (any case) is supported.
 #[derive(Deserialize, ToSchema)]
 pub enum TruncationDirection {
@@ -428,6 +438,7 @@ pub struct TeiEmbedBody {
     #[schema(value_type = Option<()>)]
     prompt_name: Option<String>,
     /// Only the served model's own dimension (the description states it).
+    #[serde(default, deserialize_with = "whole::opt_int")]
     dimensions: Option<usize>,
 }
 
@@ -523,7 +534,7 @@ async fn tei_embed_inner(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeiTokenizeBody {
-    inputs: TeiInputs,
+    inputs: TokenizeInputs,
     #[serde(default = "yes")]
     add_special_tokens: bool,
     /// Accepted as TEI does; inputs are tokenised whole either way.
@@ -560,7 +571,10 @@ pub async fn tei_tokenize(state: State, http: HttpRequest, body: Bytes) -> HttpR
                 format!("invalid body: {e} (expected {{\"inputs\": string | [string]}})"),
             )
         })?;
-        let texts = body.inputs.into_vec();
+        let texts = match body.inputs {
+            TokenizeInputs::One(t) => vec![t],
+            TokenizeInputs::Many(ts) => ts,
+        };
         check_count(texts.len())?;
         disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
         let tok = state.encoder.tokenizer();

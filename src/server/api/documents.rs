@@ -184,6 +184,8 @@ pub struct StoredReply {
 #[derive(Serialize, ToSchema)]
 pub struct RejectedReply {
     pub error: crate::server::error::ErrorDetail,
+    /// Each note's outcome (absent when the body held no notes to read).
+    #[schema(required = false)]
     pub results: Vec<NoteResult>,
 }
 
@@ -318,18 +320,11 @@ pub struct DocQuery {
     expand_skip: Option<String>,
 }
 
-/// `syntax` of `GET /api/documents/{id}` (the search parameter's values).
+/// `syntax` of `GET /api/documents/{id}`: the search parameter's values, which
+/// `server::openapi` states from the search table.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[schema(as = DocSyntax)]
-pub enum DocSyntax {
-    #[schema(rename = "")]
-    Default,
-    #[schema(rename = "plain")]
-    Plain,
-    #[schema(rename = "advanced")]
-    Advanced,
-}
+pub struct DocSyntax(String);
 
 /// One chunk (embedded window) of a note.
 #[derive(Serialize, ToSchema)]
@@ -394,23 +389,20 @@ pub async fn document_get(
     }
     let principal = caller.0;
     let asked_id = id.clone();
-    // The query is read exactly as the search that led here read it.
-    let req = match &q {
-        Some(q) => {
-            let mut params: Vec<(&str, &str)> = vec![("q", q.as_str()), ("mode", "bm25")];
-            for (name, v) in [
-                ("syntax", &dq.syntax),
-                ("expand", &dq.expand),
-                ("expand_skip", &dq.expand_skip),
-            ] {
-                if let Some(v) = v {
-                    params.push((name, v.as_str()));
-                }
-            }
-            Some(SearchRequest::from_params(params).map_err(ApiError::from)?)
+    // The parameters are checked whether or not there is a query to read with them.
+    let mut params: Vec<(&str, &str)> = vec![("q", q.as_deref().unwrap_or("x")), ("mode", "bm25")];
+    for (name, v) in [
+        ("syntax", &dq.syntax),
+        ("expand", &dq.expand),
+        ("expand_skip", &dq.expand_skip),
+    ] {
+        if let Some(v) = v {
+            params.push((name, v.as_str()));
         }
-        None => None,
-    };
+    }
+    let checked = SearchRequest::from_params(params).map_err(ApiError::from)?;
+    // The query is read exactly as the search that led here read it.
+    let req = q.as_ref().map(|_| checked);
     let qv = match &req {
         Some(r) => Some(state.embedder.embed(&r.embedding_text()).await?),
         None => None,

@@ -12,8 +12,10 @@ use super::*;
 /// A stored set by name, or posted queries and judgments.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"set": "sample", "modes": ["bm25", "hybrid"], "ks": [10], "wait": false}))]
 pub struct EvalBody {
     /// A query set stored in the data directory (`clinsearch eval --save-set NAME`).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     set: Option<String>,
     /// Queries: `[{"id", "text"}]`, or the text of a BEIR queries.jsonl / `qid<TAB>text` file.
     #[schema(value_type = Option<Object>)]
@@ -24,6 +26,8 @@ pub struct EvalBody {
     /// Modes to evaluate (bm25, semantic, hybrid; default all three).
     modes: Option<Vec<String>>,
     /// Cut-offs of the metrics (default 10 and 100).
+    #[serde(default, deserialize_with = "whole::opt_vec_int")]
+    #[schema(min_items = 1)]
     ks: Option<Vec<usize>>,
     /// The hybrid fusion (as /api/search's).
     fusion: Option<String>,
@@ -105,6 +109,7 @@ fn eval_inputs(body: &EvalBody, data: &std::path::Path) -> Result<crate::eval::Q
 #[utoipa::path(post, path = "/api/eval", tag = "eval", request_body = EvalBody,
     responses(
         (status = 200, description = "The report (with wait).", body = Object),
+        (status = 404, description = "No stored query set of this name.", body = crate::server::error::ErrorBody),
         (status = 202, description = "The job, started.", body = crate::server::jobs::EvalStatus,
             links(("GetEvalJob" = (operation_id = "eval_status", parameters(("job" = "$response.body#/id")))))),
     ))]
@@ -249,8 +254,10 @@ pub async fn eval_sets(state: State) -> ApiResult {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"set": "sample", "store": false, "wait": false}))]
 pub struct TuneBody {
     /// The stored query set to tune on.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     set: String,
     /// Store the choice as the collection's default fusion (false: report only).
     #[serde(default = "yes")]
@@ -270,6 +277,7 @@ fn yes() -> bool {
 #[utoipa::path(post, path = "/api/tune", tag = "eval", request_body = TuneBody,
     responses(
         (status = 200, description = "The choice (with wait).", body = Object),
+        (status = 404, description = "No stored query set of this name.", body = crate::server::error::ErrorBody),
         (status = 202, description = "The job, started.", body = crate::server::jobs::EvalStatus),
     ))]
 pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>) -> ApiResult {

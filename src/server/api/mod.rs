@@ -16,6 +16,7 @@ mod ingest;
 mod models;
 mod search;
 mod status;
+pub mod whole;
 
 pub use annotate::*;
 pub use compat::*;

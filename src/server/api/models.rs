@@ -14,7 +14,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct EmbedBody {
     #[schema(min_items = 1, max_items = 256)]
-    texts: Vec<String>,
+    texts: Vec<NonBlank>,
     /// One vector per overlapping window instead of one per text.
     #[serde(default)]
     windows: bool,
@@ -39,6 +39,7 @@ pub struct EmbedReply {
     responses((status = 200, description = "The vectors.", body = EmbedReply)))]
 pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) -> ApiResult {
     let EmbedBody { texts, windows } = body.into_inner();
+    let texts = strings(texts);
     disclose_query(&http, &serde_json::to_string(&texts).unwrap_or_default());
     if texts.is_empty() {
         return Err(ApiError::bad_request(
@@ -82,11 +83,12 @@ pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FillMaskBody {
-    /// A text with one or more of the model's mask token (`[MASK]`).
-    #[schema(max_length = 100000)]
+    /// A text with one or more of the model's mask token (`[MASK]`, the token the tokenizer
+    /// reads as the mask of every model served here).
+    #[schema(max_length = 100000, pattern = "\\[MASK\\]", example = "chest x-ray shows [MASK] in the right lower lobe")]
     text: String,
     /// Candidates per mask (default 5).
-    #[serde(default = "default_top_k")]
+    #[serde(default = "default_top_k", deserialize_with = "whole::int")]
     #[schema(minimum = 1, maximum = 100)]
     top_k: usize,
 }
@@ -284,14 +286,14 @@ pub enum ClassifyBody {
     One {
         text: NonBlank,
         /// Labels per text (default 3).
-        #[serde(default = "default_classify_top_k")]
+        #[serde(default = "default_classify_top_k", deserialize_with = "whole::int")]
         #[schema(minimum = 1, maximum = 100)]
         top_k: usize,
     },
     Many {
         #[schema(min_items = 1, max_items = 256)]
         texts: Vec<NonBlank>,
-        #[serde(default = "default_classify_top_k")]
+        #[serde(default = "default_classify_top_k", deserialize_with = "whole::int")]
         #[schema(minimum = 1, maximum = 100)]
         top_k: usize,
     },
