@@ -20,7 +20,16 @@ use serde::Serialize;
 
 /// The status a scope gives what it covers.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]

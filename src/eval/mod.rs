@@ -784,7 +784,9 @@ pub fn load_set(data: &Path, name: &str) -> Result<QuerySet> {
     check_name(name)?;
     let dir = sets_dir(data).join(name);
     if !dir.is_dir() {
-        return Err(Error::NotFound(format!("no stored query set named {name:?}")));
+        return Err(Error::NotFound(format!(
+            "no stored query set named {name:?}"
+        )));
     }
     QuerySet::load(&dir.join("queries.jsonl"), &dir.join("qrels.tsv"))
 }

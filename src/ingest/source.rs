@@ -126,7 +126,14 @@ pub fn note_from_json(v: &Value) -> std::result::Result<Note, String> {
     for (k, v) in obj {
         let known = matches!(
             k.as_str(),
-            "id" | "_id" | "title" | "patient_id" | "patient" | "note_type" | "type" | "specialty" | "date"
+            "id" | "_id"
+                | "title"
+                | "patient_id"
+                | "patient"
+                | "note_type"
+                | "type"
+                | "specialty"
+                | "date"
         );
         if known && (v.is_array() || v.is_object()) {
             return Err(format!("{k:?} must be a string (or a number)"));

@@ -193,7 +193,9 @@ impl BertConfig {
 }
 
 /// How token vectors become one text vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Average of the token vectors under the attention mask (sentence-transformers' default).

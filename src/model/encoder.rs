@@ -37,7 +37,9 @@ pub struct WindowConfig {
 /// without them is read out of context ("No fever. Lungs clear." of whose note?), and a note
 /// scores by its best window, so on collections of long unrelated passages later windows
 /// can outrank the right notes (issue 17). The choice is recorded in the data directory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowContext {
     /// The title in the first window only (the text embedded as "title\ntext").

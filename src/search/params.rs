@@ -259,6 +259,7 @@ impl SearchRequest {
                     message: "unknown parameter".into(),
                 });
             }
+            super::spec::check_length(name, value)?;
             match name {
                 "q" | "query" => q = Some(value.to_string()),
                 "mode" => req.mode = v.parse().map_err(bad)?,
@@ -270,6 +271,12 @@ impl SearchRequest {
                 "entity" => {
                     let key = crate::index::parse_entity(v).map_err(bad)?;
                     if !req.filter.entities.contains(&key) {
+                        if req.filter.entities.len() == super::spec::MAX_ENTITIES {
+                            return Err(bad(format!(
+                                "at most {} entity filters",
+                                super::spec::MAX_ENTITIES
+                            )));
+                        }
                         req.filter.entities.push(key);
                     }
                 }

@@ -29,9 +29,10 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A `YYYY-MM-DD` date (empty: no bound).
     Date,
-    /// Comma-separated words.
+    /// Comma-separated words (at most [`MAX_VALUE_CHARS`]).
     Words,
-    /// `TYPE:VALUE`, repeatable (every one must hold).
+    /// `TYPE:VALUE` (at most [`MAX_VALUE_CHARS`]), repeatable up to [`MAX_ENTITIES`] times
+    /// (every one must hold).
     Entity,
 }
 
@@ -63,6 +64,16 @@ const fn filter(name: &'static str, kind: Kind, doc: &'static str) -> Param {
     }
 }
 
+/// Longest value of a filter or word list, in characters.
+pub const MAX_VALUE_CHARS: usize = 256;
+/// Most `entity` filters in one request.
+pub const MAX_ENTITIES: usize = 8;
+/// Longest `q` in a URL (GET), in characters: with every other parameter at its longest and
+/// each character percent-encoded, a URL stays under the 64 KiB the HTTP layer parses (above
+/// it, it answers 400 without a body before any handler). Longer queries go by POST, whose
+/// limit is [`MAX_QUERY_BYTES`] characters.
+pub const MAX_URL_QUERY_CHARS: usize = 2048;
+
 /// Other spellings the parser also takes (older clients); not described, so not generated.
 pub const ALIASES: &[(&str, &str)] = &[("query", "q"), ("limit", "k")];
 
@@ -93,9 +104,9 @@ pub const PARAMS: &[Param] = &[
         },
         "Hits skipped before the page.",
     ),
-    filter("note_type", Kind::Text { max_chars: None }, "Only notes of this type (case-insensitive)."),
-    filter("specialty", Kind::Text { max_chars: None }, "Only notes of this specialty (case-insensitive)."),
-    filter("patient_id", Kind::Text { max_chars: None }, "Only this patient's notes."),
+    filter("note_type", Kind::Text { max_chars: Some(MAX_VALUE_CHARS) }, "Only notes of this type (case-insensitive)."),
+    filter("specialty", Kind::Text { max_chars: Some(MAX_VALUE_CHARS) }, "Only notes of this specialty (case-insensitive)."),
+    filter("patient_id", Kind::Text { max_chars: Some(MAX_VALUE_CHARS) }, "Only this patient's notes."),
     filter("date_from", Kind::Date, "Notes dated on or after this day (YYYY-MM-DD)."),
     filter("date_to", Kind::Date, "Notes dated on or before this day (YYYY-MM-DD)."),
     filter(
@@ -185,6 +196,43 @@ pub const PARAMS: &[Param] = &[
         "BM25's b (default 0.75).",
     ),
 ];
+
+/// Checks a value's length against its parameter's bound (the parser calls it for every
+/// parameter it takes).
+pub fn check_length(name: &str, value: &str) -> Result<(), ParamError> {
+    let Some(p) = lookup(&[], name) else {
+        return Ok(());
+    };
+    let max = match p.kind {
+        Kind::Text { max_chars } => max_chars,
+        Kind::Words | Kind::Entity => Some(MAX_VALUE_CHARS),
+        _ => None,
+    };
+    match max {
+        Some(m) if value.chars().count() > m => Err(ParamError {
+            param: p.name.to_string(),
+            message: format!("longer than {m} characters"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The bound of query strings: `q` of at most [`MAX_URL_QUERY_CHARS`] characters.
+pub fn check_url_params<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ParamError> {
+    for (k, v) in pairs {
+        if (k == "q" || k == "query") && v.chars().count() > MAX_URL_QUERY_CHARS {
+            return Err(ParamError {
+                param: "q".into(),
+                message: format!(
+                    "longer than {MAX_URL_QUERY_CHARS} characters in a URL: send long queries by POST"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// The spec of a parameter name (aliases resolved), if the parser takes it.
 pub fn lookup<'a>(extra: &'a [Param], name: &str) -> Option<&'a Param> {
@@ -303,8 +351,7 @@ mod tests {
             } else {
                 vec![("q", "chest pain"), (p.name, v)]
             };
-            SearchRequest::from_params(pairs)
-                .unwrap_or_else(|e| panic!("{}={v}: {e}", p.name));
+            SearchRequest::from_params(pairs).unwrap_or_else(|e| panic!("{}={v}: {e}", p.name));
         }
         for (alias, _) in ALIASES {
             let v = if *alias == "limit" { "5" } else { "x" };
@@ -324,6 +371,33 @@ mod tests {
                 assert_eq!(e.param, p.name);
             }
         }
+    }
+
+    #[test]
+    fn values_over_their_bounds_are_refused_naming_the_parameter() {
+        let long = "x".repeat(MAX_VALUE_CHARS + 1);
+        for name in ["note_type", "specialty", "patient_id", "expand_skip"] {
+            let e = SearchRequest::from_params([("q", "x"), (name, long.as_str())]).unwrap_err();
+            assert_eq!(e.param, name);
+        }
+        let many: Vec<String> = (0..=MAX_ENTITIES)
+            .map(|i| format!("disease:d{i}"))
+            .collect();
+        let mut pairs = vec![("q", "x")];
+        pairs.extend(many.iter().map(|e| ("entity", e.as_str())));
+        assert_eq!(
+            SearchRequest::from_params(pairs).unwrap_err().param,
+            "entity"
+        );
+        let q = "word ".repeat(MAX_URL_QUERY_CHARS / 5 + 1);
+        assert_eq!(
+            check_url_params([("q", q.as_str())]).unwrap_err().param,
+            "q"
+        );
+        assert!(
+            SearchRequest::from_params([("q", q.as_str())]).is_ok(),
+            "POST takes it"
+        );
     }
 
     #[test]

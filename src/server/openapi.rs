@@ -152,15 +152,16 @@ fn param_schema(p: &Param, in_body: bool) -> Value {
             {"type": "string", "format": "date"},
             {"type": "string", "pattern": "^\\s*$"}
         ]}),
-        Kind::Words => json!({"type": "string"}),
-        Kind::Entity => json!({"type": "string", "pattern": "^[^:]+:.+$"}),
+        Kind::Words => json!({"type": "string", "maxLength": spec::MAX_VALUE_CHARS}),
+        Kind::Entity => json!({"type": "string", "pattern": "^[^:]+:.+$",
+                               "maxLength": spec::MAX_VALUE_CHARS}),
     };
     if p.name == "q" {
         s["minLength"] = json!(1);
     }
     if in_body {
         if let Kind::Entity = p.kind {
-            s = json!({"anyOf": [s.clone(), {"type": "array", "items": s}]});
+            s = json!({"anyOf": [s.clone(), {"type": "array", "items": s, "maxItems": spec::MAX_ENTITIES}]});
         }
         // null leaves the parameter unset.
         s = json!({"anyOf": [s, {"type": "null"}]});
@@ -174,6 +175,9 @@ fn query_parameters(params: &[(Param, bool)]) -> Vec<Value> {
         .iter()
         .map(|(p, required)| {
             let mut schema = param_schema(p, false);
+            if p.name == "q" {
+                schema["maxLength"] = json!(spec::MAX_URL_QUERY_CHARS);
+            }
             let description = schema
                 .as_object_mut()
                 .and_then(|o| o.remove("description"))
@@ -184,7 +188,8 @@ fn query_parameters(params: &[(Param, bool)]) -> Vec<Value> {
             });
             if let Kind::Entity = p.kind {
                 // Repeated: entity=a&entity=b.
-                v["schema"] = json!({"type": "array", "items": v["schema"]});
+                v["schema"] =
+                    json!({"type": "array", "items": v["schema"], "maxItems": spec::MAX_ENTITIES});
                 v["style"] = json!("form");
                 v["explode"] = json!(true);
             }
@@ -286,7 +291,10 @@ fn refine(doc: &mut Value, served: Served) {
     }
     schemas["AuditAction"] = json!({"type": "string", "enum": crate::audit::ACTIONS});
     // The search parameter's values (an empty one reads as the default).
-    let syntax = spec::PARAMS.iter().find(|p| p.name == "syntax").expect("syntax");
+    let syntax = spec::PARAMS
+        .iter()
+        .find(|p| p.name == "syntax")
+        .expect("syntax");
     if let Kind::Choice(words) = syntax.kind {
         schemas["DocSyntax"] = json!({"type": "string", "enum": words});
     }
@@ -435,7 +443,13 @@ mod tests {
     use super::*;
 
     fn doc() -> Value {
-        document(&Limits::default(), Served { dim: 384, vocab: 30522 })
+        document(
+            &Limits::default(),
+            Served {
+                dim: 384,
+                vocab: 30522,
+            },
+        )
     }
 
     #[test]
@@ -468,8 +482,16 @@ mod tests {
                     assert!(op.get("x-clinsearch-role").is_none());
                 }
                 Access::Needs(role) => {
-                    assert_eq!(op["x-clinsearch-role"], role.as_str(), "{} {}", r.method, r.path);
-                    assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object());
+                    assert_eq!(
+                        op["x-clinsearch-role"],
+                        role.as_str(),
+                        "{} {}",
+                        r.method,
+                        r.path
+                    );
+                    assert!(
+                        op["responses"]["401"].is_object() && op["responses"]["403"].is_object()
+                    );
                 }
             }
             assert_eq!(
@@ -493,7 +515,8 @@ mod tests {
             .collect();
         let table: Vec<&str> = spec::PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(names, table);
-        let body = &d["paths"]["/api/search"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let body = &d["paths"]["/api/search"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
         assert_eq!(body["required"], json!(["q"]));
         assert_eq!(body["additionalProperties"], false);
         // The export's bound is the configured one; it takes no page.
@@ -505,7 +528,9 @@ mod tests {
             max_rows["schema"]["maximum"],
             Limits::default().max_export_rows
         );
-        assert!(!export.iter().any(|p| p["name"] == "k" || p["name"] == "offset"));
+        assert!(!export
+            .iter()
+            .any(|p| p["name"] == "k" || p["name"] == "offset"));
     }
 
     #[test]
@@ -566,6 +591,30 @@ mod tests {
         assert!(r.check().is_err());
         r.lr = 0.0;
         assert!(r.check().is_err(), "lr's minimum is exclusive");
+    }
+
+    #[test]
+    fn a_query_in_a_url_has_the_url_bound_everywhere() {
+        let d = doc();
+        for (path, method) in [
+            ("/api/search", "get"),
+            ("/api/facets", "get"),
+            ("/api/search/export", "get"),
+            ("/api/documents/{id}", "get"),
+        ] {
+            let q = d["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "q")
+                .unwrap()
+                .clone();
+            assert_eq!(
+                q["schema"]["maxLength"],
+                spec::MAX_URL_QUERY_CHARS,
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -389,6 +389,7 @@ fn the_fill_mask_page_adapts_a_model_on_the_stored_notes_then_predicts() {
 
 #[test]
 fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
+    let _heavy = crate::common::heavy();
     let Some(b) = Browser::start() else { return };
     let (_dir, url) = serve();
     b.goto(&format!("{url}/#/eval"));

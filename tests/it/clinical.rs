@@ -136,7 +136,7 @@ async fn queries_without_words_are_refused_and_a_pasted_note_is_capped_with_a_no
         "{notices:?}"
     );
     assert!(!hits(&v, "hybrid").is_empty());
-    // Over the byte limit is a 400 that says the limit.
+    // Over the limit (characters) is a 400 that says the limit.
     let huge = "x ".repeat(20_000);
     let (s, v) = call(
         &app,
@@ -147,7 +147,10 @@ async fn queries_without_words_are_refused_and_a_pasted_note_is_capped_with_a_no
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("bytes"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("characters"),
         "{v}"
     );
 }

@@ -112,3 +112,11 @@ pub fn served_addr(child: &mut std::process::Child) -> String {
     std::thread::spawn(move || for _ in lines {});
     addr
 }
+
+/// Held by the tests whose work is bounded in time and CPU-heavy (the schemathesis run, and
+/// the fusion tuning the browser and server tests wait for), so that on two cores they do not
+/// run at once and push each other past their bounds.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}

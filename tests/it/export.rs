@@ -94,20 +94,26 @@ async fn every_hit_is_exported_in_ranking_order_across_pages_in_both_formats() {
     // A fused ranking depends on how deep each retriever is read: an export of N rows reads
     // N, as a search page of k = N does.
     let want = ranking(&app, "q=chest%20pain&mode=hybrid&k=250").await;
+    // k is a page's size: an export takes every hit, and says so rather than ignore it.
     let (s, text, _) = export(
         &app,
         TestRequest::post()
             .uri("/api/search/export")
-            .set_json(json!({"q": "chest pain", "mode": "hybrid", "format": "jsonl", "max_rows": 250, "k": 3})),
+            .set_json(json!({"q": "chest pain", "mode": "hybrid", "format": "jsonl", "k": 3})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("\"param\":\"k\""), "{text}");
+    let (s, text, _) = export(
+        &app,
+        TestRequest::post().uri("/api/search/export").set_json(
+            json!({"q": "chest pain", "mode": "hybrid", "format": "jsonl", "max_rows": 250}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{text}");
     let got = jsonl_rows(&text);
-    assert_eq!(
-        got.len(),
-        250.min(want.len()),
-        "k is a page's size: an export ignores it"
-    );
+    assert_eq!(got.len(), 250.min(want.len()));
     let ids: Vec<&str> = got.iter().map(|r| r["note_id"].as_str().unwrap()).collect();
     let want_ids: Vec<&str> = want
         .iter()

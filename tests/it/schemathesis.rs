@@ -12,9 +12,9 @@ use crate::common::*;
 
 /// Examples per operation and phase: enough for the coverage phase's boundary values and a
 /// fuzzing pass, inside a few minutes on two cores.
-const MAX_EXAMPLES: &str = "25";
+const MAX_EXAMPLES: &str = "20";
 /// The whole run stops by itself after this (schemathesis's own limit, then ours).
-const RUN_SECONDS: u64 = 420;
+const RUN_SECONDS: u64 = 300;
 
 #[test]
 fn schemathesis_finds_the_server_as_its_openapi_description_says() {
@@ -25,6 +25,7 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
     ) {
         return;
     }
+    let _heavy = heavy();
     let bin = env!("CARGO_BIN_EXE_clinsearch");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -49,7 +50,17 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
             .arg(&data)
             .arg(repo_root().join("sample_corpus/notes.jsonl")),
     );
-    // The judged set the description's examples name, so evaluation and tuning run.
+    // One job of each kind at a time, so that the jobs the run starts (ingest, evaluation,
+    // tuning, adaptation) leave the machine to the other tests; more is 429, documented.
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[limits]\nmax_jobs_per_principal = 1\nmax_jobs = 1\n");
+    std::fs::write(&config, toml).unwrap();
+    // The judged set the description's examples name (five queries: evaluation and tuning
+    // jobs stay short), so evaluation and tuning run.
+    let queries = dir.path().join("queries.jsonl");
+    let all = std::fs::read_to_string(repo_root().join("sample_corpus/queries.jsonl")).unwrap();
+    let five: Vec<&str> = all.lines().take(5).collect();
+    std::fs::write(&queries, five.join("\n")).unwrap();
     run_ok(
         Command::new(bin)
             .args(["eval", "--model"])
@@ -57,7 +68,7 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
             .arg("--data")
             .arg(&data)
             .arg("--queries")
-            .arg(repo_root().join("sample_corpus/queries.jsonl"))
+            .arg(&queries)
             .arg("--qrels")
             .arg(repo_root().join("sample_corpus/qrels.tsv"))
             .args(["--save-set", "sample"]),
@@ -139,7 +150,7 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
     assert!(
         out.status.success(),
         "schemathesis found failures:\n{}",
-        tail(&text, 30_000)
+        failures(&text)
     );
     // It ran every operation (none skipped for a schema it could not read).
     assert!(
@@ -150,9 +161,24 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
     eprintln!("{}", tail(&text, 3_000));
 }
 
+/// The report's failures and summary, each line cut short (generated URLs run long).
+fn failures(text: &str) -> String {
+    let start = text
+        .find("= FAILURES =")
+        .or(text.find("= ERRORS ="))
+        .unwrap_or(0);
+    text[start..]
+        .lines()
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn tail(s: &str, n: usize) -> &str {
     let start = s.len().saturating_sub(n);
-    let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
     &s[start..]
 }
 

@@ -10,7 +10,7 @@ use super::*;
 
 /// One text, or several with `texts` (exactly one of the two).
 #[derive(Deserialize, ToSchema)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(untagged, deny_unknown_fields, try_from = "AnnotateRaw")]
 pub enum AnnotateBody {
     One {
         #[schema(max_length = 1048576)]
@@ -20,6 +20,25 @@ pub enum AnnotateBody {
         #[schema(min_items = 1, max_items = 256)]
         texts: Vec<String>,
     },
+}
+
+/// The body as sent, so that both or neither of `text` and `texts` is said to be wrong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateRaw {
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+}
+
+impl TryFrom<AnnotateRaw> for AnnotateBody {
+    type Error = String;
+    fn try_from(raw: AnnotateRaw) -> Result<Self, String> {
+        match (raw.text, raw.texts) {
+            (Some(text), None) => Ok(AnnotateBody::One { text }),
+            (None, Some(texts)) => Ok(AnnotateBody::Many { texts }),
+            _ => Err("text: give exactly one of text or texts".into()),
+        }
+    }
 }
 
 /// Several texts' annotations, in order.

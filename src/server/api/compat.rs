@@ -115,7 +115,9 @@ pub struct OpenAiBody {
     /// Required by OpenAI's API; any name is accepted (the served model answers).
     #[allow(dead_code)]
     model: String,
-    encoding_format: Option<EncodingFormat>,
+    /// Read by the handler, so that a wrong value names this parameter as OpenAI does.
+    #[schema(value_type = Option<EncodingFormat>)]
+    encoding_format: Option<String>,
     /// Only the served model's own dimension (the description states it).
     #[serde(default, deserialize_with = "whole::opt_int")]
     dimensions: Option<usize>,
@@ -124,8 +126,9 @@ pub struct OpenAiBody {
     user: Option<String>,
 }
 
-#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
 pub enum EncodingFormat {
     Float,
     Base64,
@@ -265,7 +268,16 @@ async fn openai_embeddings_inner(
         )
     })?;
     let enc = state.encoder.clone();
-    let base64 = body.encoding_format == Some(EncodingFormat::Base64);
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(invalid(
+                "encoding_format",
+                format!("encoding_format {other:?}: use \"float\" or \"base64\""),
+            ))
+        }
+    };
     if let Some(d) = body.dimensions {
         if d != enc.dim() {
             return Err(invalid(
@@ -587,7 +599,6 @@ pub async fn tei_tokenize(state: State, http: HttpRequest, body: Bytes) -> HttpR
         };
         let mut out = vec![];
         for t in &texts {
-
             let tokens = tok.encode(t)?;
             let mut row = vec![];
             if body.add_special_tokens {

@@ -308,7 +308,7 @@ pub async fn documents_post(
 #[serde(deny_unknown_fields)]
 pub struct DocQuery {
     /// A query to mark in the note: BM25 term matches and each chunk's cosine to it.
-    #[param(max_length = 32768)]
+    #[param(max_length = 2048)]
     q: Option<String>,
     /// How `q` is read, as the search that led here read it (see `/api/search`).
     #[param(value_type = Option<DocSyntax>)]
@@ -317,6 +317,7 @@ pub struct DocQuery {
     #[param(value_type = Option<bool>)]
     expand: Option<String>,
     /// Words of `q` not expanded, comma-separated.
+    #[param(max_length = 256)]
     expand_skip: Option<String>,
 }
 
@@ -389,6 +390,8 @@ pub async fn document_get(
     }
     let principal = caller.0;
     let asked_id = id.clone();
+    crate::search::spec::check_url_params([("q", dq.q.as_deref().unwrap_or(""))])
+        .map_err(ApiError::from)?;
     // The parameters are checked whether or not there is a query to read with them.
     let mut params: Vec<(&str, &str)> = vec![("q", q.as_deref().unwrap_or("x")), ("mode", "bm25")];
     for (name, v) in [

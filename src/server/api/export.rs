@@ -53,6 +53,7 @@ pub async fn export_get(
     caller: Caller,
     query: web::Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    spec::check_url_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     run_export(state, &http, caller, query.into_inner()).await
 }
 

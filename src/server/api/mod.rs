@@ -62,7 +62,22 @@ pub fn json_error(e: actix_web::error::JsonPayloadError, limit: usize) -> ApiErr
             "send the body as application/json",
         ),
         J::Deserialize(d) => {
-            ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}"))
+            // A body's own check (`try_from`) names the parameter first: `texts: ...`.
+            let text = d.to_string();
+            let message = text.split(" at line ").next().unwrap_or(&text);
+            match message.split_once(": ") {
+                Some((param, _))
+                    if d.is_data()
+                        && !param.is_empty()
+                        && param.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+                {
+                    ApiError {
+                        param: Some(param.to_string()),
+                        ..ApiError::bad_request("invalid_parameter", message.to_string())
+                    }
+                }
+                _ => ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}")),
+            }
         }
         other => ApiError::bad_request("invalid_json", other.to_string()),
     }

@@ -85,7 +85,11 @@ pub async fn embed(state: State, http: HttpRequest, body: web::Json<EmbedBody>) 
 pub struct FillMaskBody {
     /// A text with one or more of the model's mask token (`[MASK]`, the token the tokenizer
     /// reads as the mask of every model served here).
-    #[schema(max_length = 100000, pattern = "\\[MASK\\]", example = "chest x-ray shows [MASK] in the right lower lobe")]
+    #[schema(
+        max_length = 100000,
+        pattern = "\\[MASK\\]",
+        example = "chest x-ray shows [MASK] in the right lower lobe"
+    )]
     text: String,
     /// Candidates per mask (default 5).
     #[serde(default = "default_top_k", deserialize_with = "whole::int")]
@@ -279,21 +283,22 @@ pub async fn adapt_status(state: State, caller: Caller, job: web::Path<String>) 
     }
 }
 
-/// One text, or several with `texts` (exactly one of the two; no text blank).
+/// One text, or several with `texts` (exactly one of the two; no text blank). Read through
+/// [`TextsRaw`], so that a body with both or neither says so.
 #[derive(Deserialize, ToSchema)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(untagged, deny_unknown_fields, try_from = "TextsRaw")]
 pub enum ClassifyBody {
     One {
         text: NonBlank,
         /// Labels per text (default 3).
-        #[serde(default = "default_classify_top_k", deserialize_with = "whole::int")]
+        #[serde(default = "default_classify_top_k")]
         #[schema(minimum = 1, maximum = 100)]
         top_k: usize,
     },
     Many {
         #[schema(min_items = 1, max_items = 256)]
         texts: Vec<NonBlank>,
-        #[serde(default = "default_classify_top_k", deserialize_with = "whole::int")]
+        #[serde(default = "default_classify_top_k")]
         #[schema(minimum = 1, maximum = 100)]
         top_k: usize,
     },
@@ -304,6 +309,55 @@ pub enum ClassifyBody {
 #[serde(transparent)]
 #[schema(pattern = "\\S")]
 pub struct NonBlank(pub String);
+
+/// The bodies of classify and tag as sent: `text` or `texts`, and `top_k` (classify only).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextsRaw {
+    text: Option<NonBlank>,
+    texts: Option<Vec<NonBlank>>,
+    #[serde(default, deserialize_with = "whole::present_int")]
+    top_k: Option<usize>,
+}
+
+/// One text (Ok) or several (Err).
+type OneOrMany = Result<NonBlank, Vec<NonBlank>>;
+
+impl TextsRaw {
+    fn split(self) -> Result<(OneOrMany, Option<usize>), String> {
+        match (self.text, self.texts) {
+            (Some(t), None) => Ok((Ok(t), self.top_k)),
+            (None, Some(ts)) => Ok((Err(ts), self.top_k)),
+            _ => Err("text: give exactly one of text or texts".into()),
+        }
+    }
+}
+
+impl TryFrom<TextsRaw> for ClassifyBody {
+    type Error = String;
+    fn try_from(raw: TextsRaw) -> Result<Self, String> {
+        let (texts, top_k) = raw.split()?;
+        let top_k = top_k.unwrap_or_else(default_classify_top_k);
+        Ok(match texts {
+            Ok(text) => ClassifyBody::One { text, top_k },
+            Err(texts) => ClassifyBody::Many { texts, top_k },
+        })
+    }
+}
+
+impl TryFrom<TextsRaw> for TagBody {
+    type Error = String;
+    fn try_from(raw: TextsRaw) -> Result<Self, String> {
+        let (texts, top_k) = raw.split()?;
+        if top_k.is_some() {
+            return Err("unknown field `top_k`: tag takes text or texts".into());
+        }
+        Ok(match texts {
+            Ok(text) => TagBody::One { text },
+            Err(texts) => TagBody::Many { texts },
+        })
+    }
+}
 
 fn strings(texts: Vec<NonBlank>) -> Vec<String> {
     texts.into_iter().map(|t| t.0).collect()
@@ -358,7 +412,7 @@ pub async fn classify(state: State, http: HttpRequest, body: web::Json<ClassifyB
 
 /// One text, or several with `texts` (exactly one of the two; no text blank).
 #[derive(Deserialize, ToSchema)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(untagged, deny_unknown_fields, try_from = "TextsRaw")]
 pub enum TagBody {
     One {
         text: NonBlank,

@@ -24,6 +24,7 @@ pub async fn search_get(
     caller: Caller,
     query: web::Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    crate::search::spec::check_url_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let req = SearchRequest::from_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     run_search(state, &http, caller, req).await
 }

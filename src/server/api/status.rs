@@ -238,6 +238,7 @@ pub async fn facets(
     caller: Caller,
     query: web::Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    crate::search::spec::check_url_params(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let has_q = query.iter().any(|(k, _)| k == "q" || k == "query");
     let mut params: Vec<(&str, &str)> = query
         .iter()
@@ -278,10 +279,7 @@ pub async fn facets(
                 .bm25
                 .facet_values_under(f, &scope)?
                 .into_iter()
-                .map(|(value, count)| FacetValue {
-                    value,
-                    count: count as u64,
-                })
+                .map(|(value, count)| FacetValue { value, count })
                 .collect())
         };
         let store = &st.engine.store;

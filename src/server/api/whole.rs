@@ -36,13 +36,24 @@ pub fn opt_int<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Optio
     }
 }
 
+/// A field that may be absent (`#[serde(default)]` gives None) but not null.
+pub fn present_int<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    int(d).map(Some)
+}
+
 pub fn opt_vec_int<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
     d: D,
 ) -> Result<Option<Vec<T>>, D::Error> {
     match Option::<Vec<Number>>::deserialize(d)
         .map_err(|_| D::Error::custom("expected an array of whole numbers or null"))?
     {
-        Some(ns) => ns.into_iter().map(to_whole).collect::<Result<_, _>>().map(Some),
+        Some(ns) => ns
+            .into_iter()
+            .map(to_whole)
+            .collect::<Result<_, _>>()
+            .map(Some),
         None => Ok(None),
     }
 }
@@ -65,7 +76,12 @@ mod tests {
         assert_eq!((b.n, b.m), (5, Some(7)));
         let b: B = serde_json::from_str(r#"{"n": 5}"#).unwrap();
         assert_eq!((b.n, b.m), (5, None));
-        for bad in [r#"{"n": 5.5}"#, r#"{"n": -1}"#, r#"{"n": "5"}"#, r#"{"n": 1, "m": 1e12}"#] {
+        for bad in [
+            r#"{"n": 5.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": "5"}"#,
+            r#"{"n": 1, "m": 1e12}"#,
+        ] {
             assert!(serde_json::from_str::<B>(bad).is_err(), "{bad}");
         }
     }
