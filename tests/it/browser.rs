@@ -148,12 +148,17 @@ impl Browser {
 
     /// Waits until `css` matches, then returns the first match.
     fn wait(&self, css: &str) -> String {
+        self.wait_for(css, Duration::from_secs(90))
+    }
+
+    /// [`Self::wait`] with its own bound (a background job the page polls).
+    fn wait_for(&self, css: &str, limit: Duration) -> String {
         let t = Instant::now();
         loop {
             if let Some(e) = self.find_all(css).into_iter().next() {
                 return e;
             }
-            if t.elapsed() > Duration::from_secs(90) {
+            if t.elapsed() > limit {
                 let html = self.script("return document.body.innerText", vec![]);
                 panic!("timed out waiting for {css}; page text: {html}");
             }
@@ -419,6 +424,9 @@ fn the_evaluation_page_plots_recall_and_opens_a_query_side_by_side() {
     // Tuning the fusion from the page: the held-out figure against RRF, the stored choice.
     b.script("window.scrollTo(0, 0)", vec![]);
     b.click(&b.wait("#eval-tune"));
+    // Tuning runs the 45 queries under every note score and cross-validates: on two cores
+    // shared with the rest of the suite it can take a few minutes.
+    b.wait_for("#tune-result", Duration::from_secs(300));
     let result = b.wait_text("#tune-result", "Held-out hybrid nDCG@10");
     assert!(result.contains("45 queries of set sample"), "{result}");
     assert!(result.contains("RRF k=60"), "{result}");

@@ -14,7 +14,7 @@ use crate::common::*;
 /// fuzzing pass, inside a few minutes on two cores.
 const MAX_EXAMPLES: &str = "20";
 /// The whole run stops by itself after this (schemathesis's own limit, then ours).
-const RUN_SECONDS: u64 = 300;
+const RUN_SECONDS: u64 = 180;
 
 #[test]
 fn schemathesis_finds_the_server_as_its_openapi_description_says() {
