@@ -137,6 +137,8 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
         .args(["-H", &format!("Authorization: Bearer {key}")])
         .args(["--request-timeout", "60"])
         .env("NO_COLOR", "1")
+        // Its example cache (.schemathesis/) goes to the temporary folder, not the checkout.
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
