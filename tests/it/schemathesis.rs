@@ -111,13 +111,6 @@ fn schemathesis_finds_the_server_as_its_openapi_description_says() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let addr = served_addr(&mut child);
     let _server = Kill(child);
     let url = format!("http://{addr}");

@@ -1021,13 +1021,6 @@ fn the_binary_audits_alice_and_verify_catches_an_edited_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let addr = served_addr(&mut child);
     let child = Kill(child);
     let get = |path: &str, key: &str| {
