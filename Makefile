@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-gpu model build bench bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
+.PHONY: run test test-gpu model build bench bench-scale bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -52,6 +52,12 @@ bench: model
 # time, memory growth, file descriptors. Stops by itself.
 soak: model
 	$(CARGO) bench --bench soak
+
+# Figures at 100,000 and 1,000,000 chunks through the bulk vector import, against hnswlib,
+# faiss and tantivy alone (pip install hnswlib faiss-cpu; about 2 hours on 2 cores).
+bench-scale: model
+	python3 -c "import hnswlib, faiss" 2> /dev/null || python3 -m pip install --quiet hnswlib faiss-cpu
+	$(CARGO) bench --bench scale
 
 # Fine-tuning against frozen-embedding baselines on MTSamples (about an hour on 2 cores).
 bench-finetune: model

@@ -90,7 +90,22 @@ pub enum Command {
         /// in the data directory: later ingests use it unless given another).
         #[arg(long, env = "CLINSEARCH_TAGGER")]
         tagger: Option<String>,
+        /// Every note carries its chunks' vectors, embedded elsewhere (`chunks` with
+        /// `char_start`, `char_end` and `vector`, or one `vector`): stored as given, checked
+        /// against the data directory's model; a note without them is refused. (Notes with
+        /// vectors are imported as given even without this flag.)
+        #[arg(long)]
+        vectors: bool,
+        /// A NumPy matrix (float32/float64, chunks x dimensions) holding the vectors of the
+        /// one JSONL given: each chunk names its `row` or takes the next one. Implies --vectors.
+        #[arg(long)]
+        npy: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        index: crate::cli_vectors::VectorArgs,
     },
+    /// Write every stored note with its chunks and vectors (JSONL, or JSONL plus a NumPy
+    /// matrix), in the format `ingest --vectors` reads: a collection moves without re-embedding.
+    ExportVectors(crate::cli_vectors::ExportVectorsArgs),
     /// Delete notes everywhere (store, BM25, vectors).
     Delete {
         #[command(flatten)]
@@ -115,6 +130,9 @@ pub enum Command {
         tagger: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
+        /// New vector index settings: recorded, then the graph is rebuilt with them.
+        #[command(flatten)]
+        index: crate::cli_vectors::VectorArgs,
     },
     /// Serve the HTTP API and the browser UI (loopback only unless an API key is set).
     Serve(ServeArgs),
@@ -554,7 +572,20 @@ impl DataArgs {
         &self,
         identity: Option<&crate::store::ModelIdentity>,
     ) -> Result<crate::engine::Engine> {
-        crate::engine::Engine::open(&self.dir, identity, &crate::engine::OpenOptions::default())
+        self.open_with(identity, crate::index::VectorChoice::default())
+    }
+
+    /// [`Self::open`] asking for vector index settings (recorded by a new directory).
+    fn open_with(
+        &self,
+        identity: Option<&crate::store::ModelIdentity>,
+        vectors: crate::index::VectorChoice,
+    ) -> Result<crate::engine::Engine> {
+        let opts = crate::engine::OpenOptions {
+            vectors,
+            ..Default::default()
+        };
+        crate::engine::Engine::open(&self.dir, identity, &opts)
             .with_context(|| format!("opening data directory {}", self.dir.display()))
     }
 }
@@ -732,6 +763,9 @@ pub fn run(cli: Cli) -> Result<()> {
             acks,
             json,
             tagger,
+            vectors,
+            npy,
+            index,
         } => {
             use crate::ingest::{self, source};
             let mut opts = model.options()?;
@@ -740,7 +774,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let encoder = Encoder::load(&model.model, &opts)
                 .with_context(|| format!("loading model {}", model.model))?;
             let identity = crate::store::ModelIdentity::from_info(encoder.info());
-            let engine = data.open(Some(&identity))?;
+            let engine = data.open_with(Some(&identity), index.choice())?;
             let tagger = crate::ner::for_data_dir(&data.dir, tagger.as_deref(), &opts.device)
                 .context("loading the tagger")?;
             if let Some(t) = &tagger {
@@ -765,10 +799,12 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 None
             };
+            let imported =
+                crate::cli_vectors::ImportChecks::new(&paths, format, npy.as_deref(), &identity)?;
             let sources = paths
                 .iter()
-                .map(|p| source::read(p, format, &mapping))
-                .collect();
+                .map(|p| imported.wrap(source::read(p, format, &mapping), vectors))
+                .collect::<Result<Vec<_>>>()?;
             let report = ingest::run(
                 &engine,
                 &encoder,
@@ -807,10 +843,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     if report.capped > 0 { format!("; {} notes capped at {max_windows} windows", report.capped) } else { String::new() }
                 );
             }
+            imported.report_unused_rows();
             if let Some(reason) = report.aborted {
                 anyhow::bail!("{reason} (stopped; the {} notes before this batch are stored; --on-error skip goes on past bad records)", report.notes);
             }
         }
+        Command::ExportVectors(args) => crate::cli_vectors::export(args)?,
         Command::Delete { data, ids } => {
             let engine = data.open(None)?;
             let n = engine.delete(&ids)?;
@@ -823,8 +861,23 @@ pub fn run(cli: Cli) -> Result<()> {
             retag,
             tagger,
             model,
+            index,
         } => {
-            if retag {
+            if !index.choice().is_empty() {
+                anyhow::ensure!(
+                    !reembed && !retag,
+                    "vector index options go alone with reindex"
+                );
+                let t0 = std::time::Instant::now();
+                let settings = crate::engine::change_vector_settings(&data.dir, &index.choice())?;
+                let engine = data.open(None)?;
+                engine.checkpoint()?;
+                println!(
+                    "rebuilt the vector index of {} chunks with {settings} in {:.1}s",
+                    engine.vectors.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+            } else if retag {
                 crate::engine::require_existing(&data.dir)?;
                 let device = model::parse_device(&model.device)?;
                 let tagger = crate::ner::for_data_dir(&data.dir, tagger.as_deref(), &device)
@@ -1037,6 +1090,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 "bm25_stemming": engine.bm25.stems(),
                 "vector_points": engine.vectors.points(),
                 "live_vectors": engine.vectors.len(),
+                "vector_index": engine.vectors.settings(),
                 "last_seq": engine.store.last_seq()?,
                 "store_bytes": engine.store.size_on_disk(),
                 "tuned_fusion": engine.tuned_fusion(),

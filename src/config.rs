@@ -192,7 +192,8 @@ pub struct ServerConfig {
     pub read_api_key: Option<String>,
     pub query_batch: usize,
     pub workers: usize,
-    pub ef_search: usize,
+    /// hnsw search breadth; None: the data directory's recorded `ef_search`.
+    pub ef_search: Option<usize>,
     pub classifier: Option<String>,
     pub tagger: Option<String>,
     pub mlm_model: Option<String>,
@@ -281,7 +282,7 @@ impl ServerConfig {
             read_api_key: nonempty(l.read_api_key),
             query_batch: l.query_batch.unwrap_or(32).clamp(1, 256),
             workers: l.workers.unwrap_or(2).clamp(1, 64),
-            ef_search: l.ef_search.unwrap_or(crate::search::MIN_EF).clamp(8, 4096),
+            ef_search: l.ef_search.map(|e| e.clamp(8, 4096)),
             classifier: nonempty(l.classifier),
             tagger: nonempty(l.tagger),
             mlm_model: nonempty(l.mlm_model),

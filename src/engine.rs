@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::index::bm25::Bm25Index;
 use crate::index::vectors::VectorIndex;
+use crate::index::{VectorChoice, VectorSettings};
 use crate::store::{EmbeddedNote, ModelIdentity, Op, Store};
 
 /// Time spent in each write stage of one `apply`.
@@ -70,12 +71,65 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 pub struct OpenOptions {
     /// BM25 with English stemming when the index is created (an existing index keeps its own).
     pub stem: bool,
+    /// Vector index settings for a new data directory; an existing one keeps those it
+    /// recorded, and asking it for others is an error ([`change_vector_settings`] changes
+    /// them).
+    pub vectors: VectorChoice,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { stem: true }
+        OpenOptions {
+            stem: true,
+            vectors: VectorChoice::default(),
+        }
     }
+}
+
+/// The vector settings of a store: as recorded; else, for a store holding notes (made before
+/// settings were recorded) what built it, and for a new one the defaults, laid under
+/// `choice` and recorded. A choice that contradicts recorded settings is refused.
+fn vector_settings(dir: &Path, store: &Store, choice: &VectorChoice) -> Result<VectorSettings> {
+    let recorded = match store.vector_settings()? {
+        Some(s) => Some(s),
+        None if store.note_count() > 0 => Some(VectorSettings::LEGACY),
+        None => None,
+    };
+    let settings = match recorded {
+        Some(rec) => {
+            let clash = choice.conflicts(&rec);
+            if !clash.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{}'s vector index is built with {rec}; asked for {}: `clinsearch reindex` with those options rebuilds it so",
+                    dir.display(),
+                    clash.join(", ")
+                )));
+            }
+            rec
+        }
+        None => choice.over(VectorSettings::DEFAULT),
+    };
+    settings.check().map_err(Error::InvalidInput)?;
+    if store.vector_settings()?.as_ref() != Some(&settings) {
+        store.set_vector_settings(&settings)?;
+    }
+    Ok(settings)
+}
+
+/// Records new vector settings for an existing data directory (`clinsearch reindex
+/// --quantization ...`); the next open rebuilds the graph from the stored vectors.
+pub fn change_vector_settings(dir: &Path, choice: &VectorChoice) -> Result<VectorSettings> {
+    require_existing(dir)?;
+    let store = Store::open(dir)?;
+    let base = match store.vector_settings()? {
+        Some(s) => s,
+        None if store.note_count() > 0 => VectorSettings::LEGACY,
+        None => VectorSettings::DEFAULT,
+    };
+    let settings = choice.over(base);
+    settings.check().map_err(Error::InvalidInput)?;
+    store.set_vector_settings(&settings)?;
+    Ok(settings)
 }
 
 /// Below this much free space an index failure is reported as a full disk.
@@ -119,7 +173,8 @@ impl Engine {
                 Bm25Index::open(&bm25_dir, opts.stem)?
             }
         };
-        let vectors = VectorIndex::open(&dir.join("vectors"), &store)?;
+        let settings = vector_settings(dir, &store, &opts.vectors)?;
+        let vectors = VectorIndex::open(&dir.join("vectors"), &store, settings)?;
         let engine = Engine {
             dir: dir.to_path_buf(),
             store,
@@ -552,18 +607,32 @@ pub fn reembed(dir: &Path, encoder: &crate::model::Encoder) -> Result<crate::ing
             .notes()
             .map(|n| n.map(|s| s.note))
             .collect::<Result<_>>()?;
+        let vs = old.vectors.settings();
         drop(old);
         let identity = ModelIdentity::from_info(encoder.info());
-        let new = Engine::open(&fresh, Some(&identity), &OpenOptions { stem })?;
+        // The new build keeps the vector settings the directory recorded.
+        let new = Engine::open(
+            &fresh,
+            Some(&identity),
+            &OpenOptions {
+                stem,
+                vectors: VectorChoice {
+                    quantization: Some(vs.quantization),
+                    m: Some(vs.m),
+                    ef_construction: Some(vs.ef_construction),
+                    ef_search: Some(vs.ef_search),
+                },
+            },
+        )?;
         let origin = dir.join("sled");
         let records = notes.into_iter().map(move |note| {
-            Ok(crate::ingest::Record {
-                origin: crate::ingest::source::Origin {
+            Ok(crate::ingest::Record::new(
+                note,
+                crate::ingest::source::Origin {
                     file: origin.clone(),
                     line: 0,
                 },
-                note,
-            })
+            ))
         });
         let report = crate::ingest::run(
             &new,

@@ -24,6 +24,7 @@ mod cli_access;
 mod cli_clinical;
 mod cli_export;
 mod cli_train;
+mod cli_vectors;
 pub mod clinical;
 pub mod config;
 pub mod engine;

@@ -280,7 +280,8 @@ pub struct EvalOptions {
     pub modes: Vec<Mode>,
     pub ks: Vec<usize>,
     pub fusion: Fusion,
-    pub ef: usize,
+    /// hnsw search breadth; None: the data directory's recorded `ef_search`.
+    pub ef: Option<usize>,
     /// Evaluate as if only the notes passing this filter existed (a restricted key's view).
     pub restrict: Option<crate::index::Filter>,
     /// Expand abbreviations and long forms (as searches do by default).
@@ -313,7 +314,7 @@ impl Default for EvalOptions {
             modes: vec![Mode::Bm25, Mode::Semantic, Mode::Hybrid],
             ks: vec![1, 5, 10, 20, 100],
             fusion: Fusion::default(),
-            ef: crate::search::MIN_EF,
+            ef: None,
             restrict: None,
             expand: true,
             expansion_weight: crate::search::EXPANSION_WEIGHT,
@@ -475,7 +476,9 @@ pub fn evaluate(
         vec![None; set.queries.len()]
     };
     let mut searcher = Searcher::new(engine);
-    searcher.ef = opts.ef;
+    if let Some(ef) = opts.ef {
+        searcher.ef = ef;
+    }
     searcher.expansion_weight = opts.expansion_weight;
     searcher.sense_context = opts.sense_context;
     searcher.demote_unaffirmed = opts.demote_unaffirmed;

@@ -4,7 +4,10 @@
 pub mod bm25;
 pub mod bm25_scorer;
 pub mod query;
+pub mod vector_settings;
 pub mod vectors;
+
+pub use vector_settings::{Quantization, VectorChoice, VectorSettings};
 
 use serde::{Deserialize, Serialize};
 

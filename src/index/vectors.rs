@@ -8,6 +8,8 @@
 //!
 //! Persistence: `save` dumps the graph into a fresh folder and then atomically replaces the
 //! manifest `vectors.json` naming it, so a crash mid-dump leaves the previous dump in force.
+//! The manifest names the settings the dump was built with; a dump built otherwise than the
+//! data directory's [`VectorSettings`] now say is rebuilt on open.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,9 @@ use std::sync::{Arc, RwLock};
 use hnsw_rs::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::vector_settings::{
+    quantize, DistCosineI8, Quantization, VectorSettings, RESCORE_FACTOR,
+};
 use crate::error::{Error, Result};
 use crate::store::{Chunk, Op, Store};
 
@@ -25,9 +30,6 @@ use crate::store::{Chunk, Op, Store};
 pub const REBUILD_DEAD_FRACTION: f64 = 0.25;
 pub const REBUILD_MIN_DEAD: usize = 1000;
 
-const MAX_CONNECTIONS: usize = 24;
-const EF_CONSTRUCTION: usize = 200;
-
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     folder: String,
@@ -35,9 +37,110 @@ struct Manifest {
     seq: u64,
     max_chunk: Option<u64>,
     points: usize,
+    /// What built the dump (dumps written before settings were recorded: the legacy ones).
+    #[serde(default = "legacy_quantization")]
+    quantization: Quantization,
+    #[serde(default = "legacy_m")]
+    m: usize,
+    #[serde(default = "legacy_ef_construction")]
+    ef_construction: usize,
 }
 
-type Graph = Hnsw<'static, f32, DistCosine>;
+fn legacy_quantization() -> Quantization {
+    VectorSettings::LEGACY.quantization
+}
+fn legacy_m() -> usize {
+    VectorSettings::LEGACY.m
+}
+fn legacy_ef_construction() -> usize {
+    VectorSettings::LEGACY.ef_construction
+}
+
+/// The graph, over the vectors at the precision the settings ask for.
+enum Graph {
+    F32(Hnsw<'static, f32, DistCosine>),
+    Int8(Hnsw<'static, i8, DistCosineI8>),
+}
+
+impl Graph {
+    fn new(settings: &VectorSettings, expected: usize) -> Graph {
+        let n = expected.max(10_000);
+        let (m, efc) = (settings.m, settings.ef_construction);
+        let mut g = match settings.quantization {
+            Quantization::F32 => Graph::F32(Hnsw::new(m, n, 16, efc, DistCosine)),
+            Quantization::Int8 => Graph::Int8(Hnsw::new(m, n, 16, efc, DistCosineI8)),
+        };
+        g.set_searching_mode();
+        g
+    }
+
+    fn set_searching_mode(&mut self) {
+        match self {
+            Graph::F32(g) => g.set_searching_mode(true),
+            Graph::Int8(g) => g.set_searching_mode(true),
+        }
+    }
+
+    fn nb_point(&self) -> usize {
+        match self {
+            Graph::F32(g) => g.get_nb_point(),
+            Graph::Int8(g) => g.get_nb_point(),
+        }
+    }
+
+    fn insert(&self, chunks: &[Chunk]) {
+        match self {
+            Graph::F32(g) => {
+                let data: Vec<(&Vec<f32>, usize)> =
+                    chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
+                g.parallel_insert(&data);
+            }
+            Graph::Int8(g) => {
+                let q: Vec<Vec<i8>> = chunks.iter().map(|c| quantize(&c.vector)).collect();
+                let data: Vec<(&Vec<i8>, usize)> = q
+                    .iter()
+                    .zip(chunks)
+                    .map(|(v, c)| (v, c.id as usize))
+                    .collect();
+                g.parallel_insert(&data);
+            }
+        }
+    }
+
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&dyn FilterT>,
+    ) -> Vec<Neighbour> {
+        match (self, filter) {
+            (Graph::F32(g), None) => g.search(query, k, ef),
+            (Graph::F32(g), Some(f)) => g.search_filter(query, k, ef, Some(f)),
+            (Graph::Int8(g), f) => g.search_filter(&quantize(query), k, ef, f),
+        }
+    }
+
+    fn holds(&self, chunk_id: u64) -> bool {
+        match self {
+            Graph::F32(g) => g
+                .get_point_indexation()
+                .into_iter()
+                .any(|p| p.get_origin_id() as u64 == chunk_id),
+            Graph::Int8(g) => g
+                .get_point_indexation()
+                .into_iter()
+                .any(|p| p.get_origin_id() as u64 == chunk_id),
+        }
+    }
+
+    fn dump(&self, path: &Path, basename: &str) -> anyhow::Result<String> {
+        match self {
+            Graph::F32(g) => g.file_dump(path, basename),
+            Graph::Int8(g) => g.file_dump(path, basename),
+        }
+    }
+}
 
 struct Live {
     /// Live chunk id -> its note.
@@ -88,24 +191,13 @@ type LoadedDump = (Graph, u64, Option<u64>, usize);
 
 pub struct VectorIndex {
     dir: PathBuf,
+    settings: VectorSettings,
     graph: RwLock<Graph>,
     live: RwLock<Live>,
     /// Points in the graph, dead ones included.
     points: AtomicU64,
     max_chunk: RwLock<Option<u64>>,
     applied: AtomicU64,
-}
-
-fn new_graph(expected: usize) -> Graph {
-    let mut g = Hnsw::new(
-        MAX_CONNECTIONS,
-        expected.max(10_000),
-        16,
-        EF_CONSTRUCTION,
-        DistCosine,
-    );
-    g.set_searching_mode(true);
-    g
 }
 
 /// Locks that survive a panic of another holder: a panic inside an insert leaves the index
@@ -125,18 +217,20 @@ fn idx_err(e: impl std::fmt::Display) -> Error {
 impl VectorIndex {
     /// Opens the index in `dir` and brings it up to date with the store. A missing or
     /// unreadable dump is rebuilt from the stored vectors (no re-embedding).
-    pub fn open(dir: &Path, store: &Store) -> Result<Self> {
+    pub fn open(dir: &Path, store: &Store, settings: VectorSettings) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let (graph, seq, max_chunk, points) = match Self::load(dir) {
+        let fresh = || (Graph::new(&settings, store.chunk_count()), 0, None, 0);
+        let (graph, seq, max_chunk, points) = match Self::load(dir, &settings) {
             Ok(Some(loaded)) => loaded,
-            Ok(None) => (new_graph(store.chunk_count()), 0, None, 0),
+            Ok(None) => fresh(),
             Err(e) => {
                 tracing::warn!("vector index dump unreadable ({e}); rebuilding from the store");
-                (new_graph(store.chunk_count()), 0, None, 0)
+                fresh()
             }
         };
         let idx = VectorIndex {
             dir: dir.to_path_buf(),
+            settings,
             graph: RwLock::new(graph),
             live: RwLock::new(Live {
                 owners: HashMap::new(),
@@ -153,7 +247,7 @@ impl VectorIndex {
         Ok(idx)
     }
 
-    fn load(dir: &Path) -> Result<Option<LoadedDump>> {
+    fn load(dir: &Path, settings: &VectorSettings) -> Result<Option<LoadedDump>> {
         let manifest_path = dir.join("vectors.json");
         if !manifest_path.exists() {
             return Ok(None);
@@ -161,16 +255,28 @@ impl VectorIndex {
         let text =
             std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
         let m: Manifest = serde_json::from_str(&text).map_err(idx_err)?;
+        if (m.quantization, m.m, m.ef_construction)
+            != (settings.quantization, settings.m, settings.ef_construction)
+        {
+            tracing::info!(
+                "the vector index dump was built with {} vectors, M {}, ef_construction {}; rebuilding it as {settings}",
+                m.quantization, m.m, m.ef_construction
+            );
+            return Ok(None);
+        }
         // The loaded graph borrows its HnswIo for its whole life; loading happens once per
         // open, so the small HnswIo is leaked rather than stored beside the graph.
         let io: &'static mut HnswIo =
             Box::leak(Box::new(HnswIo::new(&dir.join(&m.folder), &m.basename)));
-        let mut g: Graph = io.load_hnsw::<f32, DistCosine>().map_err(idx_err)?;
-        g.set_searching_mode(true);
-        if g.get_nb_point() != m.points {
+        let mut g = match m.quantization {
+            Quantization::F32 => Graph::F32(io.load_hnsw::<f32, DistCosine>().map_err(idx_err)?),
+            Quantization::Int8 => Graph::Int8(io.load_hnsw::<i8, DistCosineI8>().map_err(idx_err)?),
+        };
+        g.set_searching_mode();
+        if g.nb_point() != m.points {
             return Err(idx_err(format!(
                 "dump holds {} points, manifest says {}",
-                g.get_nb_point(),
+                g.nb_point(),
                 m.points
             )));
         }
@@ -195,13 +301,11 @@ impl VectorIndex {
             return Ok(());
         }
         crate::failpoint::inject("hnsw-insert", &self.dir)?;
-        let data: Vec<(&Vec<f32>, usize)> =
-            chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
         // Exclusive on purpose: searches wait for an insert batch rather than walk a graph
         // whose layers are being linked.
         #[allow(clippy::readonly_write_lock)]
         let g = self.graph.write().unwrap_or_else(|p| p.into_inner());
-        g.parallel_insert(&data);
+        g.insert(chunks);
         self.points.fetch_add(chunks.len() as u64, Ordering::SeqCst);
         let mut m = self.max_chunk.write().unwrap_or_else(|p| p.into_inner());
         let top = chunks.iter().map(|c| c.id).max();
@@ -274,7 +378,8 @@ impl VectorIndex {
         let seq = store.last_seq()?;
         let fresh = VectorIndex {
             dir: self.dir.clone(),
-            graph: RwLock::new(new_graph(store.chunk_count())),
+            settings: self.settings,
+            graph: RwLock::new(Graph::new(&self.settings, store.chunk_count())),
             live: RwLock::new(Live {
                 owners: HashMap::new(),
                 by_note: HashMap::new(),
@@ -316,12 +421,7 @@ impl VectorIndex {
     /// Whether the graph holds a point for `chunk_id` at all (a scan of its points: for tests
     /// and diagnostics, never on the search path).
     pub fn graph_holds(&self, chunk_id: u64) -> bool {
-        let g = rd(&self.graph);
-        let found = g
-            .get_point_indexation()
-            .into_iter()
-            .any(|p| p.get_origin_id() as u64 == chunk_id);
-        found
+        rd(&self.graph).holds(chunk_id)
     }
 
     /// It must come back first: among the hits at distance 0. Several chunks can hold the
@@ -356,6 +456,44 @@ impl VectorIndex {
             }
             k *= 4;
         }
+    }
+
+    /// The settings this index was built with.
+    pub fn settings(&self) -> VectorSettings {
+        self.settings
+    }
+
+    /// [`Self::search`] with scores that are exact cosines: an int8 graph returns
+    /// [`RESCORE_FACTOR`] times as many candidates, each scored again with its stored f32
+    /// vector, and the best `k` are kept (an f32 graph's scores are exact already).
+    pub fn search_rescored(
+        &self,
+        store: &Store,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&dyn Fn(&str) -> bool>,
+    ) -> Result<Vec<VectorHit>> {
+        if self.settings.quantization == Quantization::F32 {
+            return Ok(self.search(query, k, ef, keep));
+        }
+        let wide = k.saturating_mul(RESCORE_FACTOR);
+        let mut hits = self.search(query, wide, ef.max(wide), keep);
+        for h in hits.iter_mut() {
+            // A chunk replaced since the graph found it is simply dropped below.
+            h.score = match store.chunk_vector(h.chunk_id)? {
+                Some(v) => crate::search::cosine(&v, query),
+                None => f32::NEG_INFINITY,
+            };
+        }
+        hits.retain(|h| h.score > f32::NEG_INFINITY);
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.chunk_id.cmp(&b.chunk_id))
+        });
+        hits.truncate(k);
+        Ok(hits)
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -413,15 +551,15 @@ impl VectorIndex {
         let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
         // hnsw_rs evaluates a filter on every candidate it visits; skip it when nothing is
         // filtered and no point is dead.
-        let unfiltered = keep.is_none() && live.owners.len() == g.get_nb_point();
+        let unfiltered = keep.is_none() && live.owners.len() == g.nb_point();
         let found = if unfiltered {
-            g.search(query, k, ef.max(k))
+            g.search(query, k, ef.max(k), None)
         } else {
             let filter = |id: &usize| {
                 live.alive.get(*id).copied().unwrap_or(false)
                     && keep.is_none_or(|f| live.owners.get(&(*id as u64)).is_some_and(|n| f(n)))
             };
-            g.search_filter(query, k, ef.max(k), Some(&filter))
+            g.search(query, k, ef.max(k), Some(&filter))
         };
         found
             .into_iter()
@@ -445,9 +583,9 @@ impl VectorIndex {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
-        let points = g.get_nb_point();
+        let points = g.nb_point();
         let basename = if points > 0 {
-            g.file_dump(&path, "vectors").map_err(idx_err)?
+            g.dump(&path, "vectors").map_err(idx_err)?
         } else {
             String::new()
         };
@@ -458,6 +596,9 @@ impl VectorIndex {
             seq,
             max_chunk: *self.max_chunk.read().unwrap_or_else(|p| p.into_inner()),
             points,
+            quantization: self.settings.quantization,
+            m: self.settings.m,
+            ef_construction: self.settings.ef_construction,
         };
         let tmp = self.dir.join("vectors.json.tmp");
         let text = serde_json::to_vec_pretty(&manifest).map_err(idx_err)?;

@@ -51,7 +51,11 @@ impl Checker {
             });
         }
         self.seen.insert(note.id.clone(), origin.clone());
-        Ok(Record { note, origin })
+        Ok(Record {
+            note,
+            origin,
+            chunks: rec.chunks,
+        })
     }
 }
 
@@ -96,6 +100,9 @@ pub fn embed_notes(
     encoder: &Encoder,
     notes: &[&Note],
 ) -> Result<Vec<Result<Vec<crate::model::Window>>>> {
+    if notes.is_empty() {
+        return Ok(vec![]);
+    }
     let headings = headings_of(encoder, notes);
     let docs = contexts(notes, &headings);
     Ok(match encoder.embed_windows_in_context(&docs) {
@@ -170,8 +177,23 @@ pub fn prepare(
             Err(e) => outcomes.push(Some(Outcome::Rejected(e))),
         }
     }
-    let notes: Vec<&Note> = valid.iter().map(|(_, r)| &r.note).collect();
-    let windows = embed_notes(encoder, &notes)?;
+    // Notes that brought their vectors are checked, not embedded; the others are embedded
+    // together.
+    let to_embed: Vec<&Note> = valid
+        .iter()
+        .filter(|(_, r)| r.chunks.is_none())
+        .map(|(_, r)| &r.note)
+        .collect();
+    let mut embedded = embed_notes(encoder, &to_embed)?.into_iter();
+    let (dim, normalize) = (encoder.dim(), encoder.info().normalize);
+    let windows: Vec<Result<Vec<crate::model::Window>>> = valid
+        .iter()
+        .map(|(_, r)| match &r.chunks {
+            Some(chunks) => super::vectors::windows_of(&r.note, chunks, dim, normalize)
+                .map_err(Error::InvalidInput),
+            None => embedded.next().expect("one result per embedded note"),
+        })
+        .collect();
     let mut ready = Vec::with_capacity(valid.len());
     let mut annotate_secs = 0.0;
     for ((i, rec), w) in valid.into_iter().zip(windows) {

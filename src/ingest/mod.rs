@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod source;
+pub mod vectors;
 
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;

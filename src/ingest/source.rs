@@ -49,6 +49,38 @@ impl Default for CsvMapping {
 pub struct Record {
     pub note: Note,
     pub origin: Origin,
+    /// The chunks and vectors the record carries (precomputed elsewhere:
+    /// [`super::vectors`]); None when its windows are to be embedded here.
+    pub chunks: Option<Vec<super::vectors::SuppliedChunk>>,
+}
+
+impl Record {
+    /// A note to embed here.
+    pub fn new(note: Note, origin: Origin) -> Record {
+        Record {
+            note,
+            origin,
+            chunks: None,
+        }
+    }
+}
+
+/// A JSON object as a record: the note ([`note_from_json`]) and any chunks with vectors it
+/// carries ([`super::vectors::chunks_from_json`]).
+pub fn record_from_json(v: &Value, origin: Origin) -> Item {
+    let read = || -> std::result::Result<Record, String> {
+        let note = note_from_json(v)?;
+        let chunks = super::vectors::chunks_from_json(v.as_object().expect("an object"))?;
+        Ok(Record {
+            note,
+            origin: origin.clone(),
+            chunks,
+        })
+    };
+    read().map_err(|reason| RecordError {
+        origin: origin.clone(),
+        reason,
+    })
 }
 
 /// `file:line` of a record (line 0 for a whole file).
@@ -182,6 +214,7 @@ fn jsonl(path: PathBuf) -> Box<dyn Iterator<Item = Item> + Send> {
     let mut reader = std::io::BufReader::new(file);
     let mut line_no = 0usize;
     let mut buf = Vec::new();
+    let mut first = true;
     Box::new(std::iter::from_fn(move || loop {
         buf.clear();
         match reader.read_until(b'\n', &mut buf) {
@@ -197,17 +230,21 @@ fn jsonl(path: PathBuf) -> Box<dyn Iterator<Item = Item> + Send> {
         if line.is_empty() {
             continue;
         }
-        let item = serde_json::from_str::<Value>(line)
-            .map_err(|e| format!("invalid JSON ({e})"))
-            .and_then(|v| note_from_json(&v))
-            .map(|note| Record {
-                note,
-                origin: Origin {
-                    file: path.clone(),
-                    line: line_no,
-                },
-            })
-            .map_err(|r| err(&path, line_no, r));
+        let origin = Origin {
+            file: path.clone(),
+            line: line_no,
+        };
+        let item = match serde_json::from_str::<Value>(line) {
+            Err(e) => Err(err(&path, line_no, format!("invalid JSON ({e})"))),
+            // The exchange header ([`super::vectors::Header`]), checked before the run.
+            Ok(v) if first && super::vectors::is_header(&v) => {
+                first = false;
+                continue;
+            }
+            Ok(v) if v.is_object() => record_from_json(&v, origin),
+            Ok(_) => Err(err(&path, line_no, "expected a JSON object")),
+        };
+        first = false;
         return Some(item);
     }))
 }
@@ -295,13 +332,13 @@ fn csv_source(path: PathBuf, mapping: CsvMapping) -> Box<dyn Iterator<Item = Ite
                             set_field(&mut note, field, v);
                         }
                     }
-                    Ok(Record {
+                    Ok(Record::new(
                         note,
-                        origin: Origin {
+                        Origin {
                             file: path.clone(),
                             line,
                         },
-                    })
+                    ))
                 })()
             }
         })
@@ -342,13 +379,13 @@ fn txt_source(root: PathBuf) -> Box<dyn Iterator<Item = Item> + Send> {
         // The file name (its path below the folder, without .txt) is the note id.
         let rel = f.strip_prefix(&base).unwrap_or(&f).with_extension("");
         let id = rel.to_string_lossy().replace('\\', "/");
-        Ok(Record {
-            note: Note::new(id, text),
-            origin: Origin {
+        Ok(Record::new(
+            Note::new(id, text),
+            Origin {
                 file: f.clone(),
                 line: 0,
             },
-        })
+        ))
     }))
 }
 

@@ -61,8 +61,6 @@ pub const FUSION_DEPTH: usize = 50;
 /// filtered search slows down and loses recall when few points pass (STACK-NOTES: 1% of the
 /// points passing took 100 ms against 7 ms brute force).
 pub const EXACT_FILTER_LIMIT: usize = 2000;
-/// hnsw search breadth floor.
-pub const MIN_EF: usize = 64;
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -150,7 +148,8 @@ pub struct Searcher<'a> {
     /// With `assertion=affirmed`, demote semantic hits matched in a negated or family
     /// sentence (false: BM25's affirmed view only; for measuring the demotion).
     pub demote_unaffirmed: bool,
-    /// hnsw search breadth (raised to the number of chunks asked for).
+    /// hnsw search breadth (raised to the number of chunks asked for); the data directory's
+    /// recorded `ef_search` unless set.
     pub ef: usize,
     /// Filtered sets of at most this many notes are searched exactly on the vector side.
     pub exact_limit: usize,
@@ -170,7 +169,7 @@ impl<'a> Searcher<'a> {
             expansion_weight: EXPANSION_WEIGHT,
             sense_context: true,
             demote_unaffirmed: true,
-            ef: MIN_EF,
+            ef: engine.vectors.settings().ef_search,
             exact_limit: EXACT_FILTER_LIMIT,
         }
     }

@@ -86,12 +86,13 @@ impl Searcher<'_> {
             p
         };
         loop {
-            let hits = vectors.search(
+            let hits = vectors.search_rescored(
+                store,
                 qv,
                 want,
-                self.ef.max(want).max(MIN_EF),
+                self.ef.max(want),
                 if filter.is_empty() { None } else { Some(&keep) },
-            );
+            )?;
             let mut best: Vec<SemanticCandidate> = vec![];
             let mut seen: HashMap<&str, usize> = HashMap::new();
             for h in &hits {

@@ -66,6 +66,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// hnsw search breadth: the configuration's, else the data directory's recorded one.
+    pub fn ef_search(&self) -> usize {
+        self.config
+            .ef_search
+            .unwrap_or_else(|| self.engine.vectors.settings().ef_search)
+    }
+
     /// Opens the audit log of the engine's data directory and starts the query embedding
     /// worker. Fails on a configuration whose keys do not check out.
     pub fn new(engine: Arc<Engine>, encoder: Arc<Encoder>, config: ServerConfig) -> Result<Self> {

@@ -279,6 +279,9 @@ fn refine(doc: &mut Value, served: Served) {
         merge(s, &lists);
     }
     merge(&mut schemas["TokenIds"], &json!({"minItems": 1}));
+    let vector = json!({"minItems": served.dim, "maxItems": served.dim});
+    merge(&mut schemas["ChunkInput"]["properties"]["vector"], &vector);
+    merge(&mut schemas["NoteInput"]["properties"]["vector"], &vector);
     merge(
         &mut schemas["TokenId"],
         &json!({"maximum": served.vocab.saturating_sub(1)}),
@@ -544,10 +547,22 @@ mod tests {
             v[k] = match k.as_str() {
                 "metadata" => json!({"ward": "4b"}),
                 "date" => json!("2020-01-02"),
+                "chunks" => json!([{"char_start": 0, "char_end": 4, "vector": [0.5, 1.0]}]),
+                // Not with chunks: read on its own below.
+                "vector" => continue,
                 _ => json!(format!("{k}-value")),
             };
         }
-        let n = crate::ingest::source::note_from_json(&v).unwrap();
+        let origin = crate::ingest::batch::request_origin(0);
+        let rec = crate::ingest::source::record_from_json(&v, origin.clone()).unwrap();
+        let chunk = &rec.chunks.as_ref().unwrap()[0];
+        assert_eq!((chunk.char_start, chunk.char_end), (0, Some(4)));
+        assert_eq!(chunk.vector.as_deref(), Some(&[0.5, 1.0][..]));
+        assert!(props.contains_key("vector"));
+        let one = json!({"text": "t", "vector": [0.25]});
+        let rec1 = crate::ingest::source::record_from_json(&one, origin).unwrap();
+        assert_eq!(rec1.chunks.unwrap()[0].vector.as_deref(), Some(&[0.25][..]));
+        let n = rec.note;
         assert_eq!(
             (n.id.as_str(), n.text.as_str(), n.title.as_deref()),
             ("id-value", "text-value", Some("title-value"))

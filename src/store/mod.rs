@@ -341,6 +341,7 @@ impl EmbeddedNote {
 const KEY_MODEL: &[u8] = b"model";
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_CHUNK_ID: &[u8] = b"next_chunk_id";
+const KEY_VECTOR_SETTINGS: &[u8] = b"vector_settings";
 
 pub struct Store {
     /// The data directory (failure injection is scoped by it).
@@ -400,6 +401,22 @@ impl Store {
     pub fn set_model_identity(&self, id: &ModelIdentity) -> Result<()> {
         self.meta
             .insert(KEY_MODEL, serde_json::to_vec(id).map_err(corrupt)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// How the vector index is built ([`crate::index::VectorSettings`]); None in a data
+    /// directory made before they were recorded.
+    pub fn vector_settings(&self) -> Result<Option<crate::index::VectorSettings>> {
+        match self.meta.get(KEY_VECTOR_SETTINGS)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+        }
+    }
+
+    pub fn set_vector_settings(&self, s: &crate::index::VectorSettings) -> Result<()> {
+        self.meta
+            .insert(KEY_VECTOR_SETTINGS, serde_json::to_vec(s).map_err(corrupt)?)?;
         self.db.flush()?;
         Ok(())
     }
@@ -563,6 +580,30 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// A chunk's vector alone (exact rescoring reads only this).
+    pub fn chunk_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        let Some(b) = self.chunks.get(id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let short = || corrupt(format!("chunk {id} is truncated"));
+        let n = b
+            .get(..4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap()) as usize)
+            .ok_or_else(short)?;
+        // [u32 id_len][note id][u32 index][4 x u64 spans][u32 dim][dim x f32]
+        let at = 4 + n + 4 + 32;
+        let dim = b
+            .get(at..at + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap()) as usize)
+            .ok_or_else(short)?;
+        let raw = b.get(at + 4..at + 4 + 4 * dim).ok_or_else(short)?;
+        Ok(Some(
+            raw.chunks_exact(4)
+                .map(|x| f32::from_le_bytes(x.try_into().unwrap()))
+                .collect(),
+        ))
     }
 
     /// Operations with a sequence above `seq`, in order.

@@ -20,3 +20,4 @@ mod schemathesis;
 mod security;
 mod server;
 pub(crate) mod train;
+mod vectors;

@@ -76,15 +76,12 @@ pub fn parse_note_body(body: &[u8]) -> Result<Vec<crate::ingest::Item>, ApiError
         .enumerate()
         .map(|(i, item)| {
             let origin = crate::ingest::batch::request_origin(i);
-            let note = item.and_then(|v| {
-                if v.is_object() {
-                    note_from_json(&v)
-                } else {
-                    Err("not a JSON object".to_string())
-                }
-            });
-            match note {
-                Ok(note) => Ok(crate::ingest::Record { note, origin }),
+            match item {
+                Ok(v) if v.is_object() => crate::ingest::source::record_from_json(&v, origin),
+                Ok(_) => Err(crate::ingest::RecordError {
+                    origin,
+                    reason: "not a JSON object".to_string(),
+                }),
                 Err(reason) => Err(crate::ingest::RecordError { origin, reason }),
             }
         })
@@ -120,6 +117,27 @@ pub struct NoteInput {
     /// More metadata, flattened into the note's (BEIR's `metadata`).
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Vectors embedded elsewhere, by the served model: the note's chunks, each a character
+    /// span of `text` with its vector. The note is stored with them as given, not embedded.
+    /// Not with `vector`.
+    #[schema(min_items = 1)]
+    chunks: Option<Vec<ChunkInput>>,
+    /// One vector for the whole text (a note of one chunk), embedded elsewhere by the served
+    /// model. Not with `chunks`.
+    vector: Option<Vec<f32>>,
+}
+
+/// A chunk of a note with its precomputed vector.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ChunkInput {
+    /// First character of the chunk in `text` (counted in Unicode scalar values, from 0).
+    char_start: u64,
+    /// One past its last character; at most the text's length, above `char_start`.
+    char_end: u64,
+    /// Finite numbers, not all zero, as many as the served model's dimension.
+    vector: Vec<f32>,
 }
 
 /// A string, or a number or boolean read as its text.
@@ -225,7 +243,13 @@ pub async fn documents_post(
         }
     }
     let windows: usize = {
-        let notes: Vec<&Note> = checked.iter().flatten().map(|r| &r.note).collect();
+        // Notes that bring their vectors cost no embedding.
+        let notes: Vec<&Note> = checked
+            .iter()
+            .flatten()
+            .filter(|r| r.chunks.is_none())
+            .map(|r| &r.note)
+            .collect();
         crate::ingest::count_windows(&state.encoder, &notes)?
     };
     check_windows(&state, windows)?;

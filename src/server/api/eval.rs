@@ -143,7 +143,7 @@ pub async fn eval_start(
         )
         .map_err(invalid)?,
     };
-    opts.ef = state.config.ef_search;
+    opts.ef = Some(state.ef_search());
     // A restricted key evaluates over the notes it may see, as if the others did not exist.
     opts.restrict = principal.restrict.clone();
     let st = state.clone();
@@ -298,7 +298,7 @@ pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>)
         let enc = st.encoder.clone();
         let embed = move |t: &[&str]| enc.embed(t);
         let opts = crate::eval::EvalOptions {
-            ef: st.config.ef_search,
+            ef: Some(st.ef_search()),
             ..Default::default()
         };
         let runs = crate::eval::tune::collect_runs(&st.engine, &embed, &set, &opts, &|d, _| {

@@ -172,7 +172,7 @@ async fn run_export(
 fn searcher(st: &AppState) -> Searcher<'_> {
     let mut s = Searcher::new(&st.engine);
     s.abbreviations = st.abbreviations.clone();
-    s.ef = st.config.ef_search;
+    s.ef = st.ef_search();
     s
 }
 

@@ -39,7 +39,6 @@ use super::routes::Caller;
 use super::{disclose, disclose_query, ApiError, AppState};
 use crate::error::Error;
 use crate::index::Filter;
-use crate::ingest::source::note_from_json;
 use crate::note::Note;
 use crate::search::{SearchRequest, SearchResponse, Searcher};
 

@@ -58,7 +58,7 @@ pub async fn execute_search(state: &State, req: SearchRequest) -> Result<SearchR
     let mut resp = web::block(move || {
         let mut s = Searcher::new(&st.engine);
         s.abbreviations = st.abbreviations.clone();
-        s.ef = st.config.ef_search;
+        s.ef = st.ef_search();
         s.search(&req, qv.as_deref())
     })
     .await??;
