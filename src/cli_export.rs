@@ -120,7 +120,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
 
     // Pass 1: the notes the export holds, recorded in the audit before any is written.
     let cohort = export::find(&searcher, &req, qv.as_deref(), args.max_rows)?;
-    audit(&args, &req, &cohort.notes, &cohort.patients)?;
+    audit(
+        &args.data.dir,
+        &cohort.notes,
+        &cohort.patients,
+        Some(&req.q),
+    )?;
 
     // Pass 2: the rows.
     let mut out: Box<dyn Write> = match &args.out {
@@ -163,14 +168,15 @@ pub fn run(args: ExportArgs) -> Result<()> {
 }
 
 /// One `export` line in the data directory's access audit, as the server writes for its
-/// export route: who (the operating-system user), which notes and patients, the query's hash.
-fn audit(
-    args: &ExportArgs,
-    req: &SearchRequest,
+/// export route: who (the operating-system user), which notes and patients, the query's hash
+/// (`export` and `export-vectors` write it before any note leaves the store).
+pub(crate) fn audit(
+    data: &std::path::Path,
     notes: &[String],
     patients: &[String],
+    query: Option<&str>,
 ) -> Result<()> {
-    let log = crate::audit::AuditLog::open(&args.data.dir.join("audit"))?;
+    let log = crate::audit::AuditLog::open(&data.join("audit"))?;
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
@@ -183,7 +189,7 @@ fn audit(
         status: 200,
         note_ids: notes.to_vec(),
         patient_ids: patients.to_vec(),
-        query_sha256: Some(crate::auth::sha256_hex(req.q.as_bytes())),
+        query_sha256: query.map(|q| crate::auth::sha256_hex(q.as_bytes())),
         query_text: None,
     };
     actix_web::rt::System::new()

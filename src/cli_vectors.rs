@@ -149,6 +149,16 @@ pub fn export(args: ExportVectorsArgs) -> Result<()> {
     let identity = store
         .model_identity()?
         .with_context(|| format!("{} holds no notes yet", dir.display()))?;
+    // Every note leaves the store: recorded in the access audit first, as `export` does.
+    let mut notes = vec![];
+    let mut patients = std::collections::BTreeSet::new();
+    for n in store.notes() {
+        let n = n?;
+        patients.extend(n.note.patient_id.clone());
+        notes.push(n.note.id);
+    }
+    let patients: Vec<String> = patients.into_iter().collect();
+    crate::cli_export::audit(dir, &notes, &patients, None)?;
     let report = vectors::export(&store, &identity, &args.out, args.npy.as_deref())?;
     eprintln!(
         "exported {} notes ({} chunks) to {}{} in {:.1}s",

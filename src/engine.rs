@@ -90,12 +90,8 @@ impl Default for OpenOptions {
 /// settings were recorded) what built it, and for a new one the defaults, laid under
 /// `choice` and recorded. A choice that contradicts recorded settings is refused.
 fn vector_settings(dir: &Path, store: &Store, choice: &VectorChoice) -> Result<VectorSettings> {
-    let recorded = match store.vector_settings()? {
-        Some(s) => Some(s),
-        None if store.note_count() > 0 => Some(VectorSettings::LEGACY),
-        None => None,
-    };
-    let settings = match recorded {
+    let stored = store.vector_settings()?;
+    let settings = match implied_settings(store, stored)? {
         Some(rec) => {
             let clash = choice.conflicts(&rec);
             if !clash.is_empty() {
@@ -110,10 +106,23 @@ fn vector_settings(dir: &Path, store: &Store, choice: &VectorChoice) -> Result<V
         None => choice.over(VectorSettings::DEFAULT),
     };
     settings.check().map_err(Error::InvalidInput)?;
-    if store.vector_settings()?.as_ref() != Some(&settings) {
+    if stored != Some(settings) {
         store.set_vector_settings(&settings)?;
     }
     Ok(settings)
+}
+
+/// The settings that built a store: those recorded, else for a store holding notes (made
+/// before settings were recorded) the legacy ones; None for a new store.
+fn implied_settings(
+    store: &Store,
+    stored: Option<VectorSettings>,
+) -> Result<Option<VectorSettings>> {
+    Ok(match stored {
+        Some(s) => Some(s),
+        None if store.note_count() > 0 => Some(VectorSettings::LEGACY),
+        None => None,
+    })
 }
 
 /// Records new vector settings for an existing data directory (`clinsearch reindex
@@ -121,11 +130,8 @@ fn vector_settings(dir: &Path, store: &Store, choice: &VectorChoice) -> Result<V
 pub fn change_vector_settings(dir: &Path, choice: &VectorChoice) -> Result<VectorSettings> {
     require_existing(dir)?;
     let store = Store::open(dir)?;
-    let base = match store.vector_settings()? {
-        Some(s) => s,
-        None if store.note_count() > 0 => VectorSettings::LEGACY,
-        None => VectorSettings::DEFAULT,
-    };
+    let base =
+        implied_settings(&store, store.vector_settings()?)?.unwrap_or(VectorSettings::DEFAULT);
     let settings = choice.over(base);
     settings.check().map_err(Error::InvalidInput)?;
     store.set_vector_settings(&settings)?;

@@ -477,8 +477,8 @@ impl NpyMatrix {
     }
 }
 
-/// How many rows of a matrix [`with_npy`] used, and the highest: read after the run to say
-/// when rows were left over.
+/// How many rows of a matrix [`with_npy`] used: read after the run to say when rows were
+/// left over.
 #[derive(Debug, Default)]
 pub struct RowsUsed {
     pub count: AtomicU64,

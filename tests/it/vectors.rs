@@ -97,6 +97,19 @@ fn exported_vectors_import_without_embedding_and_round_trip_exactly() {
     // JSONL with the vectors in the lines.
     let a_jsonl = t.join("a.jsonl");
     export(&a, &a_jsonl, None);
+    // Every note left the store: the access audit names them (as `export` does).
+    let audit: String = std::fs::read_dir(a.join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("\"export\""))
+        .expect("an export line");
+    assert!(
+        line.contains(&format!("\"{}\"", original[0].0.id)),
+        "{line}"
+    );
     let b = t.join("b");
     let out = ingest(&b, &["--vectors"], &a_jsonl);
     assert!(
