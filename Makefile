@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-gpu model build bench bench-scale bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
+.PHONY: run test test-python test-gpu model build bench bench-scale bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -35,6 +35,15 @@ test: model
 	./scripts/install_test_deps.sh
 	$(CARGO) check --benches --examples
 	CLINSEARCH_REQUIRE_TEST_DEPS=1 $(CARGO) test --features failpoints --lib --bins --tests
+	$(MAKE) test-python
+
+# The Python package, built in the dev profile (it shares target/ with the tests above, so
+# only the binding itself compiles), installed, and tested with pytest against the binary
+# the tests built; its Ray tests start a three-process cluster on 127.0.0.1.
+test-python:
+	MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --no-build-isolation ./python
+	cd python/tests && CLINSEARCH_REQUIRE_TEST_DEPS=1 CLINSEARCH_BIN=$(CURDIR)/target/debug/clinsearch \
+	  timeout 1200 python3 -m pytest -q -p no:cacheprovider .
 
 # The GPU tests (tests/it/gpu.rs) on a machine with CUDA: they fail, rather than skip, when no
 # device opens. Not part of `make test` (CI has no GPU).

@@ -4,7 +4,8 @@
 # evaluation tests compare against), torch + transformers + sentence-transformers (the
 # fine-tuning tests load clinsearch's output folders with them), and the openai and
 # huggingface_hub clients (the embedding endpoints are tested with them), and schemathesis (the
-# OpenAPI description is tested with it). Idempotent: does nothing when all are present.
+# OpenAPI description is tested with it), and maturin, pytest and Ray (the Python package is
+# built and tested on a local Ray cluster). Idempotent: does nothing when all are present.
 set -euo pipefail
 if ! python3 -c "import pytrec_eval" 2> /dev/null; then
   echo "install_test_deps: installing pytrec_eval-terrier (trec_eval for the evaluation tests)" >&2
@@ -25,6 +26,10 @@ fi
 if ! python3 -c "import seqeval" 2> /dev/null; then
   echo "install_test_deps: installing seqeval (the NER metrics' reference)" >&2
   python3 -m pip install --quiet seqeval
+fi
+if ! python3 -c "import ray.data, ray.serve, pytest" 2> /dev/null || ! command -v maturin > /dev/null; then
+  echo "install_test_deps: installing maturin, pytest and ray[data,serve] (the Python package and its Ray cluster tests)" >&2
+  python3 -m pip install --quiet maturin pytest "ray[data,serve]"
 fi
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0

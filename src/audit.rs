@@ -131,13 +131,60 @@ impl AuditLog {
 
     /// Appends one event and returns once it is on disk (or failed to get there).
     pub async fn append(&self, draft: Draft) -> Result<()> {
+        self.send(draft)?
+            .await
+            .map_err(|_| Error::Store("the audit writer stopped".into()))?
+    }
+
+    /// [`Self::append`] for callers outside an async runtime (the CLI, the Python package):
+    /// blocks until the line is on disk.
+    pub fn append_blocking(&self, draft: Draft) -> Result<()> {
+        self.send(draft)?
+            .blocking_recv()
+            .map_err(|_| Error::Store("the audit writer stopped".into()))?
+    }
+
+    fn send(&self, draft: Draft) -> Result<tokio::sync::oneshot::Receiver<Result<()>>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let sent = self.tx.lock().unwrap().send(Pending { draft, reply });
         if sent.is_err() {
             return Err(Error::Store("the audit writer stopped".into()));
         }
-        rx.await
-            .map_err(|_| Error::Store("the audit writer stopped".into()))?
+        Ok(rx)
+    }
+}
+
+impl Draft {
+    /// An access by a local user with the data directory's files (the command line, the
+    /// Python package), not through the server: the principal is `<client>:<USER>`, the
+    /// request id names the process, the query is kept as its hash.
+    pub fn local(
+        action: &'static str,
+        client: &str,
+        note_ids: Vec<String>,
+        patient_ids: Vec<String>,
+        query: Option<&str>,
+    ) -> Draft {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let prefix = if client == "command line" {
+            "cli"
+        } else {
+            client
+        };
+        Draft {
+            request_id: format!("{prefix}-{}", std::process::id()),
+            principal: Some(format!("{prefix}:{user}")),
+            role: None,
+            client: Some(client.into()),
+            action,
+            status: 200,
+            note_ids,
+            patient_ids,
+            query_sha256: query.map(|q| crate::auth::sha256_hex(q.as_bytes())),
+            query_text: None,
+        }
     }
 }
 

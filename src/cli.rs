@@ -1082,21 +1082,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Stats { data } => {
             let engine = data.open(None)?;
-            let stats = json!({
-                "notes": engine.store.note_count(),
-                "chunks": engine.store.chunk_count(),
-                "model": engine.identity()?,
-                "bm25_docs": engine.bm25.num_docs(),
-                "bm25_stemming": engine.bm25.stems(),
-                "vector_points": engine.vectors.points(),
-                "live_vectors": engine.vectors.len(),
-                "vector_index": engine.vectors.settings(),
-                "last_seq": engine.store.last_seq()?,
-                "store_bytes": engine.store.size_on_disk(),
-                "tuned_fusion": engine.tuned_fusion(),
-                "tagger": crate::ner::recorded(&data.dir)?,
-            });
-            println!("{}", serde_json::to_string_pretty(&stats)?);
+            println!("{}", serde_json::to_string_pretty(&engine.stats()?)?);
         }
         Command::Finetune { command } => crate::cli_train::run(command)?,
         Command::Classify {

@@ -177,22 +177,13 @@ pub(crate) fn audit(
     query: Option<&str>,
 ) -> Result<()> {
     let log = crate::audit::AuditLog::open(&data.join("audit"))?;
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let draft = crate::audit::Draft {
-        request_id: format!("cli-{}", std::process::id()),
-        principal: Some(format!("cli:{user}")),
-        role: None,
-        client: Some("command line".into()),
-        action: "export",
-        status: 200,
-        note_ids: notes.to_vec(),
-        patient_ids: patients.to_vec(),
-        query_sha256: query.map(|q| crate::auth::sha256_hex(q.as_bytes())),
-        query_text: None,
-    };
-    actix_web::rt::System::new()
-        .block_on(log.append(draft))
+    let draft = crate::audit::Draft::local(
+        "export",
+        "command line",
+        notes.to_vec(),
+        patients.to_vec(),
+        query,
+    );
+    log.append_blocking(draft)
         .context("writing the access audit (nothing was exported)")
 }

@@ -72,7 +72,7 @@ impl ImportChecks {
     /// `strict` (`--vectors`, implied by `--npy`) a note without vectors refused.
     pub fn wrap(&self, src: Source, strict: bool) -> Result<Source> {
         Ok(match self.npy.borrow_mut().take() {
-            Some(m) => vectors::with_npy(src, m, self.used.clone()),
+            Some(m) => vectors::with_rows(src, Box::new(m), self.used.clone()),
             None if strict || self.npy_path.is_some() => vectors::require_vectors(src),
             None => src,
         })

@@ -194,6 +194,25 @@ impl Engine {
         Ok(engine)
     }
 
+    /// What `clinsearch stats` prints: counts of the store and of each index, the model,
+    /// the vector index's settings, sizes and the tuned fusion.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "notes": self.store.note_count(),
+            "chunks": self.store.chunk_count(),
+            "model": self.identity()?,
+            "bm25_docs": self.bm25.num_docs(),
+            "bm25_stemming": self.bm25.stems(),
+            "vector_points": self.vectors.points(),
+            "live_vectors": self.vectors.len(),
+            "vector_index": self.vectors.settings(),
+            "last_seq": self.store.last_seq()?,
+            "store_bytes": self.store.size_on_disk(),
+            "tuned_fusion": self.tuned_fusion(),
+            "tagger": crate::ner::recorded(&self.dir)?,
+        }))
+    }
+
     /// The fusion `clinsearch tune` chose for this collection, if any.
     pub fn tuned_fusion(&self) -> Option<crate::eval::tune::FusionChoice> {
         *self.tuned_fusion.read().unwrap()

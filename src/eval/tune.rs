@@ -21,6 +21,8 @@ use crate::search::{Fusion, Mode, NoteScore};
 pub const TUNED_FILE: &str = "fusion.json";
 /// Folds of the cross-validation.
 pub const FOLDS: usize = 5;
+/// Judged queries a set needs to be tuned on: two per fold.
+pub const MIN_QUERIES: usize = FOLDS * 2;
 
 /// A fusion, the candidate depth each retriever contributes to it, and how a note's
 /// semantic score comes from its windows.
@@ -187,17 +189,21 @@ fn best(rows: &[Row<'_>], idx: &[usize], grid: &[FusionChoice]) -> FusionChoice 
     best.1
 }
 
+/// Why a set of `n` judged queries cannot be tuned on.
+pub fn too_few(n: usize) -> String {
+    format!(
+        "{n} judged queries: tuning by {FOLDS}-fold cross-validation needs at least {MIN_QUERIES}"
+    )
+}
+
 /// Cross-validates the grid on `set` and returns what to store. `runs` holds, for each note
 /// score to try, the runs of [`super::evaluate`] with both modes under it (BM25 is taken from
 /// the first); the grid is every fusion configuration under every note score given.
 pub fn tune(name: &str, set: &QuerySet, runs: &[(NoteScore, Runs)]) -> Result<Tuned> {
     let rows = per_query(set, runs)?;
     let n = rows.len();
-    if n < FOLDS * 2 {
-        return Err(Error::InvalidInput(format!(
-            "{n} judged queries: tuning by {FOLDS}-fold cross-validation needs at least {}",
-            FOLDS * 2
-        )));
+    if n < MIN_QUERIES {
+        return Err(Error::InvalidInput(too_few(n)));
     }
     let grid: Vec<FusionChoice> = runs
         .iter()

@@ -34,7 +34,7 @@ use crate::store::{ModelIdentity, Store};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// A chunk as a file or request gives it: its character span and its vector, or the row of
-/// the NumPy matrix holding it (`vector` None until [`with_npy`] fills it).
+/// the NumPy matrix holding it (`vector` None until [`with_rows`] fills it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SuppliedChunk {
     pub char_start: usize,
@@ -477,19 +477,60 @@ impl NpyMatrix {
     }
 }
 
-/// How many rows of a matrix [`with_npy`] used: read after the run to say when rows were
+/// How many rows of a matrix [`with_rows`] used: read after the run to say when rows were
 /// left over.
 #[derive(Debug, Default)]
 pub struct RowsUsed {
     pub count: AtomicU64,
 }
 
+/// A matrix of chunk vectors read by row: a `.npy` file ([`NpyMatrix`]) or one in memory
+/// ([`MemoryRows`], the Python package's NumPy arrays).
+pub trait Rows: Send {
+    /// Row `i`; a row past the end is an error naming the matrix's size.
+    fn row(&mut self, i: u64) -> Result<Vec<f32>>;
+}
+
+impl Rows for NpyMatrix {
+    fn row(&mut self, i: u64) -> Result<Vec<f32>> {
+        NpyMatrix::row(self, i)
+    }
+}
+
+/// A row-major matrix held in memory.
+pub struct MemoryRows {
+    data: Vec<f32>,
+    rows: usize,
+    dim: usize,
+}
+
+impl MemoryRows {
+    /// `data` holds `rows` rows of `dim` values each.
+    pub fn new(data: Vec<f32>, rows: usize, dim: usize) -> MemoryRows {
+        assert_eq!(data.len(), rows * dim, "a matrix of rows x dim values");
+        MemoryRows { data, rows, dim }
+    }
+}
+
+impl Rows for MemoryRows {
+    fn row(&mut self, i: u64) -> Result<Vec<f32>> {
+        let i = usize::try_from(i).unwrap_or(usize::MAX);
+        if i >= self.rows {
+            return Err(Error::InvalidInput(format!(
+                "row {i} does not exist (the matrix has {} rows)",
+                self.rows
+            )));
+        }
+        Ok(self.data[i * self.dim..(i + 1) * self.dim].to_vec())
+    }
+}
+
 /// Fills each record's chunks from `matrix`: a chunk names its row or takes the row after
 /// the previous chunk's; a note without chunks is one chunk over its whole text. A chunk that
 /// also carries a vector, or a row past the end, refuses its note (`file:line`).
-pub fn with_npy(
+pub fn with_rows(
     src: Box<dyn Iterator<Item = Item> + Send>,
-    mut matrix: NpyMatrix,
+    mut matrix: Box<dyn Rows>,
     used: Arc<RowsUsed>,
 ) -> Box<dyn Iterator<Item = Item> + Send> {
     let mut next: u64 = 0;

@@ -190,4 +190,32 @@ impl SearchResponse {
     pub fn ranking(&self, mode: Mode) -> Option<&Ranking> {
         self.rankings.iter().find(|r| r.mode == mode)
     }
+
+    /// Every note this reply shows (hits, and the notes folded into their patient groups)
+    /// and every patient, each once in order of first appearance: what the access audit
+    /// records of a search.
+    pub fn disclosed(&self) -> (Vec<String>, Vec<String>) {
+        let (mut notes, mut patients): (Vec<String>, Vec<String>) = (vec![], vec![]);
+        let mut add = |note: &str, patient: Option<&str>| {
+            if !notes.iter().any(|n| n == note) {
+                notes.push(note.to_string());
+            }
+            if let Some(p) = patient {
+                if !patients.iter().any(|x| x == p) {
+                    patients.push(p.to_string());
+                }
+            }
+        };
+        for r in &self.rankings {
+            for h in &r.hits {
+                add(&h.id, h.patient_id.as_deref());
+                if let Some(g) = &h.group {
+                    for n in &g.note_ids {
+                        add(n, Some(&g.patient_id));
+                    }
+                }
+            }
+        }
+        (notes, patients)
+    }
 }

@@ -278,6 +278,7 @@ fn yes() -> bool {
     responses(
         (status = 200, description = "The choice (with wait).", body = Object),
         (status = 404, description = "No stored query set of this name.", body = crate::server::error::ErrorBody),
+        (status = 409, description = "The stored set has too few judged queries to cross-validate on (`set_too_small`).", body = crate::server::error::ErrorBody),
         (status = 202, description = "The job, started.", body = crate::server::jobs::EvalStatus),
     ))]
 pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>) -> ApiResult {
@@ -292,6 +293,14 @@ pub async fn tune_start(state: State, caller: Caller, body: web::Json<TuneBody>)
         ));
     }
     let set = crate::eval::load_set(&state.engine.dir, &body.set)?;
+    // The stored set, not the request, is what falls short: refused before any work.
+    if set.queries.len() < crate::eval::tune::MIN_QUERIES {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "set_too_small",
+            crate::eval::tune::too_few(set.queries.len()),
+        ));
+    }
     let st = state.clone();
     let total = set.queries.len() * crate::eval::tune::NOTE_SCORES.len();
     let run = move |done: &std::sync::atomic::AtomicUsize| -> Result<Value, Error> {

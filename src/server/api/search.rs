@@ -111,16 +111,8 @@ async fn run_search(
     req.filter = caller.0.scope(&req.filter);
     let mut resp = execute_search(&state, req).await?;
     resp.filter = asked;
-    for r in &resp.rankings {
-        for h in &r.hits {
-            disclose(http, &h.id, h.patient_id.as_deref());
-            if let Some(g) = &h.group {
-                for n in &g.note_ids {
-                    disclose(http, n, Some(&g.patient_id));
-                }
-            }
-        }
-    }
+    let (notes, patients) = resp.disclosed();
+    crate::server::disclose_all(http, &notes, &patients);
     Ok(HttpResponse::Ok().json(SearchReply {
         response: resp,
         took_ms: t.elapsed().as_secs_f64() * 1e3,

@@ -1,0 +1,41 @@
+"""clinsearch on a Ray cluster.
+
+* ``python -m clinsearch.ray ingest``: Ray Data reads the notes, encoder actors (one per GPU or
+  CPU worker) embed them, and one writer actor per shard stores them in an ordinary clinsearch
+  data directory (``DIR/shard-000``, ...), each openable by ``clinsearch serve``.
+* ``python -m clinsearch.ray serve``: see :mod:`clinsearch.ray.serve`.
+
+Both connect to the cluster ``RAY_ADDRESS`` names (as Ray's own tools do); without one they
+start a private single-node cluster bound to 127.0.0.1. The model comes from ``--model`` or
+``CLINSEARCH_MODEL``.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["connect", "shard_dirs", "SHARD_PREFIX"]
+
+SHARD_PREFIX = "shard-"
+
+
+def shard_dirs(out: str, shards: int) -> list[str]:
+    """The data directory of each shard under ``out``."""
+    return [os.path.join(out, f"{SHARD_PREFIX}{i:03d}") for i in range(shards)]
+
+
+def connect():
+    """Joins the cluster of ``RAY_ADDRESS``, or starts a local one on 127.0.0.1 (no dashboard,
+    no usage reporting): a cluster this package starts never listens beyond loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    # Workers' own output stays in the cluster's logs: the driver's output is the report.
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    return ray
