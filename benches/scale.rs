@@ -67,7 +67,7 @@ fn base(work: &Path, enc: &Encoder, data: &Path) -> Base {
             }
         }
         let mtsamples = items.len();
-        for line in std::fs::read_to_string(data.join("scifact/corpus.jsonl"))
+        for line in std::fs::read_to_string(data.join("scifact/beir/corpus.jsonl"))
             .unwrap()
             .lines()
         {
@@ -291,7 +291,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = root.join("../shared/data");
     if !data.join("mtsamples/mtsamples.csv").is_file()
-        || !data.join("scifact/corpus.jsonl").is_file()
+        || !data.join("scifact/beir/corpus.jsonl").is_file()
     {
         eprintln!("skipped: {} lacks mtsamples/ or scifact/", data.display());
         return;
@@ -333,7 +333,7 @@ fn main() {
     let dim = b.vectors[0].len();
 
     // The queries: 50 SciFact claims, 50 MTSamples descriptions.
-    let mut queries: Vec<String> = std::fs::read_to_string(data.join("scifact/queries.jsonl"))
+    let mut queries: Vec<String> = std::fs::read_to_string(data.join("scifact/beir/queries.jsonl"))
         .unwrap()
         .lines()
         .take(50)
