@@ -43,7 +43,8 @@ impl Conn {
     }
 
     pub fn get(&mut self, path: &str) -> (u16, usize) {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n");
         self.reader.get_mut().write_all(req.as_bytes()).unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();

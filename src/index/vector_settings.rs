@@ -61,8 +61,11 @@ impl VectorSettings {
     };
 
     /// What a new data directory gets unless told otherwise (README, "Vectors at scale").
+    /// What a new data directory records: int8 with exact rescoring, chosen by the scale
+    /// benchmark (100,000 chunks: recall@10 0.997 against f32's 0.976 at ef_search 64, a
+    /// faster build, a smaller directory and less memory serving; README).
     pub const DEFAULT: VectorSettings = VectorSettings {
-        quantization: Quantization::F32,
+        quantization: Quantization::Int8,
         m: 24,
         ef_construction: 200,
         ef_search: 64,
