@@ -166,7 +166,7 @@ class ShardWriter:
         return self.data.stats()
 
 
-def _dataset(ray, inputs: list, args):
+def _dataset(inputs: list):
     """One Ray dataset over every input, by extension: JSON lines as text (exact objects),
     CSV and Parquet through Ray's readers."""
     import ray.data as rd
@@ -196,15 +196,14 @@ def run(args) -> dict:
     ray = connect()
     model = args.model
     ekw = _encoder_kwargs(args)
-    wkw = {k: v for k, v in ekw.items() if k != "device"}  # writers only need the identity
-    wkw["device"] = "cpu"
+    wkw = {**ekw, "device": "cpu"}  # writers only need the model's identity
     vkw = {k: getattr(args, k) for k in ("quantization", "m", "ef_construction", "ef_search") if getattr(args, k) is not None}
     dirs = shard_dirs(args.out, args.shards)
     os.makedirs(args.out, exist_ok=True)
     Writer = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(ShardWriter)
     writers = [Writer.remote(d, model, wkw, vkw) for d in dirs]
 
-    ds = _dataset(ray, args.inputs, args)
+    ds = _dataset(args.inputs)
     embedded = ds.map_batches(
         Embedder,
         fn_constructor_kwargs={
