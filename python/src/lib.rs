@@ -426,11 +426,7 @@ impl Searcher {
     /// Runs the search `body_json` (the JSON body of `POST /api/search`) and answers the
     /// API's reply as JSON.
     fn search(&self, py: Python<'_>, body_json: &str) -> PyResult<String> {
-        let body = parse_json(body_json, "the search")?;
-        let pairs =
-            clinsearch::search::spec::typed_pairs(&body, &[]).map_err(|e| bad(e.to_string()))?;
-        let req = SearchRequest::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(|e| bad(e.to_string()))?;
+        let req = request_of(body_json)?;
         let (engine, encoder, audit) = (
             self.engine.clone(),
             self.encoder.clone(),
@@ -467,6 +463,174 @@ impl Searcher {
             .map_err(py_err)?;
         Ok(reply)
     }
+
+    // The four steps of a search over shards (`clinsearch::search::shards`), one shard's
+    // side: the router calls them on every shard and adds up or merges the answers with
+    // [`sum_statistics`] and [`merge_candidates`]. `collection_json` is the summed statistics
+    // (`{}` before step 2).
+
+    /// Step 1: this shard's counts for the abbreviation expansion of the request.
+    fn shard_cooccurrence(&self, py: Python<'_>, body_json: &str) -> PyResult<String> {
+        let req = request_of(body_json)?;
+        let engine = self.engine.clone();
+        let v = py
+            .detach(move || RustSearcher::new(&engine).shard_cooccurrence(&req))
+            .map_err(py_err)?;
+        to_json(&v)
+    }
+
+    /// Step 2: this shard's BM25 statistics of the request's terms.
+    fn shard_statistics(
+        &self,
+        py: Python<'_>,
+        body_json: &str,
+        collection_json: &str,
+    ) -> PyResult<String> {
+        let req = request_of(body_json)?;
+        let collection = collection_of(collection_json)?;
+        let engine = self.engine.clone();
+        let v = py
+            .detach(move || {
+                let mut s = RustSearcher::new(&engine);
+                s.collection = Some(collection);
+                s.shard_statistics(&req)
+            })
+            .map_err(py_err)?;
+        to_json(&v)
+    }
+
+    /// Step 3: this shard's candidates, scored with the collection's statistics.
+    #[pyo3(signature = (body_json, collection_json, query_vector=None))]
+    fn shard_candidates(
+        &self,
+        py: Python<'_>,
+        body_json: &str,
+        collection_json: &str,
+        query_vector: Option<Vec<f32>>,
+    ) -> PyResult<String> {
+        let req = request_of(body_json)?;
+        let collection = collection_of(collection_json)?;
+        let engine = self.engine.clone();
+        let v = py
+            .detach(move || {
+                let mut s = RustSearcher::new(&engine);
+                s.collection = Some(collection);
+                s.shard_candidates(&req, query_vector.as_deref())
+            })
+            .map_err(py_err)?;
+        to_json(&v)
+    }
+
+    /// Step 4: the reply over the merged candidates, with hits for this shard's notes only;
+    /// the notes and patients it discloses are recorded in this shard's access audit first
+    /// (`client` names who asked, e.g. `ray-serve`).
+    #[pyo3(signature = (body_json, collection_json, candidates_json, query_vector=None, client="ray-serve"))]
+    fn search_merged(
+        &self,
+        py: Python<'_>,
+        body_json: &str,
+        collection_json: &str,
+        candidates_json: &str,
+        query_vector: Option<Vec<f32>>,
+        client: &str,
+    ) -> PyResult<String> {
+        let req = request_of(body_json)?;
+        let collection = collection_of(collection_json)?;
+        let merged: clinsearch::search::shards::Candidates = serde_json::from_str(candidates_json)
+            .map_err(|e| bad(format!("the candidates: {e}")))?;
+        let (engine, audit) = (self.engine.clone(), self.audit.clone());
+        let client = client.to_string();
+        py.detach(move || -> clinsearch::Result<String> {
+            let t = std::time::Instant::now();
+            let mut s = RustSearcher::new(&engine);
+            s.collection = Some(collection);
+            let mut resp = s.search_merged(&req, query_vector.as_deref(), &merged)?;
+            resp.filter = req.filter.clone();
+            let (notes, patients) = resp.disclosed();
+            // Lean hits (no details) name every note of the page on every shard: each shard
+            // records only its own.
+            let notes: Vec<String> = notes
+                .into_iter()
+                .filter(|id| engine.store.get(id).ok().flatten().is_some())
+                .collect();
+            audit.append_blocking(clinsearch::audit::Draft::local(
+                "search",
+                &client,
+                notes,
+                patients,
+                Some(&req.q),
+            ))?;
+            serde_json::to_string(&Reply {
+                response: &resp,
+                took_ms: t.elapsed().as_secs_f64() * 1e3,
+            })
+            .map_err(|e| Error::InvalidInput(e.to_string()))
+        })
+        .map_err(py_err)
+    }
+}
+
+/// A search request from a JSON object (`POST /api/search`'s body) or a JSON array of
+/// `[name, value]` string pairs (`GET /api/search`'s query string), checked as the server
+/// checks it.
+fn request_of(body_json: &str) -> PyResult<SearchRequest> {
+    let body = parse_json(body_json, "the search")?;
+    let pairs: Vec<(String, String)> = match &body {
+        Value::Array(items) => items
+            .iter()
+            .map(|p| match p.as_array().map(|a| a.as_slice()) {
+                Some([Value::String(k), Value::String(v)]) => Ok((k.clone(), v.clone())),
+                _ => Err(bad(
+                    "query parameters must be [name, value] pairs of strings",
+                )),
+            })
+            .collect::<PyResult<_>>()?,
+        _ => clinsearch::search::spec::typed_pairs(&body, &[]).map_err(|e| bad(e.to_string()))?,
+    };
+    SearchRequest::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| bad(e.to_string()))
+}
+
+fn collection_of(json: &str) -> PyResult<Arc<clinsearch::index::CollectionStats>> {
+    serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| bad(format!("the collection statistics: {e}")))
+}
+
+/// What a router needs to know of a request before asking the shards: whether the query is
+/// embedded, and which text is (a checked request; a bad one is a `ValueError`).
+#[pyfunction]
+fn search_plan(body_json: &str) -> PyResult<String> {
+    let req = request_of(body_json)?;
+    req.check().map_err(|e| bad(e.to_string()))?;
+    to_json(&json!({
+        "needs_vector": req.mode.needs_vector(),
+        "embedding_text": req.embedding_text(),
+        "mode": req.mode,
+    }))
+}
+
+/// The sum of the shards' statistics (a JSON array of what the steps answered).
+#[pyfunction]
+fn sum_statistics(parts_json: &str) -> PyResult<String> {
+    let parts: Vec<clinsearch::index::CollectionStats> =
+        serde_json::from_str(parts_json).map_err(|e| bad(format!("the statistics: {e}")))?;
+    to_json(&clinsearch::index::CollectionStats::sum(&parts))
+}
+
+/// The shards' candidates merged into the collection's (a JSON array of step 3's answers).
+#[pyfunction]
+fn merge_candidates(parts_json: &str) -> PyResult<String> {
+    let parts: Vec<clinsearch::search::shards::Candidates> =
+        serde_json::from_str(parts_json).map_err(|e| bad(format!("the candidates: {e}")))?;
+    to_json(&clinsearch::search::shards::Candidates::merge(parts))
+}
+
+/// A file of the browser UI (`index.html`, `app.js`, `style.css`): its content type and
+/// text, the same files `clinsearch serve` is built with; None for any other name.
+#[pyfunction]
+fn web_asset(name: &str) -> Option<(&'static str, &'static str)> {
+    clinsearch::server::assets::file(name)
 }
 
 /// The shard of each note (a JSON array of note objects) among `shards`: FNV-1a (64 bits)
@@ -509,6 +673,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DataDir>()?;
     m.add_class::<Searcher>()?;
     m.add_function(wrap_pyfunction!(shards_of, m)?)?;
+    m.add_function(wrap_pyfunction!(search_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_statistics, m)?)?;
+    m.add_function(wrap_pyfunction!(merge_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(web_asset, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use tantivy::tokenizer::{
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use super::bm25_scorer::{Bm25Params, Bm25TermQuery};
+use super::collection_stats::{term_key, CollectionStats, Global};
 use super::query::{self as q, TextQuery, MAX_QUERY_TERMS};
 use super::Filter;
 use crate::error::{Error, Result};
@@ -411,6 +412,7 @@ impl Bm25Index {
             query,
             terms: used,
             dropped,
+            stats: None,
         })
     }
 
@@ -490,13 +492,82 @@ impl Bm25Index {
         }
         let q = self.filtered(query.query.box_clone(), filter);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
+        // Equal scores ([`rank_key`]) are ordered by note id, never by where a document
+        // happens to sit in the index (which depends on ingest order and segment merges): the
+        // same notes rank the same in any index that holds them, a shard's included. A tie
+        // that straddles the cut is resolved the same way, by looking past `k` until the tied
+        // run ends.
+        let mut limit = k + 1;
+        let top = loop {
+            let top = self.top(&searcher, &*q, limit, query.stats.as_deref())?;
+            let straddles = top.len() == limit && rank_key(top[k].0) == rank_key(top[k - 1].0);
+            if !straddles {
+                break top;
+            }
+            limit *= 2;
+        };
         let mut out = Vec::with_capacity(top.len());
         for (score, addr) in top {
             let d: TantivyDocument = searcher.doc(addr)?;
             if let Some(id) = d.get_first(self.f.id).and_then(|v| v.as_str()) {
                 out.push((id.to_string(), score));
             }
+        }
+        out.sort_by(|a, b| {
+            rank_key(b.1)
+                .total_cmp(&rank_key(a.1))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        out.truncate(k);
+        Ok(out)
+    }
+
+    /// tantivy's top `k` by score, with `stats` (a sharded collection's) when given.
+    fn top(
+        &self,
+        searcher: &tantivy::Searcher,
+        q: &dyn Query,
+        k: usize,
+        stats: Option<&CollectionStats>,
+    ) -> Result<Vec<(f32, tantivy::DocAddress)>> {
+        let collector = TopDocs::with_limit(k).order_by_score();
+        Ok(match stats {
+            None => searcher.search(q, &collector)?,
+            Some(stats) => {
+                let global = Global {
+                    local: searcher,
+                    schema: &self.index.schema(),
+                    stats,
+                };
+                searcher.search_with_statistics_provider(q, &collector, &global)?
+            }
+        })
+    }
+
+    /// This index's own statistics of every term `queries` search (the text query and its
+    /// snippet query), for a router to add up over shards
+    /// ([`super::collection_stats`]).
+    pub fn statistics(&self, queries: &[&Built]) -> Result<CollectionStats> {
+        use tantivy::query::Bm25StatisticsProvider;
+        let searcher = self.reader.searcher();
+        let schema = self.index.schema();
+        let mut terms: std::collections::BTreeSet<Term> = Default::default();
+        for b in queries {
+            b.query.query_terms(&mut |t, _| {
+                terms.insert(t.clone());
+            });
+        }
+        let mut out = CollectionStats {
+            docs: searcher.total_num_docs()?,
+            ..Default::default()
+        };
+        for t in &terms {
+            let field = schema.get_field_name(t.field()).to_string();
+            if let std::collections::btree_map::Entry::Vacant(e) = out.tokens.entry(field) {
+                e.insert(searcher.total_num_tokens(t.field())?);
+            }
+            out.doc_freq
+                .insert(term_key(&schema, t), searcher.doc_freq(t)?);
         }
         Ok(out)
     }
@@ -509,7 +580,7 @@ impl Bm25Index {
         text: &str,
         max_chars: usize,
     ) -> Result<(String, Vec<std::ops::Range<usize>>)> {
-        Ok(self.snippets(query, max_chars)?.snippet(text))
+        Ok(self.snippets(query, max_chars, None)?.snippet(text))
     }
 
     /// The notes passing `filter`: how many there are, and their ids when at most `limit`.
@@ -558,16 +629,13 @@ impl Bm25Index {
             ),
         ]);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?;
+        let top = self.top(&searcher, &q, 1, query.stats.as_deref())?;
         Ok(top.first().map(|(s, _)| *s))
     }
 
-    /// A snippet maker for one query, reused across the hits of a request (creating tantivy's
-    /// generator reads term statistics: once per request is enough). It marks what was
-    /// searched (expansions included), never the excluded words.
-    pub fn snippets(&self, query: &TextQuery, max_chars: usize) -> Result<Snippets> {
-        // Terms of the text field (the snippet is cut from the text), whichever view was
-        // searched.
+    /// What snippets mark for `query`: the terms of the text field (the snippet is cut from
+    /// the text), whichever view was searched, never the excluded words.
+    pub fn snippet_query(&self, query: &TextQuery) -> Result<Built> {
         let positive = TextQuery {
             clauses: query
                 .clauses
@@ -579,10 +647,60 @@ impl Bm25Index {
             drop_stopwords: query.drop_stopwords,
             bm25: query.bm25,
         };
-        let q = self.build(&positive)?.query;
+        self.build(&positive)
+    }
+
+    /// A snippet maker for one query, reused across the hits of a request (creating tantivy's
+    /// generator reads term statistics: once per request is enough). It marks what was
+    /// searched (expansions included), never the excluded words.
+    ///
+    /// With a sharded collection's `stats`, terms are weighed by the collection's document
+    /// frequencies (as tantivy's generator weighs them by the index's), so every shard picks
+    /// the fragment a single index would.
+    pub fn snippets(
+        &self,
+        query: &TextQuery,
+        max_chars: usize,
+        stats: Option<&CollectionStats>,
+    ) -> Result<Snippets> {
+        let q = self.snippet_query(query)?.query;
         let searcher = self.reader.searcher();
-        let mut generator =
-            tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?;
+        let mut generator = match stats {
+            None => tantivy::snippet::SnippetGenerator::create(&searcher, &*q, self.f.text)?,
+            Some(stats) => {
+                use tantivy::query::Bm25StatisticsProvider;
+                let schema = self.index.schema();
+                let global = Global {
+                    local: &searcher,
+                    schema: &schema,
+                    stats,
+                };
+                // tantivy's own weighting (`SnippetGenerator::create`): 1 / (1 + df).
+                let mut weights = std::collections::BTreeMap::new();
+                let mut terms: std::collections::BTreeSet<&Term> = Default::default();
+                q.query_terms(&mut |t, _| {
+                    if t.field() == self.f.text {
+                        terms.insert(t);
+                    }
+                });
+                for t in terms {
+                    let value = t.value();
+                    let Some(text) = value.as_str() else {
+                        continue;
+                    };
+                    let df = global.doc_freq(t)?;
+                    if df > 0 {
+                        weights.insert(text.to_string(), 1.0 / (1.0 + df as f32));
+                    }
+                }
+                tantivy::snippet::SnippetGenerator::new(
+                    weights,
+                    self.index.tokenizer_for_field(self.f.text)?,
+                    self.f.text,
+                    max_chars,
+                )
+            }
+        };
         generator.set_max_num_chars(max_chars);
         Ok(Snippets { generator })
     }
@@ -654,6 +772,9 @@ pub struct Built {
     query: Box<dyn Query>,
     pub terms: usize,
     pub dropped: usize,
+    /// A sharded collection's statistics to score with instead of this index's own
+    /// ([`super::collection_stats`]); None for a collection that is this index alone.
+    pub stats: Option<std::sync::Arc<CollectionStats>>,
 }
 
 impl crate::clinical::abbrev::Cooccurrence for Bm25Index {
@@ -676,6 +797,17 @@ impl crate::clinical::abbrev::Cooccurrence for Bm25Index {
             .search(&BooleanQuery::new(clauses), &tantivy::collector::Count)
             .map_or(0, |n| n as u64)
     }
+}
+
+/// The score BM25 rankings are ordered by: the score with its last 10 mantissa bits cleared
+/// (scores within about 1 part in 8,000 are ties, and ties go by note id).
+///
+/// Why: tantivy adds a document's per-term scores in an order that depends on the segment's
+/// other documents, so one note's score can differ in the last bit between two indexes that
+/// hold it (a single directory and a shard), and so can two notes that tie. Ordering by the
+/// exact float would then order those notes differently from one index to the next.
+pub fn rank_key(score: f32) -> f32 {
+    f32::from_bits(score.to_bits() & !0x3ff)
 }
 
 /// Highlighted fragments for one query; see [`Bm25Index::snippets`].

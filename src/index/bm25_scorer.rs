@@ -76,19 +76,20 @@ impl Bm25TermQuery {
 
 impl Query for Bm25TermQuery {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        // Without scoring (counting, collecting ids) only the matches matter.
-        let (idf, avgdl) = match scoring.searcher() {
-            Some(searcher) => {
-                let field = self.term.field();
-                let (mut docs, mut tokens) = (0u64, 0u64);
-                for segment in searcher.segment_readers() {
-                    docs += u64::from(segment.max_doc());
-                    tokens += segment.inverted_index(field)?.total_num_tokens();
-                }
-                let n = searcher.doc_freq(&self.term)?;
+        // Without scoring (counting, collecting ids) only the matches matter. The statistics
+        // come from the provider: the searcher's own, or a whole sharded collection's
+        // (`crate::search::shards`), so a shard scores as one index over every shard would.
+        let (idf, avgdl) = match scoring {
+            EnableScoring::Enabled {
+                statistics_provider: stats,
+                ..
+            } => {
+                let docs = stats.total_num_docs()?;
+                let tokens = stats.total_num_tokens(self.term.field())?;
+                let n = stats.doc_freq(&self.term)?;
                 (idf(n, docs), tokens as Score / docs.max(1) as Score)
             }
-            None => (0.0, 1.0),
+            EnableScoring::Disabled { .. } => (0.0, 1.0),
         };
         Ok(Box::new(Bm25TermWeight {
             term: self.term.clone(),

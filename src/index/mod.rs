@@ -3,10 +3,12 @@
 
 pub mod bm25;
 pub mod bm25_scorer;
+pub mod collection_stats;
 pub mod query;
 pub mod vector_settings;
 pub mod vectors;
 
+pub use collection_stats::CollectionStats;
 pub use vector_settings::{Quantization, VectorChoice, VectorSettings};
 
 use serde::{Deserialize, Serialize};

@@ -23,6 +23,7 @@ mod response;
 mod retrieve;
 pub mod rrf;
 pub mod score_fusion;
+pub mod shards;
 pub mod spec;
 pub mod zscore;
 
@@ -149,10 +150,35 @@ pub struct Searcher<'a> {
     /// sentence (false: BM25's affirmed view only; for measuring the demotion).
     pub demote_unaffirmed: bool,
     /// hnsw search breadth (raised to the number of chunks asked for); the data directory's
-    /// recorded `ef_search` unless set.
+    /// recorded `ef_search` unless set. A breadth of at least the number of chunks is an
+    /// exact scan of every note instead (hnsw cannot promise that: identical vectors can be
+    /// unreachable in its graph).
     pub ef: usize,
     /// Filtered sets of at most this many notes are searched exactly on the vector side.
     pub exact_limit: usize,
+    /// The statistics of a sharded collection this engine is one shard of ([`shards`]): BM25
+    /// and abbreviation expansion then read them instead of this shard's own, and a fusion
+    /// tuned for this shard alone is not used. None for a collection of one directory.
+    pub collection: Option<std::sync::Arc<crate::index::CollectionStats>>,
+}
+
+/// A request made ready to run: the filter as the search applies it, the fusion, how deep
+/// each retriever is asked, and the BM25 side's plan.
+struct Prepared {
+    req: SearchRequest,
+    fusion: Fusion,
+    note_score: NoteScore,
+    depth: usize,
+    plan: Plan,
+}
+
+/// Each retriever's candidates for a request, best first.
+struct Retrieved {
+    bm25: Vec<(String, f32)>,
+    semantic: Vec<SemanticCandidate>,
+    /// The patient of every candidate, when they came from shards (a patient grouping cannot
+    /// load notes that live on other shards).
+    patients: Option<HashMap<String, Option<String>>>,
 }
 
 /// A note loaded once per request, shared by the rankings of `compare`.
@@ -171,6 +197,16 @@ impl<'a> Searcher<'a> {
             demote_unaffirmed: true,
             ef: engine.vectors.settings().ef_search,
             exact_limit: EXACT_FILTER_LIMIT,
+            collection: None,
+        }
+    }
+
+    /// A fusion tuned for this data directory (`tune`), unless it is one shard of many.
+    fn tuned(&self) -> Option<crate::eval::tune::FusionChoice> {
+        if self.collection.is_some() {
+            None
+        } else {
+            self.engine.tuned_fusion()
         }
     }
 
@@ -178,7 +214,8 @@ impl<'a> Searcher<'a> {
     /// clause per expansion, weighted [`EXPANSION_WEIGHT`] x the sense's share.
     fn plan(&self, req: &SearchRequest) -> Result<Plan> {
         let (text, expansions) = self.expanded_query(req)?;
-        let built = self.engine.bm25.build(&text)?;
+        let mut built = self.engine.bm25.build(&text)?;
+        built.stats = self.collection.clone();
         let mut notices = vec![];
         if built.dropped > 0 {
             notices.push(format!(
@@ -200,6 +237,21 @@ impl<'a> Searcher<'a> {
         &self,
         req: &SearchRequest,
     ) -> Result<(crate::index::query::TextQuery, Vec<AppliedExpansion>)> {
+        match &self.collection {
+            Some(c) => self.expanded_query_with(
+                req,
+                &crate::index::collection_stats::TableCooccurrence(&c.cooccurrence),
+            ),
+            None => self.expanded_query_with(req, &self.engine.bm25),
+        }
+    }
+
+    /// [`Self::expanded_query`] with `corpus` answering which senses co-occur.
+    fn expanded_query_with(
+        &self,
+        req: &SearchRequest,
+        corpus: &dyn crate::clinical::abbrev::Cooccurrence,
+    ) -> Result<(crate::index::query::TextQuery, Vec<AppliedExpansion>)> {
         use crate::index::query::Clause;
         let mut text = req
             .text_query()
@@ -209,7 +261,6 @@ impl<'a> Searcher<'a> {
         text.bm25 = req.bm25;
         let mut expansions = vec![];
         if req.expand {
-            let corpus: &dyn crate::clinical::abbrev::Cooccurrence = &self.engine.bm25;
             let found = self
                 .abbreviations
                 .expand(&text.positive_text(), self.sense_context.then_some(corpus));
@@ -239,6 +290,18 @@ impl<'a> Searcher<'a> {
         req: &SearchRequest,
         query_vector: Option<&[f32]>,
     ) -> Result<SearchResponse> {
+        let t = Instant::now();
+        let p = self.prepare(req, query_vector)?;
+        let plan_ms = ms(t);
+        let mut timings = Timings::default();
+        let got = self.retrieve(&p, query_vector, &mut timings)?;
+        // Planning (expansion, query building) counts as the BM25 side's time.
+        timings.bm25_ms += plan_ms;
+        self.respond(p, query_vector, got, timings)
+    }
+
+    /// Checks `req` and decides how it runs.
+    fn prepare(&self, req: &SearchRequest, query_vector: Option<&[f32]>) -> Result<Prepared> {
         req.check()
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         // `assertion=affirmed` asks for affirmed mentions: of the words, and of the entities.
@@ -248,20 +311,20 @@ impl<'a> Searcher<'a> {
             filter,
             ..req.clone()
         };
-        let qv = match (req.mode.needs_vector(), query_vector) {
-            (true, None) => {
-                return Err(Error::InvalidInput(
-                    "this search mode needs the query embedded".into(),
-                ))
-            }
-            (_, v) => v,
-        };
-        let mut timings = Timings::default();
+        if req.mode.needs_vector() && query_vector.is_none() {
+            return Err(Error::InvalidInput(
+                "this search mode needs the query embedded".into(),
+            ));
+        }
         let need = req.offset + req.k;
         // A fusion tuned for this collection, unless the request chose one.
-        let (fusion, fusion_depth) = match (self.engine.tuned_fusion(), req.fusion_explicit) {
+        let (fusion, fusion_depth) = match (self.tuned(), req.fusion_explicit) {
             (Some(t), false) => (t.fusion, t.depth),
             _ => (req.fusion, FUSION_DEPTH),
+        };
+        let note_score = match (self.tuned(), req.note_score_explicit) {
+            (Some(t), false) => t.note_score,
+            _ => req.note_score,
         };
         let depth = match req.group_by {
             // Grouping folds several notes into one hit: look deeper to fill the page.
@@ -272,35 +335,71 @@ impl<'a> Searcher<'a> {
             },
         }
         .max(req.min_depth);
-
-        let t = Instant::now();
         let plan = self.plan(req)?;
+        Ok(Prepared {
+            req: req.clone(),
+            fusion,
+            note_score,
+            depth,
+            plan,
+        })
+    }
+
+    /// Each retriever's candidates for a prepared request.
+    fn retrieve(
+        &self,
+        p: &Prepared,
+        qv: Option<&[f32]>,
+        timings: &mut Timings,
+    ) -> Result<Retrieved> {
+        let req = &p.req;
+        let t = Instant::now();
         let bm25 = self
             .engine
             .bm25
-            .search_built(&plan.built, depth, &req.filter)?;
+            .search_built(&p.plan.built, p.depth, &req.filter)?;
         timings.bm25_ms = ms(t);
 
         let semantic = match qv {
             Some(v) => {
                 let t = Instant::now();
-                let mut s = self.semantic_candidates(v, depth, &req.filter)?;
-                let note_score = match (self.engine.tuned_fusion(), req.note_score_explicit) {
-                    (Some(t), false) => t.note_score,
-                    _ => req.note_score,
-                };
-                if note_score != NoteScore::Max {
-                    self.rescore_notes(v, note_score, &mut s)?;
+                let mut s = self.semantic_candidates(v, p.depth, &req.filter)?;
+                if p.note_score != NoteScore::Max {
+                    self.rescore_notes(v, p.note_score, &mut s)?;
                 }
                 if req.assertion == Assertion::Affirmed && self.demote_unaffirmed {
-                    self.demote_unaffirmed(&plan.text, &mut s)?;
+                    self.demote_unaffirmed(&p.plan.text, &mut s)?;
                 }
                 timings.semantic_ms = ms(t);
                 s
             }
             None => vec![],
         };
+        Ok(Retrieved {
+            bm25,
+            semantic,
+            patients: None,
+        })
+    }
 
+    /// Fuses, pages and hydrates the candidates of a prepared request. Notes this engine does
+    /// not hold (another shard's) are left out of the page's hits; their ranks stay theirs.
+    fn respond(
+        &self,
+        p: Prepared,
+        qv: Option<&[f32]>,
+        got: Retrieved,
+        mut timings: Timings,
+    ) -> Result<SearchResponse> {
+        let Prepared {
+            req, fusion, plan, ..
+        } = p;
+        let req = &req;
+        let Retrieved {
+            bm25,
+            semantic,
+            patients,
+        } = got;
         let t = Instant::now();
         let bm25_rank: HashMap<&str, (usize, f32)> = bm25
             .iter()
@@ -342,7 +441,11 @@ impl<'a> Searcher<'a> {
         let mut cache: HashMap<String, Option<Loaded>> = HashMap::new();
         let mut rankings = vec![];
         let snippets = if req.details {
-            Some(self.engine.bm25.snippets(&plan.text, req.snippet_chars)?)
+            Some(self.engine.bm25.snippets(
+                &plan.text,
+                req.snippet_chars,
+                self.collection.as_deref(),
+            )?)
         } else {
             None
         };
@@ -355,7 +458,7 @@ impl<'a> Searcher<'a> {
                 });
                 continue;
             }
-            let (candidates, page) = self.page(req, &list, &mut cache)?;
+            let (candidates, page) = self.page(req, &list, &mut cache, patients.as_ref())?;
             let mut hits = Vec::with_capacity(page.len());
             for (i, (id, score, group)) in page.into_iter().enumerate() {
                 let Some(loaded) = cache.get(&id).and_then(|l| l.as_ref()) else {

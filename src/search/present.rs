@@ -11,6 +11,7 @@ impl Searcher<'_> {
         req: &SearchRequest,
         list: &[(String, f32)],
         cache: &mut HashMap<String, Option<Loaded>>,
+        patients: Option<&HashMap<String, Option<String>>>,
     ) -> Result<(usize, Vec<(String, f32, Option<Group>)>)> {
         let load = |id: &str, cache: &mut HashMap<String, Option<Loaded>>| -> Result<()> {
             if !cache.contains_key(id) {
@@ -42,11 +43,18 @@ impl Searcher<'_> {
                 let mut groups: Vec<(String, f32, Vec<String>, Option<String>)> = vec![];
                 let mut by_patient: HashMap<String, usize> = HashMap::new();
                 for (id, s) in list {
-                    load(id, cache)?;
-                    let patient = cache
-                        .get(id)
-                        .and_then(|l| l.as_ref())
-                        .and_then(|l| l.note.note.patient_id.clone());
+                    // Candidates from shards name their patients: their notes may live on
+                    // another shard.
+                    let patient = match patients {
+                        Some(known) => known.get(id).cloned().flatten(),
+                        None => {
+                            load(id, cache)?;
+                            cache
+                                .get(id)
+                                .and_then(|l| l.as_ref())
+                                .and_then(|l| l.note.note.patient_id.clone())
+                        }
+                    };
                     match patient.as_ref().and_then(|p| by_patient.get(p)) {
                         Some(&g) => groups[g].2.push(id.clone()),
                         None => {
@@ -58,7 +66,7 @@ impl Searcher<'_> {
                     }
                 }
                 let total = groups.len();
-                let page = groups
+                let page: Vec<_> = groups
                     .into_iter()
                     .skip(req.offset)
                     .take(req.k)
@@ -71,6 +79,9 @@ impl Searcher<'_> {
                         (id, s, group)
                     })
                     .collect();
+                for (id, _, _) in &page {
+                    load(id, cache)?;
+                }
                 Ok((total, page))
             }
         }

@@ -38,6 +38,9 @@ impl Searcher<'_> {
         filter: &Filter,
     ) -> Result<Vec<SemanticCandidate>> {
         let store = &self.engine.store;
+        if self.ef >= self.engine.vectors.len() {
+            return self.exhaustive_candidates(qv, depth, filter);
+        }
         if !filter.is_empty() {
             let (_, small) = self.engine.bm25.filter_ids(filter, self.exact_limit)?;
             if let Some(ids) = small {
@@ -121,6 +124,39 @@ impl Searcher<'_> {
             }
             want = (want * 2).min(chunks);
         }
+    }
+}
+
+impl Searcher<'_> {
+    /// Every stored note's best window, scored exactly: what a search breadth (`ef`) of at
+    /// least the number of chunks asks for. hnsw does not get there by itself: points with
+    /// identical vectors (boilerplate windows) can be unreachable in its graph however wide
+    /// the search.
+    fn exhaustive_candidates(
+        &self,
+        qv: &[f32],
+        depth: usize,
+        filter: &Filter,
+    ) -> Result<Vec<SemanticCandidate>> {
+        let store = &self.engine.store;
+        let mut out = vec![];
+        for note in store.notes() {
+            let note = note?;
+            if !filter.is_empty() && !filter.admits_stored(&note) {
+                continue;
+            }
+            let chunks = store.chunks_of(&note)?;
+            if let Some((c, s)) = best_chunk(&chunks, qv) {
+                out.push(SemanticCandidate {
+                    id: note.note.id.clone(),
+                    score: s,
+                    chunk: c.id,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        out.truncate(depth);
+        Ok(out)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The browser UI: the files of `web/`, compiled into the binary so that one file is the whole
 //! product (no separate static folder to deploy or to go out of step with the API).
 
-use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 struct Asset {
@@ -25,6 +24,26 @@ const ASSETS: &[Asset] = &[
 
 const INDEX: &str = include_str!("../../web/index.html");
 
+/// A file of the UI by name (`index.html` included): its content type and text. The Python
+/// package's sharded router serves the same files.
+pub fn file(name: &str) -> Option<(&'static str, &'static str)> {
+    if name == "index.html" {
+        return Some(("text/html; charset=utf-8", INDEX));
+    }
+    ASSETS
+        .iter()
+        .find(|a| a.path == name)
+        .map(|a| (a.content_type, a.body))
+}
+
+/// The headers every UI file is sent with (the router sends them too).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
 pub async fn favicon() -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
@@ -33,10 +52,9 @@ pub async fn favicon() -> HttpResponse {
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 fn secure(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    b.insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::REFERRER_POLICY, "no-referrer"))
-        .insert_header((header::CACHE_CONTROL, "no-store"));
+    for &(name, value) in HEADERS {
+        b.insert_header((name, value));
+    }
     b
 }
 

@@ -12,6 +12,7 @@
 //!   are simply no longer live (tombstones).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -359,6 +360,40 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long [`Store::open`] waits for sled's file lock before calling the directory busy.
+///
+/// Why wait at all: sled 0.34 releases its `flock` from a background flusher thread that
+/// `Db::drop` signals but does not join, so a store dropped and reopened at once in the same
+/// process (a test, `reindex`, a job that reopens after a checkpoint) can find its own lock
+/// still held for some milliseconds (sled issues 1234 and 1289; CI met it once in ~150
+/// reopens). Another live process holds the lock for as long as it runs, so waiting a
+/// bounded time never hides a real conflict: it only delays that error.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn is_lock_contention(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11))
+}
+
+/// Opens sled, retrying with backoff while only the file lock stands in the way.
+fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(e) if is_lock_contention(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Store(format!("corrupt record: {what}"))
 }
@@ -368,19 +403,13 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         crate::engine::mark_existing(dir);
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
-                    Error::Store(format!(
-                        "{} is in use by another clinsearch process (stop it, or send notes to its API)",
-                        dir.display()
-                    ))
-                }
-                other => Error::from(other),
-            })?;
+        let db = open_sled(&dir.join("sled")).map_err(|e| match e {
+            e if is_lock_contention(&e) => Error::Store(format!(
+                "{} is in use by another clinsearch process (stop it, or send notes to its API)",
+                dir.display()
+            )),
+            other => Error::from(other),
+        })?;
         Ok(Store {
             dir: dir.to_path_buf(),
             notes: db.open_tree("notes")?,

@@ -19,5 +19,6 @@ mod sample_corpus;
 mod schemathesis;
 mod security;
 mod server;
+mod shards;
 pub(crate) mod train;
 mod vectors;
