@@ -282,7 +282,9 @@ impl ServerConfig {
             read_api_key: nonempty(l.read_api_key),
             query_batch: l.query_batch.unwrap_or(32).clamp(1, 256),
             workers: l.workers.unwrap_or(2).clamp(1, 64),
-            ef_search: l.ef_search.map(|e| e.clamp(8, 4096)),
+            ef_search: l
+                .ef_search
+                .map(|e| e.clamp(8, crate::index::vector_settings::MAX_EF_SEARCH)),
             classifier: nonempty(l.classifier),
             tagger: nonempty(l.tagger),
             mlm_model: nonempty(l.mlm_model),

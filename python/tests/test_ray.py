@@ -171,20 +171,25 @@ def served(cluster, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("served")
     out = tmp / "shards"
-    report = _ingest(cluster, out)
+    # A search breadth past the number of chunks makes the vector side an exact scan on the
+    # shards and on the single directory alike, so every mode can be compared for equality
+    # (at the default breadth each hnsw graph is approximate in its own way; the Rust test
+    # tests/it/shards.rs measures that side's recall).
+    exact = ["--quantization", "f32"]
+    report = _ingest(cluster, out, *exact, "--ef-search", "100000")
     assert report["notes"] == 324 and report["errors"] == []
     single = tmp / "single"
     for i, shard in enumerate(report["shards"]):
         exported = tmp / f"export-{i}.jsonl"
         run_cli("export-vectors", "--data", shard["dir"], "--out", str(exported))
-        run_cli("ingest", "--vectors", "--model", str(TINY), "--window", "24", "--stride", "4",
-                "--data", str(single), "--quiet", str(exported))
+        run_cli("ingest", "--vectors", "--model", str(TINY), "--window", "24", "--stride", "4", *exact,
+                "--hnsw-ef-search", "100000", "--data", str(single), "--quiet", str(exported))
     port = _free_port()
     env = dict(os.environ, RAY_ADDRESS=cluster, CLINSEARCH_MODEL=str(TINY), RAY_USAGE_STATS_ENABLED="0")
     log = open(tmp / "serve.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "clinsearch.ray", "serve", "--shards", str(out), "--addr", f"127.0.0.1:{port}",
-         "--window", "24", "--stride", "4", "--shard-timeout", "3", "--health-check-period", "2",
+         "--window", "24", "--stride", "4", "--shard-timeout", "1.5", "--health-check-period", "2",
          "--cpus-per-shard", "0.25", "--cpus-router", "0.25"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
     )
@@ -231,22 +236,17 @@ def test_sharded_serving_ranks_as_one_directory(served):
     base, single = served["base"], served["single"]
     status, stats = _get(base + "/api/stats")
     assert status == 200 and stats["notes"] == 324 and stats["shards"] == {"total": 3, "answered": 3}
-    semantic_overlap = []
     for q in _queries():
         for mode in ("bm25", "semantic", "hybrid"):
             status, got = _get(f"{base}/api/search?q={served['quote'](q)}&mode={mode}&k=10")
             assert status == 200, got
             assert got["shards"] == {"total": 3, "answered": 3, "missing": []}
             want = single.search(q, mode=mode, k=10)
-            if mode == "semantic":
-                semantic_overlap.append(len(set(_ids(got, mode)) & set(_ids(want, mode))))
-                continue
             assert _ids(got, mode) == _ids(want, mode), f"{mode} {q!r}"
             # The scores too: BM25 with the collection's statistics is the single index's.
             g = [h["score"] for h in got["rankings"][0]["hits"]]
             w = [h["score"] for h in want["rankings"][0]["hits"]]
             np.testing.assert_allclose(g, w, rtol=1e-5, err_msg=f"{mode} {q!r}")
-    assert min(semantic_overlap) >= 9, semantic_overlap
     # Paging, filters, patient grouping, snippets and the POST form are the single node's.
     q = "chest pain shortness of breath"
     for params in (
@@ -282,12 +282,17 @@ def test_sharded_serving_ranks_as_one_directory(served):
         assert "script-src 'self'" in r.headers["content-security-policy"]
 
 
+def _owner(hit: dict) -> int:
+    """The shard a hit's note was ingested into (by its patient)."""
+    return clinsearch.shard_of({"id": hit["id"], "patient_id": hit.get("patient_id"), "text": "-"}, 3)
+
+
 def test_each_shard_audits_the_notes_it_disclosed(served):
     base = served["base"]
     status, got = _get(f"{base}/api/search?q={served['quote']('heart attack')}&mode=bm25&k=5")
     assert status == 200
     top = got["rankings"][0]["hits"][0]["id"]
-    owner = clinsearch.shards_of([{"id": top, "patient_id": got["rankings"][0]["hits"][0].get("patient_id")}], 3)[0]
+    owner = _owner(got["rankings"][0]["hits"][0])
     lines = run_cli("audit", "--data", served["shards"][owner]["dir"], "--note", top, "--json").stdout.splitlines()
     events = [json.loads(l) for l in lines if l.strip()]
     assert any(e["action"] == "search" and top in e["note_ids"] and e["principal"].startswith("ray-serve:") for e in events), events[-3:]
@@ -305,6 +310,7 @@ def test_a_killed_shard_gives_partial_replies_then_serve_restarts_it(served):
     victim = shards["shards"][1]
     os.kill(victim["pid"], 9)
     q = served["quote"]("heart attack")
+    # Serve brings a new replica up in about 3 s here; the deadline (1.5 s a step) is shorter.
     # While it is down: the others' results, flagged.
     deadline = time.monotonic() + 120
     partial = None
@@ -317,7 +323,7 @@ def test_a_killed_shard_gives_partial_replies_then_serve_restarts_it(served):
         time.sleep(0.2)
     assert partial is not None, "no partial reply while a shard was down"
     assert partial["shards"] == {"total": 3, "answered": 2, "missing": [victim["shard"]]}
-    owners = clinsearch.shards_of([{"id": h["id"], "patient_id": h.get("patient_id")} for h in partial["rankings"][0]["hits"]], 3)
+    owners = [_owner(h) for h in partial["rankings"][0]["hits"]]
     assert partial["rankings"][0]["hits"] and 1 not in owners
     # Serve restarts the replica: full replies again, equal to the single directory's.
     deadline = time.monotonic() + 180

@@ -38,6 +38,11 @@ impl std::fmt::Display for Quantization {
 /// With int8, the graph returns this many candidates per wanted hit for exact rescoring.
 pub const RESCORE_FACTOR: usize = 2;
 
+/// The widest search breadth a directory may record: a breadth of at least its number of
+/// chunks makes the vector side an exact scan (`search::Searcher::ef`), and a million covers
+/// the collections one machine serves.
+pub const MAX_EF_SEARCH: usize = 1_000_000;
+
 /// The vector index's settings, as recorded in the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VectorSettings {
@@ -82,9 +87,10 @@ impl VectorSettings {
                 self.ef_construction
             ));
         }
-        if !(8..=4096).contains(&self.ef_search) {
+        // Past the number of chunks a search is an exact scan, so a breadth may be large.
+        if !(8..=MAX_EF_SEARCH).contains(&self.ef_search) {
             return Err(format!(
-                "hnsw ef_search {} is outside 8..=4096",
+                "hnsw ef_search {} is outside 8..={MAX_EF_SEARCH}",
                 self.ef_search
             ));
         }
