@@ -39,11 +39,13 @@ test: model
 
 # The Python package, built in the dev profile (it shares target/ with the tests above, so
 # only the binding itself compiles), installed, and tested with pytest against the binary
-# the tests built; its Ray tests start a three-process cluster on 127.0.0.1.
+# the tests built; its Ray tests start a three-process cluster and a Serve application. They
+# run inside a network namespace that has only loopback (scripts/in_loopback_netns.sh: Ray
+# listens on every interface otherwise), which needs root.
 test-python:
 	MATURIN_PEP517_ARGS="--profile dev" python3 -m pip install --quiet --no-build-isolation ./python
 	cd python/tests && CLINSEARCH_REQUIRE_TEST_DEPS=1 CLINSEARCH_BIN=$(CURDIR)/target/debug/clinsearch \
-	  timeout 1200 python3 -m pytest -q -p no:cacheprovider .
+	  $(CURDIR)/scripts/in_loopback_netns.sh timeout 1200 python3 -m pytest -q -p no:cacheprovider .
 
 # The GPU tests (tests/it/gpu.rs) on a machine with CUDA: they fail, rather than skip, when no
 # device opens. Not part of `make test` (CI has no GPU).

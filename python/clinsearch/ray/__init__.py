@@ -6,7 +6,8 @@
 * ``python -m clinsearch.ray serve``: see :mod:`clinsearch.ray.serve`.
 
 Both connect to the cluster ``RAY_ADDRESS`` names (as Ray's own tools do); without one they
-start a private single-node cluster bound to 127.0.0.1. The model comes from ``--model`` or
+start a private single-node cluster (Ray's servers listen on every interface: see the README's
+"Ray does not stay on loopback by itself"). The model comes from ``--model`` or
 ``CLINSEARCH_MODEL``.
 """
 
@@ -25,8 +26,10 @@ def shard_dirs(out: str, shards: int) -> list[str]:
 
 
 def connect():
-    """Joins the cluster of ``RAY_ADDRESS``, or starts a local one on 127.0.0.1 (no dashboard,
-    no usage reporting): a cluster this package starts never listens beyond loopback."""
+    """Joins the cluster of ``RAY_ADDRESS``, or starts a private one-node cluster (no
+    dashboard, no usage reporting). Ray resolves 127.0.0.1 to the machine's address and
+    listens on every interface: keep it to loopback with a network namespace
+    (``scripts/in_loopback_netns.sh``) where that matters."""
     import ray
 
     if ray.is_initialized():
