@@ -203,3 +203,39 @@ def test_shards_are_stable_and_keep_a_patients_notes_together():
     assert all(len(v) == 1 for p, v in by_patient.items() if p)
     assert len(set(shards)) == 3
     assert clinsearch.shard_of({"id": "x", "text": "t", "metadata": {"patient_id": "P9"}}, 7) == fnv("patient:P9") % 7
+
+
+def test_the_sharded_router_listens_on_loopback_only():
+    from clinsearch.ray.serve import _loopback
+
+    assert _loopback("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert _loopback("localhost:9") == ("127.0.0.1", 9)
+    assert _loopback("[::1]:8080") == ("::1", 8080)
+    for addr in ("0.0.0.0:8080", "192.0.2.2:8080", "[::]:8080"):
+        with pytest.raises(SystemExit, match="loopback"):
+            _loopback(addr)
+    with pytest.raises(SystemExit, match="port"):
+        _loopback("127.0.0.1:http")
+
+
+def test_a_shard_step_refuses_bad_requests_and_bad_statistics(cli_copy, encoder):
+    from clinsearch import _native
+
+    with pytest.raises(ValueError, match="k"):
+        _native.search_plan(json.dumps({"q": "chest pain", "k": 0}))
+    with pytest.raises(ValueError, match="name, value"):
+        _native.search_plan(json.dumps([["q", 5]]))
+    plan = json.loads(_native.search_plan(json.dumps([["q", "SOB"], ["mode", "bm25"]])))
+    assert plan == {"needs_vector": False, "embedding_text": "SOB", "mode": "bm25"}
+    searcher = _native.Searcher(clinsearch.DataDir(str(cli_copy), encoder)._inner)
+    with pytest.raises(ValueError, match="collection statistics"):
+        searcher.shard_statistics(json.dumps({"q": "x"}), "not json")
+    # One shard alone: the steps give the directory's own search.
+    req = json.dumps({"q": "chest pain", "mode": "bm25", "k": 5})
+    stats = _native.sum_statistics(json.dumps([json.loads(searcher.shard_cooccurrence(req)),
+                                               json.loads(searcher.shard_statistics(req, "{}"))]))
+    merged = _native.merge_candidates("[" + searcher.shard_candidates(req, stats) + "]")
+    got = json.loads(searcher.search_merged(req, stats, merged))
+    assert [h["id"] for h in got["rankings"][0]["hits"]] == [
+        h["id"] for h in json.loads(searcher.search(req))["rankings"][0]["hits"]
+    ]
