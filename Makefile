@@ -7,7 +7,7 @@
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test test-python test-gpu model build bench bench-scale bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
+.PHONY: run test test-python test-gpu model build bench bench-scale bench-ray bench-finetune quality bench-ner bench-mlm soak fixtures sample-corpus
 
 model:
 	./scripts/fetch_model.sh $(MODEL_DIR)
@@ -69,6 +69,13 @@ soak: model
 bench-scale: model
 	python3 -c "import hnswlib, faiss" 2> /dev/null || python3 -m pip install --quiet hnswlib faiss-cpu
 	$(CARGO) bench --bench scale
+
+# Distributed ingest and sharded serving on a local Ray cluster against one machine's
+# clinsearch, in one run (release builds; inside a loopback-only network namespace, as root).
+bench-ray: model
+	$(CARGO) build --release
+	python3 -m pip install --quiet ./python
+	./scripts/in_loopback_netns.sh python3 benches/ray_bench.py
 
 # Fine-tuning against frozen-embedding baselines on MTSamples (about an hour on 2 cores).
 bench-finetune: model

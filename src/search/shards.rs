@@ -123,17 +123,12 @@ impl Searcher<'_> {
     /// [`Searcher::collection`] to step 1's sums first). The co-occurrence counts are not
     /// repeated: the router adds step 1's sums to the sum of these.
     pub fn shard_statistics(&self, req: &SearchRequest) -> Result<CollectionStats> {
-        let p = self.prepare(req, None).or_else(|e| match e {
-            // The vector is not needed to know the terms.
-            crate::error::Error::InvalidInput(_) if req.mode.needs_vector() => {
-                let bm25 = SearchRequest {
-                    mode: super::Mode::Bm25,
-                    ..req.clone()
-                };
-                self.prepare(&bm25, None)
-            }
-            e => Err(e),
-        })?;
+        // The terms are the same in every mode, and BM25 needs no query vector.
+        let bm25 = SearchRequest {
+            mode: super::Mode::Bm25,
+            ..req.clone()
+        };
+        let p = self.prepare(&bm25, None)?;
         let snippets = self.engine.bm25.snippet_query(&p.plan.text)?;
         self.engine.bm25.statistics(&[&p.plan.built, &snippets])
     }
