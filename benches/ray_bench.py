@@ -4,8 +4,8 @@
 
 1. The first N MTSamples reports (BENCH_RAY_NOTES, default 600) with the default model:
    `clinsearch ingest` into one data directory (the peer), then `python -m clinsearch.ray
-   ingest --shards 3` on a local Ray cluster of a head and one worker node (one CPU each),
-   encoder actors as given by BENCH_RAY_WORKERS (default 2). Notes/s of both, their ratio,
+   ingest --shards 3` on a local Ray cluster of a head and two worker nodes (one CPU each, on
+   this machine's cores), encoder actors as given by BENCH_RAY_WORKERS (default 2). Notes/s of both, their ratio,
    and the Ray report's per-worker rates.
 2. `python -m clinsearch.ray serve` over the shards against `clinsearch serve` over the one
    directory: the 45 sample_corpus queries in BM25 and hybrid mode, one client, sequential,
@@ -126,7 +126,8 @@ def main() -> int:
                    check=True, capture_output=True, env=env)
     procs = []
     try:
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True, env=env)
+        for _ in range(2):  # three nodes of one CPU, as the tests: one CPU reads, two embed
+            subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True, env=env)
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         r = subprocess.run([sys.executable, "-m", "clinsearch.ray", "ingest", "--shards", "3", "--out", str(tmp / "shards"),
                             "--workers", workers, "--json", "--quiet", str(src)],

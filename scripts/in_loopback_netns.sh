@@ -14,6 +14,12 @@ if [ "$(id -u)" != 0 ] || ! command -v ip > /dev/null; then
 fi
 ns="clinsearch-test-$$"
 ip netns add "$ns"
-trap 'ip netns pids "$ns" 2> /dev/null | xargs -r kill -9 2> /dev/null || true; ip netns del "$ns" 2> /dev/null || true' EXIT
+cleanup() {
+  # Whatever the command left running in the namespace (a Ray cluster) goes with it.
+  ip netns pids "$ns" 2> /dev/null | xargs -r kill -9 2> /dev/null || true
+  ip netns del "$ns" 2> /dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM
 ip netns exec "$ns" ip link set lo up
 CLINSEARCH_LOOPBACK_NETNS=1 ip netns exec "$ns" "$@"

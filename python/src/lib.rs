@@ -443,22 +443,8 @@ impl Searcher {
                 let embed_ms = t.elapsed().as_secs_f64() * 1e3;
                 let mut resp = RustSearcher::new(&engine).search(&req, qv.as_deref())?;
                 resp.timings.embed_ms = embed_ms;
-                // The filter as asked, as the server answers it (not as the search widened it).
-                resp.filter = req.filter.clone();
                 let (notes, patients) = resp.disclosed();
-                audit.append_blocking(clinsearch::audit::Draft::local(
-                    "search",
-                    "python",
-                    notes,
-                    patients,
-                    Some(&req.q),
-                ))?;
-                // Written as the server writes it (f32 scores in their shortest form).
-                serde_json::to_string(&Reply {
-                    response: &resp,
-                    took_ms: t.elapsed().as_secs_f64() * 1e3,
-                })
-                .map_err(|e| Error::InvalidInput(e.to_string()))
+                audited_reply(&audit, "python", &req, &mut resp, notes, patients, t)
             })
             .map_err(py_err)?;
         Ok(reply)
@@ -545,7 +531,6 @@ impl Searcher {
             let mut s = RustSearcher::new(&engine);
             s.collection = Some(collection);
             let mut resp = s.search_merged(&req, query_vector.as_deref(), &merged)?;
-            resp.filter = req.filter.clone();
             let (notes, patients) = resp.disclosed();
             // Lean hits (no details) name every note of the page on every shard: each shard
             // records only its own.
@@ -553,21 +538,37 @@ impl Searcher {
                 .into_iter()
                 .filter(|id| engine.store.get(id).ok().flatten().is_some())
                 .collect();
-            audit.append_blocking(clinsearch::audit::Draft::local(
-                "search",
-                &client,
-                notes,
-                patients,
-                Some(&req.q),
-            ))?;
-            serde_json::to_string(&Reply {
-                response: &resp,
-                took_ms: t.elapsed().as_secs_f64() * 1e3,
-            })
-            .map_err(|e| Error::InvalidInput(e.to_string()))
+            audited_reply(&audit, &client, &req, &mut resp, notes, patients, t)
         })
         .map_err(py_err)
     }
+}
+
+/// Records the `notes` and `patients` a search discloses in `audit` (as `client`), before
+/// anything is answered, then writes the reply as the server writes it (the filter as asked,
+/// not as the search widened it; f32 scores in their shortest form).
+fn audited_reply(
+    audit: &clinsearch::audit::AuditLog,
+    client: &str,
+    req: &SearchRequest,
+    resp: &mut clinsearch::search::SearchResponse,
+    notes: Vec<String>,
+    patients: Vec<String>,
+    started: std::time::Instant,
+) -> clinsearch::Result<String> {
+    resp.filter = req.filter.clone();
+    audit.append_blocking(clinsearch::audit::Draft::local(
+        "search",
+        client,
+        notes,
+        patients,
+        Some(&req.q),
+    ))?;
+    serde_json::to_string(&Reply {
+        response: resp,
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+    .map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// A search request from a JSON object (`POST /api/search`'s body) or a JSON array of
@@ -598,15 +599,18 @@ fn collection_of(json: &str) -> PyResult<Arc<clinsearch::index::CollectionStats>
 }
 
 /// What a router needs to know of a request before asking the shards: whether the query is
-/// embedded, and which text is (a checked request; a bad one is a `ValueError`).
+/// embedded and which text is, and whether the expansion asks the collection anything (step
+/// 1); a bad request is a `ValueError`.
 #[pyfunction]
 fn search_plan(body_json: &str) -> PyResult<String> {
     let req = request_of(body_json)?;
     req.check().map_err(|e| bad(e.to_string()))?;
+    let asks = clinsearch::search::shards::asks_collection(&req).map_err(py_err)?;
     to_json(&json!({
         "needs_vector": req.mode.needs_vector(),
         "embedding_text": req.embedding_text(),
         "mode": req.mode,
+        "asks_collection": asks,
     }))
 }
 

@@ -226,7 +226,11 @@ def test_a_shard_step_refuses_bad_requests_and_bad_statistics(cli_copy, encoder)
     with pytest.raises(ValueError, match="name, value"):
         _native.search_plan(json.dumps([["q", 5]]))
     plan = json.loads(_native.search_plan(json.dumps([["q", "SOB"], ["mode", "bm25"]])))
-    assert plan == {"needs_vector": False, "embedding_text": "SOB", "mode": "bm25"}
+    assert plan == {"needs_vector": False, "embedding_text": "SOB", "mode": "bm25", "asks_collection": False}
+    # "PE" has senses the query's other words choose among: step 1 is needed.
+    plan = json.loads(_native.search_plan(json.dumps({"q": "PE on CT angiogram"})))
+    assert plan["asks_collection"] and plan["needs_vector"]
+    assert not json.loads(_native.search_plan(json.dumps({"q": "PE on CT angiogram", "expand": False})))["asks_collection"]
     searcher = _native.Searcher(clinsearch.DataDir(str(cli_copy), encoder)._inner)
     with pytest.raises(ValueError, match="collection statistics"):
         searcher.shard_statistics(json.dumps({"q": "x"}), "not json")
@@ -239,3 +243,15 @@ def test_a_shard_step_refuses_bad_requests_and_bad_statistics(cli_copy, encoder)
     assert [h["id"] for h in got["rankings"][0]["hits"]] == [
         h["id"] for h in json.loads(searcher.search(req))["rankings"][0]["hits"]
     ]
+
+
+def test_ray_ingest_refuses_encoder_actors_that_leave_no_cpu_for_reading():
+    import types
+
+    from clinsearch.ray.ingest import _check_cpus
+
+    plan = types.SimpleNamespace(workers=2, cpus_per_worker=1.0)
+    with pytest.raises(SystemExit, match="leave none for reading"):
+        _check_cpus(2, plan)
+    _check_cpus(3, plan)
+    _check_cpus(2, types.SimpleNamespace(workers=2, cpus_per_worker=0.5))

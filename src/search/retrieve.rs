@@ -14,6 +14,24 @@ pub(super) struct SemanticCandidate {
     pub(super) chunk: u64,
 }
 
+impl SemanticCandidate {
+    /// A note scored exactly by its best window; None for a note without windows.
+    fn best_of(id: String, chunks: &[Chunk], qv: &[f32]) -> Option<SemanticCandidate> {
+        best_chunk(chunks, qv).map(|(c, score)| SemanticCandidate {
+            id,
+            score,
+            chunk: c.id,
+        })
+    }
+}
+
+/// The `depth` best candidates, by score (ties by id).
+fn best_first(mut out: Vec<SemanticCandidate>, depth: usize) -> Vec<SemanticCandidate> {
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    out.truncate(depth);
+    out
+}
+
 /// Cosine similarity (0 when either vector is zero).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
@@ -48,18 +66,10 @@ impl Searcher<'_> {
                 let mut out = vec![];
                 for id in ids {
                     if let Some((_, chunks)) = store.get_with_chunks(&id)? {
-                        if let Some((c, s)) = best_chunk(&chunks, qv) {
-                            out.push(SemanticCandidate {
-                                id,
-                                score: s,
-                                chunk: c.id,
-                            });
-                        }
+                        out.extend(SemanticCandidate::best_of(id, &chunks, qv));
                     }
                 }
-                out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-                out.truncate(depth);
-                return Ok(out);
+                return Ok(best_first(out, depth));
             }
         }
         // A note scores by its best chunk, so the first `depth` distinct notes among the
@@ -146,17 +156,9 @@ impl Searcher<'_> {
                 continue;
             }
             let chunks = store.chunks_of(&note)?;
-            if let Some((c, s)) = best_chunk(&chunks, qv) {
-                out.push(SemanticCandidate {
-                    id: note.note.id.clone(),
-                    score: s,
-                    chunk: c.id,
-                });
-            }
+            out.extend(SemanticCandidate::best_of(note.note.id, &chunks, qv));
         }
-        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        out.truncate(depth);
-        Ok(out)
+        Ok(best_first(out, depth))
     }
 }
 

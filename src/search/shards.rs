@@ -6,6 +6,7 @@
 //!
 //! 1. [`Searcher::shard_cooccurrence`]: the counts abbreviation expansion reads of the
 //!    collection (which senses co-occur with the query's words), from each shard; summed.
+//!    Skipped when the query asks the collection nothing ([`asks_collection`]).
 //! 2. [`Searcher::shard_statistics`]: with those sums set as the searcher's
 //!    [`Searcher::collection`], each shard expands the query as one collection would and
 //!    answers the BM25 statistics of its terms; summed ([`CollectionStats::sum`]) together
@@ -98,6 +99,31 @@ impl Candidates {
             semantic,
         }
     }
+}
+
+/// Whether step 1 is needed for `req`: whether its abbreviation expansion asks the
+/// collection anything (an ambiguous abbreviation whose senses the query's words choose
+/// among). What it asks depends on the query and the dictionary only, never on the answers,
+/// so a router can skip step 1 (a round trip to every shard) for most queries.
+pub fn asks_collection(req: &SearchRequest) -> Result<bool> {
+    struct Nothing;
+    impl crate::clinical::abbrev::Cooccurrence for Nothing {
+        fn notes_with_all(&self, _: &[&str]) -> u64 {
+            0
+        }
+    }
+    if !req.expand {
+        return Ok(false);
+    }
+    let text = req
+        .text_query()
+        .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?;
+    let rec = RecordingCooccurrence {
+        inner: &Nothing,
+        asked: Default::default(),
+    };
+    crate::clinical::abbrev::Dictionary::builtin().expand(&text.positive_text(), Some(&rec));
+    Ok(!rec.asked.into_inner().is_empty())
 }
 
 impl Searcher<'_> {

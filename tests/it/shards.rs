@@ -90,6 +90,13 @@ fn sharded(
         .map(|e| Searcher::new(e).shard_cooccurrence(req).unwrap())
         .collect();
     let cooc = CollectionStats::sum(&cooc);
+    // Step 1 asks something exactly when the router would not skip it.
+    assert_eq!(
+        !cooc.cooccurrence.is_empty(),
+        clinsearch::search::shards::asks_collection(req).unwrap(),
+        "{}",
+        req.q
+    );
     let stats: Vec<CollectionStats> = shards
         .iter()
         .map(|e| searcher(e, &cooc, ef).shard_statistics(req).unwrap())

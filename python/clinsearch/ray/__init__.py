@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["connect", "shard_dirs", "SHARD_PREFIX"]
+__all__ = ["connect", "shard_dirs", "SHARD_PREFIX", "add_model_args", "model_missing"]
 
 SHARD_PREFIX = "shard-"
 
@@ -42,3 +42,21 @@ def connect():
     else:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return ray
+
+
+def add_model_args(p) -> None:
+    """The model and window options both commands take (argparse)."""
+    p.add_argument("--model", default=os.environ.get("CLINSEARCH_MODEL"), help="model folder or Hub id (CLINSEARCH_MODEL)")
+    p.add_argument("--window", type=int, help="tokens per window (the data directory's)")
+    p.add_argument("--stride", type=int, help="tokens windows overlap by")
+    p.add_argument("--window-context", dest="window_context", help="what each window is embedded with")
+
+
+def model_missing(args) -> bool:
+    """True (having said so) when neither --model nor CLINSEARCH_MODEL names the model."""
+    if args.model:
+        return False
+    import sys
+
+    print("error: --model (or CLINSEARCH_MODEL) names the model", file=sys.stderr)
+    return True

@@ -37,7 +37,7 @@ import numpy as np
 
 import clinsearch
 
-from . import connect, shard_dirs
+from . import add_model_args, connect, model_missing, shard_dirs
 
 #: Fault injection for the tests: a path; the first embedding actor to reach its second
 #: batch creates the file and kills its own process (once per path), as a crashed worker.
@@ -192,8 +192,22 @@ def _dataset(inputs: list):
     return ds
 
 
+def _check_cpus(cluster_cpus: float, args) -> None:
+    """Refuses a plan that cannot run: the encoder actors hold their CPUs for the whole
+    ingest, and Ray Data's read tasks need a CPU of their own, so actors that take every CPU
+    of the cluster wait forever for input (measured: a 2-CPU cluster with 2 one-CPU actors
+    hangs with both idle)."""
+    needed = args.workers * args.cpus_per_worker
+    if needed > cluster_cpus - 1:
+        raise SystemExit(
+            f"the cluster has {cluster_cpus:g} CPUs: {args.workers} encoder actors x {args.cpus_per_worker:g} CPUs "
+            f"leave none for reading the inputs; use fewer --workers or a smaller --cpus-per-worker"
+        )
+
+
 def run(args) -> dict:
     ray = connect()
+    _check_cpus(ray.cluster_resources().get("CPU", 0), args)
     model = args.model
     ekw = _encoder_kwargs(args)
     wkw = {**ekw, "device": "cpu"}  # writers only need the model's identity
@@ -290,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSON lines, CSV or Parquet files of notes")
     p.add_argument("--shards", type=int, required=True, help="number of shards (data directories)")
     p.add_argument("--out", required=True, help="folder of the shard data directories (OUT/shard-000, ...)")
-    p.add_argument("--model", default=os.environ.get("CLINSEARCH_MODEL"), help="model folder or Hub id (CLINSEARCH_MODEL)")
+    add_model_args(p)
     p.add_argument("--workers", type=int, default=1, help="encoder actors (one per GPU with --num-gpus-per-worker)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0, help="GPUs per encoder actor (0: CPU)")
     p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per encoder actor")
@@ -299,9 +313,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda with GPUs per worker, else cpu)")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--max-windows", dest="max_windows", type=int, default=256, help="the most windows embedded of one note")
-    p.add_argument("--window", type=int)
-    p.add_argument("--stride", type=int)
-    p.add_argument("--window-context", dest="window_context")
     p.add_argument("--quantization", choices=["f32", "int8"])
     p.add_argument("--m", type=int)
     p.add_argument("--ef-construction", dest="ef_construction", type=int)
@@ -313,8 +324,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
     args = parser().parse_args(argv)
-    if not args.model:
-        print("error: --model (or CLINSEARCH_MODEL) names the model", file=sys.stderr)
+    if model_missing(args):
         return 2
     if args.shards < 1:
         print("error: --shards must be at least 1", file=sys.stderr)

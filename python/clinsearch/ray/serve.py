@@ -50,7 +50,7 @@ import time
 import clinsearch
 from clinsearch import _native
 
-from . import SHARD_PREFIX, connect
+from . import SHARD_PREFIX, add_model_args, connect, model_missing
 
 APP_NAME = "clinsearch"
 
@@ -144,8 +144,10 @@ class Router:
             vector = [float(x) for x in emb[0]]
             embed_ms = (time.perf_counter() - t) * 1e3
         alive = list(range(len(self.shards)))
-        alive, parts = await self._all(alive, lambda h: h.cooccurrence.remote(request))
-        cooc = _native.sum_statistics("[" + ",".join(parts) + "]")
+        cooc = "{}"
+        if plan["asks_collection"]:
+            alive, parts = await self._all(alive, lambda h: h.cooccurrence.remote(request))
+            cooc = _native.sum_statistics("[" + ",".join(parts) + "]")
         alive, parts = await self._all(alive, lambda h: h.statistics.remote(request, cooc))
         # Step 2 does not repeat step 1's counts: the collection is both sums.
         collection = _native.sum_statistics("[" + ",".join([cooc, *parts]) + "]")
@@ -339,7 +341,7 @@ def _logging_config():
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clinsearch.ray serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="folder of shard data directories (ingest --out)")
-    p.add_argument("--model", default=os.environ.get("CLINSEARCH_MODEL"), help="model folder or Hub id (CLINSEARCH_MODEL)")
+    add_model_args(p)
     p.add_argument("--addr", default="127.0.0.1:8080", help="HOST:PORT of the HTTP front (loopback only)")
     p.add_argument("--shard-timeout", type=float, default=5.0, help="seconds a shard has for each step of a search")
     p.add_argument("--health-check-period", type=float, default=5.0, help="seconds between Serve's health checks of a replica")
@@ -347,17 +349,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-router", type=float, default=0.5)
     p.add_argument("--device", default="cpu", help="where the router embeds queries (cpu or cuda)")
     p.add_argument("--dtype", default="f32")
-    p.add_argument("--window", type=int)
-    p.add_argument("--stride", type=int)
-    p.add_argument("--window-context", dest="window_context")
     p.add_argument("--json", action="store_true", help="print what was deployed as one JSON line once it serves")
     return p
 
 
 def main(argv) -> int:
     args = parser().parse_args(argv)
-    if not args.model:
-        print("error: --model (or CLINSEARCH_MODEL) names the model", file=sys.stderr)
+    if model_missing(args):
         return 2
     deployed = deploy(args)
     if args.json:
