@@ -307,7 +307,7 @@ impl<'a> Searcher<'a> {
         // `assertion=affirmed` asks for affirmed mentions: of the words, and of the entities.
         let mut filter = req.filter.clone();
         filter.entities_affirmed |= req.assertion == Assertion::Affirmed;
-        let req = &SearchRequest {
+        let req = SearchRequest {
             filter,
             ..req.clone()
         };
@@ -318,11 +318,12 @@ impl<'a> Searcher<'a> {
         }
         let need = req.offset + req.k;
         // A fusion tuned for this collection, unless the request chose one.
-        let (fusion, fusion_depth) = match (self.tuned(), req.fusion_explicit) {
+        let tuned = self.tuned();
+        let (fusion, fusion_depth) = match (tuned, req.fusion_explicit) {
             (Some(t), false) => (t.fusion, t.depth),
             _ => (req.fusion, FUSION_DEPTH),
         };
-        let note_score = match (self.tuned(), req.note_score_explicit) {
+        let note_score = match (tuned, req.note_score_explicit) {
             (Some(t), false) => t.note_score,
             _ => req.note_score,
         };
@@ -335,9 +336,9 @@ impl<'a> Searcher<'a> {
             },
         }
         .max(req.min_depth);
-        let plan = self.plan(req)?;
+        let plan = self.plan(&req)?;
         Ok(Prepared {
-            req: req.clone(),
+            req,
             fusion,
             note_score,
             depth,

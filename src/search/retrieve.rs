@@ -10,7 +10,10 @@ use crate::store::Chunk;
 #[derive(Debug, Clone)]
 pub(super) struct SemanticCandidate {
     pub(super) id: String,
+    /// The note's score: `first`, unless note-level rescoring changed it.
     pub(super) score: f32,
+    /// The best window's cosine, which chose the candidate (a sharded search merges by it).
+    pub(super) first: f32,
     pub(super) chunk: u64,
 }
 
@@ -20,6 +23,7 @@ impl SemanticCandidate {
         best_chunk(chunks, qv).map(|(c, score)| SemanticCandidate {
             id,
             score,
+            first: score,
             chunk: c.id,
         })
     }
@@ -113,6 +117,7 @@ impl Searcher<'_> {
                     Some(&i) => {
                         if h.score > best[i].score {
                             best[i].score = h.score;
+                            best[i].first = h.score;
                             best[i].chunk = h.chunk_id;
                         }
                     }
@@ -121,6 +126,7 @@ impl Searcher<'_> {
                         best.push(SemanticCandidate {
                             id: h.note_id.to_string(),
                             score: h.score,
+                            first: h.score,
                             chunk: h.chunk_id,
                         });
                     }

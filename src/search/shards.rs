@@ -22,8 +22,6 @@
 //! Ties are ordered by note id on both sides, never by a note's place in an index, so the
 //! order does not depend on which shard holds a note.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::retrieve::SemanticCandidate;
@@ -72,8 +70,9 @@ fn by_bm25(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 
 impl Candidates {
     /// The candidates of the union of the shards that gave `parts`: each list by score (ties
-    /// by id; BM25 scores equal to [`crate::index::bm25::rank_key`] tie), cut at the depth. The semantic list is chosen by the first-pass cosine and then
-    /// ordered by the note score, as one directory does it.
+    /// by id; BM25 scores equal to [`crate::index::bm25::rank_key`] tie), cut at the depth.
+    /// The semantic list is chosen by the first-pass cosine and then ordered by the note
+    /// score, as one directory does it.
     pub fn merge(parts: Vec<Candidates>) -> Candidates {
         let depth = parts.iter().map(|p| p.depth).max().unwrap_or(0);
         let mut bm25 = vec![];
@@ -167,26 +166,7 @@ impl Searcher<'_> {
         query_vector: Option<&[f32]>,
     ) -> Result<Candidates> {
         let p = self.prepare(req, query_vector)?;
-        let mut timings = Timings::default();
-        // The first-pass cosines, before note-level rescoring reorders the candidates.
-        let got = self.retrieve(&p, query_vector, &mut timings)?;
-        let first: HashMap<&str, f32> = match query_vector {
-            Some(v)
-                if p.note_score != super::NoteScore::Max
-                    || p.req.assertion == super::Assertion::Affirmed =>
-            {
-                let mut m = HashMap::new();
-                for c in &got.semantic {
-                    if let Some((_, chunks)) = self.engine.store.get_with_chunks(&c.id)? {
-                        if let Some((_, s)) = super::best_chunk(&chunks, v) {
-                            m.insert(c.id.as_str(), s);
-                        }
-                    }
-                }
-                m
-            }
-            _ => HashMap::new(),
-        };
+        let got = self.retrieve(&p, query_vector, &mut Timings::default())?;
         let grouped = p.req.group_by == super::GroupBy::Patient;
         let patient = |id: &str| -> Result<Option<String>> {
             if !grouped {
@@ -214,7 +194,8 @@ impl Searcher<'_> {
             out.semantic.push(Candidate {
                 id: c.id.clone(),
                 score: c.score,
-                first_pass: first.get(c.id.as_str()).copied(),
+                // Sent only where rescoring moved the score away from it.
+                first_pass: (c.first != c.score).then_some(c.first),
                 patient_id: patient(&c.id)?,
             });
         }
@@ -252,6 +233,7 @@ impl Searcher<'_> {
                     .map(|c| SemanticCandidate {
                         id: c.id.clone(),
                         score: c.score,
+                        first: c.first_pass.unwrap_or(c.score),
                         chunk: 0,
                     })
                     .collect()
