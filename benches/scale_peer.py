@@ -7,6 +7,7 @@ Prints one JSON object: {"exact": [[row, ...] per query], "hnswlib": {...}, "fai
 with build seconds (2 threads, as clinsearch builds), recall@10 and single-thread queries/s.
 """
 
+import importlib.metadata
 import argparse
 import json
 import time
@@ -70,7 +71,7 @@ def main():
             "build_s": build,
             "recall": recall(labels.tolist(), truth),
             "qps": len(queries) / q,
-            "version": getattr(hnswlib, "__version__", "?"),
+            "version": importlib.metadata.version("hnswlib"),
         }
         del idx
     if "faiss" in peers:

@@ -5,7 +5,7 @@
 //! * [`note`]: the note and its metadata.
 //! * [`clinical`]: clinical language: abbreviations (query expansion both ways).
 //! * [`store`]: sled, the source of truth.
-//! * [`index`]: BM25 (tantivy) and vectors (hnsw_rs), derived from the store.
+//! * [`index`]: BM25 (tantivy) and vectors (a compact HNSW graph of our own), derived from the store.
 //! * [`engine`]: keeps store and indexes consistent (catch-up, rebuild, checkpoints).
 //! * [`ingest`]: files -> notes -> embedded windows -> engine, pipelined.
 //! * [`search`]: BM25, semantic and hybrid rankings with filters, fusion and snippets.

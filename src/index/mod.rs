@@ -1,9 +1,10 @@
 //! The derived indexes: BM25 over note text (tantivy) and nearest neighbours over chunk
-//! vectors (hnsw_rs). Both are rebuilt from the store when missing or corrupt.
+//! vectors (our compact HNSW graph, [`hnsw`]). Both are rebuilt from the store when missing or corrupt.
 
 pub mod bm25;
 pub mod bm25_scorer;
 pub mod collection_stats;
+pub mod hnsw;
 pub mod query;
 pub mod vector_settings;
 pub mod vectors;

@@ -5,14 +5,13 @@
 //!
 //! **int8**: each vector is scaled by its own largest component to [-127, 127]
 //! ([`quantize`]) and the graph compares quantised vectors by their cosine
-//! ([`DistCosineI8`]), so no collection-wide scale has to be learnt or kept: a vector's
+//! ([`cosine_i8`]), so no collection-wide scale has to be learnt or kept: a vector's
 //! scale cancels in its cosine. The graph then holds 384 bytes per 384-dimension vector
 //! instead of 1,536. Its ranking is approximate twice over (graph and quantisation), so the
 //! candidates it returns, [`RESCORE_FACTOR`] times as many as wanted, are scored again with
 //! the exact f32 vectors from the store and cut to the wanted number
 //! ([`super::vectors::VectorIndex::search_rescored`]).
 
-use hnsw_rs::prelude::Distance;
 use serde::{Deserialize, Serialize};
 
 /// The precision of the vectors held by the graph.
@@ -76,7 +75,7 @@ impl VectorSettings {
         ef_search: 64,
     };
 
-    /// Bounds a user's choice (hnsw_rs takes at most 256 links).
+    /// Bounds a user's choice.
     pub fn check(&self) -> Result<(), String> {
         if !(4..=128).contains(&self.m) {
             return Err(format!("hnsw M {} is outside 4..=128", self.m));
@@ -180,47 +179,15 @@ pub fn quantize(v: &[f32]) -> Vec<i8> {
         .collect()
 }
 
-/// Cosine distance between int8 vectors (1 - cosine, at least 0), in integer arithmetic.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DistCosineI8;
-
-impl Distance<i8> for DistCosineI8 {
-    fn eval(&self, a: &[i8], b: &[i8]) -> f32 {
-        let (dot, na, nb) = dots_i8(a, b);
-        if na == 0 || nb == 0 {
-            return 1.0;
-        }
-        (1.0 - dot as f32 / ((na as f32).sqrt() * (nb as f32).sqrt())).max(0.0)
+/// The cosine of two int8 vectors (0 when either is all zeros), in integer arithmetic: the
+/// measure the int8 graph ranks by ([`super::hnsw`] keeps each point's norm beside it).
+pub fn cosine_i8(a: &[i8], b: &[i8]) -> f32 {
+    use super::hnsw::dot_i8;
+    let (dot, na, nb) = (dot_i8(a, b), dot_i8(a, a), dot_i8(b, b));
+    if na == 0 || nb == 0 {
+        return 0.0;
     }
-}
-
-/// (a.b, a.a, b.b) over int8 vectors. Blocks of 16 keep every partial sum within i32 and let
-/// the compiler vectorise the widening multiplies.
-fn dots_i8(a: &[i8], b: &[i8]) -> (i32, i32, i32) {
-    let (mut dot, mut na, mut nb) = (0i32, 0i32, 0i32);
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        let (mut d, mut p, mut q) = ([0i32; 16], [0i32; 16], [0i32; 16]);
-        for i in 0..16 {
-            let (u, v) = (x[i] as i32, y[i] as i32);
-            d[i] = u * v;
-            p[i] = u * u;
-            q[i] = v * v;
-        }
-        dot += d.iter().sum::<i32>();
-        na += p.iter().sum::<i32>();
-        nb += q.iter().sum::<i32>();
-    }
-    for (u, v) in ca.remainder().iter().zip(cb.remainder()) {
-        let (u, v) = (*u as i32, *v as i32);
-        dot += u * v;
-        na += u * u;
-        nb += v * v;
-    }
-    (dot, na, nb)
+    dot as f32 / ((na as f32).sqrt() * (nb as f32).sqrt())
 }
 
 #[cfg(test)]
@@ -241,13 +208,10 @@ mod tests {
             let a: Vec<f32> = (0..384).map(|_| next()).collect();
             let b: Vec<f32> = (0..384).map(|_| next() + 0.5 * a[0]).collect();
             let exact = crate::search::cosine(&a, &b);
-            let approx = 1.0 - DistCosineI8.eval(&quantize(&a), &quantize(&b));
+            let approx = cosine_i8(&quantize(&a), &quantize(&b));
             assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
         }
-        assert_eq!(
-            DistCosineI8.eval(&quantize(&[0.0; 4]), &quantize(&[1.0; 4])),
-            1.0
-        );
+        assert_eq!(cosine_i8(&quantize(&[0.0; 4]), &quantize(&[1.0; 4])), 0.0);
         assert_eq!(quantize(&[0.5, -1.0, 0.25]), vec![64, -127, 32]);
     }
 

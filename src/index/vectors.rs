@@ -1,6 +1,7 @@
-//! Nearest neighbours over chunk vectors with hnsw_rs (cosine distance).
+//! Nearest neighbours over chunk vectors with our compact HNSW graph ([`super::hnsw`],
+//! cosine distance).
 //!
-//! hnsw_rs cannot delete, so the graph may hold dead points: chunks of replaced or deleted
+//! The graph cannot delete, so the graph may hold dead points: chunks of replaced or deleted
 //! notes. A live set (chunk id -> note id), derived from the store, is the tombstone filter
 //! applied during the search; the graph is rebuilt from the stored vectors when dead points
 //! pass [`REBUILD_DEAD_FRACTION`]. Chunk ids only grow, so catching up after a crash is
@@ -16,12 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use hnsw_rs::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::vector_settings::{
-    quantize, DistCosineI8, Quantization, VectorSettings, RESCORE_FACTOR,
-};
+use super::hnsw::{Hnsw, FORMAT};
+use super::vector_settings::{Quantization, VectorSettings, RESCORE_FACTOR};
 use crate::error::{Error, Result};
 use crate::store::{Chunk, Op, Store};
 
@@ -32,8 +31,11 @@ pub const REBUILD_MIN_DEAD: usize = 1000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
+    /// The dump's format ([`FORMAT`]); a manifest without one names an hnsw_rs dump (before
+    /// issue 21), which is rebuilt from the stored vectors.
+    #[serde(default)]
+    format: Option<String>,
     folder: String,
-    basename: String,
     seq: u64,
     max_chunk: Option<u64>,
     points: usize,
@@ -56,91 +58,18 @@ fn legacy_ef_construction() -> usize {
     VectorSettings::LEGACY.ef_construction
 }
 
-/// The graph, over the vectors at the precision the settings ask for.
-enum Graph {
-    F32(Hnsw<'static, f32, DistCosine>),
-    Int8(Hnsw<'static, i8, DistCosineI8>),
+/// A new, empty graph for these settings, with room for `expected` points.
+fn new_graph(settings: &VectorSettings, expected: usize) -> Hnsw {
+    Hnsw::new(
+        settings.quantization,
+        settings.m,
+        settings.ef_construction,
+        expected,
+    )
 }
 
-impl Graph {
-    fn new(settings: &VectorSettings, expected: usize) -> Graph {
-        let n = expected.max(10_000);
-        let (m, efc) = (settings.m, settings.ef_construction);
-        let mut g = match settings.quantization {
-            Quantization::F32 => Graph::F32(Hnsw::new(m, n, 16, efc, DistCosine)),
-            Quantization::Int8 => Graph::Int8(Hnsw::new(m, n, 16, efc, DistCosineI8)),
-        };
-        g.set_searching_mode();
-        g
-    }
-
-    fn set_searching_mode(&mut self) {
-        match self {
-            Graph::F32(g) => g.set_searching_mode(true),
-            Graph::Int8(g) => g.set_searching_mode(true),
-        }
-    }
-
-    fn nb_point(&self) -> usize {
-        match self {
-            Graph::F32(g) => g.get_nb_point(),
-            Graph::Int8(g) => g.get_nb_point(),
-        }
-    }
-
-    fn insert(&self, chunks: &[Chunk]) {
-        match self {
-            Graph::F32(g) => {
-                let data: Vec<(&Vec<f32>, usize)> =
-                    chunks.iter().map(|c| (&c.vector, c.id as usize)).collect();
-                g.parallel_insert(&data);
-            }
-            Graph::Int8(g) => {
-                let q: Vec<Vec<i8>> = chunks.iter().map(|c| quantize(&c.vector)).collect();
-                let data: Vec<(&Vec<i8>, usize)> = q
-                    .iter()
-                    .zip(chunks)
-                    .map(|(v, c)| (v, c.id as usize))
-                    .collect();
-                g.parallel_insert(&data);
-            }
-        }
-    }
-
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        filter: Option<&dyn FilterT>,
-    ) -> Vec<Neighbour> {
-        match (self, filter) {
-            (Graph::F32(g), None) => g.search(query, k, ef),
-            (Graph::F32(g), Some(f)) => g.search_filter(query, k, ef, Some(f)),
-            (Graph::Int8(g), f) => g.search_filter(&quantize(query), k, ef, f),
-        }
-    }
-
-    fn holds(&self, chunk_id: u64) -> bool {
-        match self {
-            Graph::F32(g) => g
-                .get_point_indexation()
-                .into_iter()
-                .any(|p| p.get_origin_id() as u64 == chunk_id),
-            Graph::Int8(g) => g
-                .get_point_indexation()
-                .into_iter()
-                .any(|p| p.get_origin_id() as u64 == chunk_id),
-        }
-    }
-
-    fn dump(&self, path: &Path, basename: &str) -> anyhow::Result<String> {
-        match self {
-            Graph::F32(g) => g.file_dump(path, basename),
-            Graph::Int8(g) => g.file_dump(path, basename),
-        }
-    }
-}
+/// The dump's file inside its folder.
+const DUMP_FILE: &str = "graph.bin";
 
 struct Live {
     /// Live chunk id -> its note.
@@ -187,12 +116,12 @@ pub struct VectorHit {
 }
 
 /// A dump read back: the graph, the sequence it had applied, its largest chunk id, its points.
-type LoadedDump = (Graph, u64, Option<u64>, usize);
+type LoadedDump = (Hnsw, u64, Option<u64>, usize);
 
 pub struct VectorIndex {
     dir: PathBuf,
     settings: VectorSettings,
-    graph: RwLock<Graph>,
+    graph: RwLock<Hnsw>,
     live: RwLock<Live>,
     /// Points in the graph, dead ones included.
     points: AtomicU64,
@@ -219,7 +148,7 @@ impl VectorIndex {
     /// unreadable dump is rebuilt from the stored vectors (no re-embedding).
     pub fn open(dir: &Path, store: &Store, settings: VectorSettings) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let fresh = || (Graph::new(&settings, store.chunk_count()), 0, None, 0);
+        let fresh = || (new_graph(&settings, store.chunk_count()), 0, None, 0);
         let (graph, seq, max_chunk, points) = match Self::load(dir, &settings) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => fresh(),
@@ -264,19 +193,15 @@ impl VectorIndex {
             );
             return Ok(None);
         }
-        // The loaded graph borrows its HnswIo for its whole life; loading happens once per
-        // open, so the small HnswIo is leaked rather than stored beside the graph.
-        let io: &'static mut HnswIo =
-            Box::leak(Box::new(HnswIo::new(&dir.join(&m.folder), &m.basename)));
-        let mut g = match m.quantization {
-            Quantization::F32 => Graph::F32(io.load_hnsw::<f32, DistCosine>().map_err(idx_err)?),
-            Quantization::Int8 => Graph::Int8(io.load_hnsw::<i8, DistCosineI8>().map_err(idx_err)?),
-        };
-        g.set_searching_mode();
-        if g.nb_point() != m.points {
+        if m.format.as_deref() != Some(FORMAT) {
+            tracing::info!("the vector index dump is in an older format; rebuilding it from the stored vectors");
+            return Ok(None);
+        }
+        let g = Hnsw::load(&dir.join(&m.folder).join(DUMP_FILE)).map_err(idx_err)?;
+        if g.len() != m.points {
             return Err(idx_err(format!(
                 "dump holds {} points, manifest says {}",
-                g.nb_point(),
+                g.len(),
                 m.points
             )));
         }
@@ -303,9 +228,10 @@ impl VectorIndex {
         crate::failpoint::inject("hnsw-insert", &self.dir)?;
         // Exclusive on purpose: searches wait for an insert batch rather than walk a graph
         // whose layers are being linked.
-        #[allow(clippy::readonly_write_lock)]
-        let g = self.graph.write().unwrap_or_else(|p| p.into_inner());
-        g.insert(chunks);
+        let mut g = self.graph.write().unwrap_or_else(|p| p.into_inner());
+        let items: Vec<(u64, &[f32])> =
+            chunks.iter().map(|c| (c.id, c.vector.as_slice())).collect();
+        g.insert(&items).map_err(idx_err)?;
         self.points.fetch_add(chunks.len() as u64, Ordering::SeqCst);
         let mut m = self.max_chunk.write().unwrap_or_else(|p| p.into_inner());
         let top = chunks.iter().map(|c| c.id).max();
@@ -379,7 +305,7 @@ impl VectorIndex {
         let fresh = VectorIndex {
             dir: self.dir.clone(),
             settings: self.settings,
-            graph: RwLock::new(Graph::new(&self.settings, store.chunk_count())),
+            graph: RwLock::new(new_graph(&self.settings, store.chunk_count())),
             live: RwLock::new(Live {
                 owners: HashMap::new(),
                 by_note: HashMap::new(),
@@ -549,26 +475,26 @@ impl VectorIndex {
         }
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
         let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
-        // hnsw_rs evaluates a filter on every candidate it visits; skip it when nothing is
+        // The filter runs on every candidate the search visits; skip it when nothing is
         // filtered and no point is dead.
-        let unfiltered = keep.is_none() && live.owners.len() == g.nb_point();
+        let unfiltered = keep.is_none() && live.owners.len() == g.len();
         let found = if unfiltered {
             g.search(query, k, ef.max(k), None)
         } else {
-            let filter = |id: &usize| {
-                live.alive.get(*id).copied().unwrap_or(false)
-                    && keep.is_none_or(|f| live.owners.get(&(*id as u64)).is_some_and(|n| f(n)))
+            let filter = |id: u64| {
+                live.alive.get(id as usize).copied().unwrap_or(false)
+                    && keep.is_none_or(|f| live.owners.get(&id).is_some_and(|n| f(n)))
             };
             g.search(query, k, ef.max(k), Some(&filter))
         };
         found
             .into_iter()
-            .filter_map(|n| {
-                let note = live.owners.get(&(n.d_id as u64))?.clone();
+            .filter_map(|(chunk_id, distance)| {
+                let note = live.owners.get(&chunk_id)?.clone();
                 Some(VectorHit {
-                    chunk_id: n.d_id as u64,
+                    chunk_id,
                     note_id: note,
-                    score: 1.0 - n.distance,
+                    score: 1.0 - distance,
                 })
             })
             .collect()
@@ -583,16 +509,15 @@ impl VectorIndex {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         let g = self.graph.read().unwrap_or_else(|p| p.into_inner());
-        let points = g.nb_point();
-        let basename = if points > 0 {
-            g.dump(&path, "vectors").map_err(idx_err)?
-        } else {
-            String::new()
-        };
+        let points = g.len();
+        if points > 0 {
+            let file = path.join(DUMP_FILE);
+            g.dump(&file).map_err(|e| Error::io(&file, e))?;
+        }
         drop(g);
         let manifest = Manifest {
+            format: Some(FORMAT.to_string()),
             folder: folder.clone(),
-            basename,
             seq,
             max_chunk: *self.max_chunk.read().unwrap_or_else(|p| p.into_inner()),
             points,
