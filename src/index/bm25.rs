@@ -30,6 +30,7 @@ use super::bm25_scorer::{Bm25Params, Bm25TermQuery};
 use super::collection_stats::{term_key, CollectionStats, Global};
 use super::query::{self as q, TextQuery, MAX_QUERY_TERMS};
 use super::Filter;
+use crate::clinical::abbrev::SenseCounts;
 use crate::error::{Error, Result};
 use crate::store::{Op, Store};
 
@@ -796,6 +797,66 @@ impl crate::clinical::abbrev::Cooccurrence for Bm25Index {
         searcher
             .search(&BooleanQuery::new(clauses), &tantivy::collector::Count)
             .map_or(0, |n| n as u64)
+    }
+
+    /// Each phrase's notes found once, as a bitmap per segment (live documents only, as the
+    /// `Count` collector counts), and each pair counted by intersecting two bitmaps: about
+    /// `senses + context` postings walks instead of `senses x context` phrase intersections.
+    fn sense_counts(&self, senses: &[&str], context: &[&str]) -> SenseCounts {
+        let searcher = self.reader.searcher();
+        let both = [self.f.title, self.f.text];
+        // None: the phrase has no terms or its search failed (0 notes, as notes_with_all).
+        let notes_of = |p: &str| -> Option<Vec<Vec<u64>>> {
+            let terms = self.analyse(p).ok().filter(|t| !t.is_empty())?;
+            let weight = Self::phrase_in(&both, &terms)
+                .weight(tantivy::query::EnableScoring::disabled_from_searcher(
+                    &searcher,
+                ))
+                .ok()?;
+            let mut out = vec![];
+            for seg in searcher.segment_readers() {
+                let mut bits = vec![0u64; (seg.max_doc() as usize).div_ceil(64)];
+                let alive = seg.alive_bitset();
+                weight
+                    .for_each_no_score(seg, &mut |docs| {
+                        for &d in docs {
+                            if alive.is_none_or(|a| a.is_alive(d)) {
+                                bits[d as usize / 64] |= 1 << (d % 64);
+                            }
+                        }
+                    })
+                    .ok()?;
+                out.push(bits);
+            }
+            Some(out)
+        };
+        let count = |a: &Option<Vec<Vec<u64>>>| -> u64 {
+            a.as_ref().map_or(0, |segs| {
+                segs.iter().flatten().map(|w| w.count_ones() as u64).sum()
+            })
+        };
+        let both_count = |a: &Option<Vec<Vec<u64>>>, b: &Option<Vec<Vec<u64>>>| -> u64 {
+            match (a, b) {
+                (Some(a), Some(b)) => a
+                    .iter()
+                    .zip(b)
+                    .flat_map(|(x, y)| x.iter().zip(y))
+                    .map(|(x, y)| (x & y).count_ones() as u64)
+                    .sum(),
+                _ => 0,
+            }
+        };
+        let context_sets: Vec<_> = context.iter().map(|c| notes_of(c)).collect();
+        let sense_sets: Vec<_> = senses.iter().map(|s| notes_of(s)).collect();
+        SenseCounts {
+            all: self.num_docs(),
+            context: context_sets.iter().map(count).collect(),
+            senses: sense_sets.iter().map(count).collect(),
+            pairs: sense_sets
+                .iter()
+                .map(|s| context_sets.iter().map(|c| both_count(s, c)).collect())
+                .collect(),
+        }
     }
 }
 

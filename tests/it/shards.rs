@@ -342,3 +342,46 @@ fn shard_statistics_add_up_to_the_single_index_statistics() {
     // A shard alone scores differently: the statistics are what makes the merge exact.
     assert!(parts.iter().all(|p| p.docs < whole.docs));
 }
+
+/// The BM25 index answers an abbreviation's co-occurrence questions in one pass per phrase
+/// (bitmaps intersected); the numbers must be those of one count per question, which is what
+/// a sharded router asks each shard and sums.
+#[test]
+fn the_one_pass_sense_counts_equal_one_count_per_question() {
+    use clinsearch::clinical::abbrev::Cooccurrence;
+    struct OneByOne<'a>(&'a dyn Cooccurrence);
+    impl Cooccurrence for OneByOne<'_> {
+        fn notes_with_all(&self, phrases: &[&str]) -> u64 {
+            self.0.notes_with_all(phrases)
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let (single, shards) = collections(tmp.path(), &enc);
+    let senses = [
+        "pulmonary embolism",
+        "physical examination",
+        "no such phrase",
+        "",
+    ];
+    let context = ["PE", "chest", "pain", "shortness of breath", "the", "x-ray"];
+    let fast = single.bm25.sense_counts(&senses, &context);
+    let slow = OneByOne(&single.bm25).sense_counts(&senses, &context);
+    assert_eq!(fast, slow);
+    assert_eq!(fast.all, 324);
+    assert!(fast.pairs[0].iter().any(|&n| n > 0), "{fast:?}");
+    assert!(
+        fast.context.iter().filter(|&&n| n > 0).count() >= 4,
+        "{fast:?}"
+    );
+    assert_eq!(fast.senses[2..], [0, 0]);
+    // And over shards the sums are the whole's.
+    let parts: Vec<_> = shards
+        .iter()
+        .map(|e| e.bm25.sense_counts(&senses, &context))
+        .collect();
+    let summed: Vec<u64> = (0..context.len())
+        .map(|c| parts.iter().map(|p| p.pairs[0][c]).sum())
+        .collect();
+    assert_eq!(summed, fast.pairs[0]);
+}
