@@ -26,7 +26,8 @@
 //! `cargo bench --bench scale` (or `make bench-scale`). BENCH_RUNS picks the runs as
 //! CHUNKS:QUANTIZATION pairs (default `100000:f32,100000:int8,1000000:int8`); BENCH_M,
 //! BENCH_EFC and BENCH_EF the graph parameters (default the data directory's defaults);
-//! BENCH_SECONDS the duration of each load configuration (default 5).
+//! BENCH_SECONDS the duration of each load configuration (default 5); BENCH_PEERS=0 leaves
+//! the peers out (the exact top-10 is still computed, for recall).
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -485,7 +486,9 @@ fn main() {
             ])
             .args([
                 "--peers",
-                if quant == "f32" || !runs.contains(&format!("{n}:f32")) {
+                if std::env::var("BENCH_PEERS").as_deref() == Ok("0") {
+                    ""
+                } else if quant == "f32" || !runs.contains(&format!("{n}:f32")) {
                     "hnswlib,faiss"
                 } else {
                     ""

@@ -17,7 +17,7 @@ use tantivy::query::{
     BooleanQuery, BoostQuery, ConstScoreQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
 };
 use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST,
     STORED, STRING,
 };
 use tantivy::tokenizer::{
@@ -83,7 +83,10 @@ fn schema(stem: bool) -> Schema {
             .set_tokenizer(if stem { ANALYZER_STEM } else { ANALYZER_PLAIN })
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
-    b.add_text_field("id", STRING | STORED);
+    // FAST: ties are ordered by note id, and a tied run can be thousands of notes long (BM25
+    // quantises document lengths, so a common word gives many notes one score); the id
+    // column answers their order without reading a stored document each.
+    b.add_text_field("id", STRING | STORED | FAST);
     b.add_text_field("title", text_opts.clone());
     b.add_text_field("text", text_opts.clone());
     b.add_text_field("affirmed", text_opts);
@@ -496,23 +499,28 @@ impl Bm25Index {
         // Equal scores ([`rank_key`]) are ordered by note id, never by where a document
         // happens to sit in the index (which depends on ingest order and segment merges): the
         // same notes rank the same in any index that holds them, a shard's included. A tie
-        // that straddles the cut is resolved the same way, by looking past `k` until the tied
-        // run ends.
-        let mut limit = k + 1;
-        let top = loop {
-            let top = self.top(&searcher, &*q, limit, query.stats.as_deref())?;
-            let straddles = top.len() == limit && rank_key(top[k].0) == rank_key(top[k - 1].0);
-            if !straddles {
-                break top;
+        // that straddles the cut is resolved the same way: one more pass collects the whole
+        // tied run, and its notes with the smallest ids fill the places left.
+        let first = self.run(
+            &searcher,
+            &*q,
+            &TopDocs::with_limit(k + 1).order_by_score(),
+            query.stats.as_deref(),
+        )?;
+        let straddles = first.len() == k + 1 && rank_key(first[k].0) == rank_key(first[k - 1].0);
+        let mut out = Vec::with_capacity(k + 1);
+        if !straddles {
+            for (score, addr) in first {
+                out.push((self.id_of(&searcher, addr)?, score));
             }
-            limit *= 2;
-        };
-        let mut out = Vec::with_capacity(top.len());
-        for (score, addr) in top {
-            let d: TantivyDocument = searcher.doc(addr)?;
-            if let Some(id) = d.get_first(self.f.id).and_then(|v| v.as_str()) {
-                out.push((id.to_string(), score));
+        } else {
+            let bound = rank_key(first[k - 1].0);
+            for &(score, addr) in first.iter().filter(|x| rank_key(x.0) > bound) {
+                out.push((self.id_of(&searcher, addr)?, score));
             }
+            let tied = self.run(&searcher, &*q, &TiedAt(bound), query.stats.as_deref())?;
+            let need = k - out.len();
+            out.extend(self.smallest_ids(&searcher, tied, need)?);
         }
         out.sort_by(|a, b| {
             rank_key(b.1)
@@ -523,24 +531,89 @@ impl Bm25Index {
         Ok(out)
     }
 
-    /// tantivy's top `k` by score, with `stats` (a sharded collection's) when given.
-    fn top(
+    /// A document's note id: from the id column, or its stored document in an index made
+    /// before the column.
+    fn id_of(&self, searcher: &tantivy::Searcher, addr: tantivy::DocAddress) -> Result<String> {
+        let seg = searcher.segment_reader(addr.segment_ord);
+        if let Some(col) = seg.fast_fields().str("id")? {
+            let mut id = String::new();
+            if let Some(ord) = col.term_ords(addr.doc_id).next() {
+                col.ord_to_str(ord, &mut id)
+                    .map_err(|e| Error::Index(format!("id column: {e}")))?;
+            }
+            return Ok(id);
+        }
+        let d: TantivyDocument = searcher.doc(addr)?;
+        Ok(d.get_first(self.f.id)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// The `need` tied documents with the smallest note ids, as (id, score). A segment's id
+    /// column numbers its ids in sorted order, so each segment's candidates are chosen by
+    /// number and only those are spelled out; an index made before the column reads every
+    /// tied document's id.
+    fn smallest_ids(
+        &self,
+        searcher: &tantivy::Searcher,
+        tied: Vec<(f32, tantivy::DocAddress)>,
+        need: usize,
+    ) -> Result<Vec<(String, f32)>> {
+        let mut by_segment: std::collections::BTreeMap<u32, Vec<(f32, u32)>> = Default::default();
+        for (score, addr) in tied {
+            by_segment
+                .entry(addr.segment_ord)
+                .or_default()
+                .push((score, addr.doc_id));
+        }
+        let mut out = vec![];
+        for (seg_ord, docs) in by_segment {
+            let seg = searcher.segment_reader(seg_ord);
+            match seg.fast_fields().str("id")? {
+                Some(col) => {
+                    let mut numbered: Vec<(u64, f32)> = docs
+                        .iter()
+                        .map(|&(score, doc)| (col.term_ords(doc).next().unwrap_or(u64::MAX), score))
+                        .collect();
+                    numbered.sort_unstable_by_key(|x| x.0);
+                    for (ord, score) in numbered.into_iter().take(need) {
+                        let mut id = String::new();
+                        col.ord_to_str(ord, &mut id)
+                            .map_err(|e| Error::Index(format!("id column: {e}")))?;
+                        out.push((id, score));
+                    }
+                }
+                None => {
+                    for (score, doc) in docs {
+                        let addr = tantivy::DocAddress::new(seg_ord, doc);
+                        out.push((self.id_of(searcher, addr)?, score));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(need);
+        Ok(out)
+    }
+
+    /// Runs `collector`, with `stats` (a sharded collection's) when given.
+    fn run<C: tantivy::collector::Collector>(
         &self,
         searcher: &tantivy::Searcher,
         q: &dyn Query,
-        k: usize,
+        collector: &C,
         stats: Option<&CollectionStats>,
-    ) -> Result<Vec<(f32, tantivy::DocAddress)>> {
-        let collector = TopDocs::with_limit(k).order_by_score();
+    ) -> Result<C::Fruit> {
         Ok(match stats {
-            None => searcher.search(q, &collector)?,
+            None => searcher.search(q, collector)?,
             Some(stats) => {
                 let global = Global {
                     local: searcher,
                     schema: &self.index.schema(),
                     stats,
                 };
-                searcher.search_with_statistics_provider(q, &collector, &global)?
+                searcher.search_with_statistics_provider(q, collector, &global)?
             }
         })
     }
@@ -630,7 +703,12 @@ impl Bm25Index {
             ),
         ]);
         let searcher = self.reader.searcher();
-        let top = self.top(&searcher, &q, 1, query.stats.as_deref())?;
+        let top = self.run(
+            &searcher,
+            &q,
+            &TopDocs::with_limit(1).order_by_score(),
+            query.stats.as_deref(),
+        )?;
         Ok(top.first().map(|(s, _)| *s))
     }
 
@@ -869,6 +947,55 @@ impl crate::clinical::abbrev::Cooccurrence for Bm25Index {
 /// exact float would then order those notes differently from one index to the next.
 pub fn rank_key(score: f32) -> f32 {
     f32::from_bits(score.to_bits() & !0x3ff)
+}
+
+/// Collects every document whose [`rank_key`] is exactly the one given: a tied run.
+struct TiedAt(f32);
+
+struct TiedInSegment {
+    key: f32,
+    segment: u32,
+    docs: Vec<(f32, tantivy::DocAddress)>,
+}
+
+impl tantivy::collector::Collector for TiedAt {
+    type Fruit = Vec<(f32, tantivy::DocAddress)>;
+    type Child = TiedInSegment;
+
+    fn for_segment(
+        &self,
+        segment: tantivy::SegmentOrdinal,
+        _: &tantivy::SegmentReader,
+    ) -> tantivy::Result<TiedInSegment> {
+        Ok(TiedInSegment {
+            key: self.0,
+            segment,
+            docs: vec![],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl tantivy::collector::SegmentCollector for TiedInSegment {
+    type Fruit = Vec<(f32, tantivy::DocAddress)>;
+
+    fn collect(&mut self, doc: tantivy::DocId, score: tantivy::Score) {
+        if rank_key(score) == self.key {
+            self.docs
+                .push((score, tantivy::DocAddress::new(self.segment, doc)));
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.docs
+    }
 }
 
 /// Highlighted fragments for one query; see [`Bm25Index::snippets`].

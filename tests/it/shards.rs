@@ -385,3 +385,46 @@ fn the_one_pass_sense_counts_equal_one_count_per_question() {
         .collect();
     assert_eq!(summed, fast.pairs[0]);
 }
+
+/// BM25 gives many notes one score (same words, same length): such a run straddling the
+/// cut is ordered by note id, whatever order the notes arrived in and however many index
+/// segments they sit in; the run is resolved by one more pass and the id column.
+#[test]
+fn a_tied_run_past_the_cut_is_ordered_by_note_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let engine = Engine::open(&tmp.path().join("d"), None, &Default::default()).unwrap();
+    // 90 identical notes and one that scores higher, posted in three batches (three
+    // segments), ids shuffled.
+    let mut ids: Vec<usize> = (0..90).collect();
+    ids.sort_by_key(|i| (i * 37) % 90);
+    for (b, part) in ids.chunks(30).enumerate() {
+        let path = tmp.path().join(format!("b{b}.jsonl"));
+        let mut lines: Vec<String> = part
+            .iter()
+            .map(|i| format!(r#"{{"id": "tie-{i:03}", "text": "alpha beta gamma"}}"#))
+            .collect();
+        if b == 1 {
+            lines.push(r#"{"id": "zz-best", "text": "alpha alpha"}"#.to_string());
+        }
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let sources = vec![source::read(&path, Format::Auto, &CsvMapping::default())];
+        ingest::run(&engine, &enc, sources, None, &IngestOptions::default()).unwrap();
+    }
+    let hits = engine.bm25.search("alpha", 6, &Default::default()).unwrap();
+    let got: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(
+        got,
+        ["zz-best", "tie-000", "tie-001", "tie-002", "tie-003", "tie-004"]
+    );
+    assert!(hits[1..].iter().all(|h| h.1 == hits[1].1), "{hits:?}");
+    // Deeper: still the smallest ids, in order.
+    let deep = engine
+        .bm25
+        .search("alpha", 40, &Default::default())
+        .unwrap();
+    let want: Vec<String> = std::iter::once("zz-best".to_string())
+        .chain((0..39).map(|i| format!("tie-{i:03}")))
+        .collect();
+    assert_eq!(deep.iter().map(|h| h.0.clone()).collect::<Vec<_>>(), want);
+}
