@@ -508,20 +508,20 @@ impl Bm25Index {
             query.stats.as_deref(),
         )?;
         let straddles = first.len() == k + 1 && rank_key(first[k].0) == rank_key(first[k - 1].0);
-        let mut out = Vec::with_capacity(k + 1);
-        if !straddles {
-            for (score, addr) in first {
-                out.push((self.id_of(&searcher, addr)?, score));
-            }
+        let mut out = if !straddles {
+            self.smallest_ids(&searcher, first, k + 1)?
         } else {
             let bound = rank_key(first[k - 1].0);
-            for &(score, addr) in first.iter().filter(|x| rank_key(x.0) > bound) {
-                out.push((self.id_of(&searcher, addr)?, score));
-            }
+            let above: Vec<_> = first
+                .into_iter()
+                .filter(|x| rank_key(x.0) > bound)
+                .collect();
+            let need = k - above.len();
             let tied = self.run(&searcher, &*q, &TiedAt(bound), query.stats.as_deref())?;
-            let need = k - out.len();
+            let mut out = self.smallest_ids(&searcher, above, k)?;
             out.extend(self.smallest_ids(&searcher, tied, need)?);
-        }
+            out
+        };
         out.sort_by(|a, b| {
             rank_key(b.1)
                 .total_cmp(&rank_key(a.1))
@@ -531,37 +531,18 @@ impl Bm25Index {
         Ok(out)
     }
 
-    /// A document's note id: from the id column, or its stored document in an index made
-    /// before the column.
-    fn id_of(&self, searcher: &tantivy::Searcher, addr: tantivy::DocAddress) -> Result<String> {
-        let seg = searcher.segment_reader(addr.segment_ord);
-        if let Some(col) = seg.fast_fields().str("id")? {
-            let mut id = String::new();
-            if let Some(ord) = col.term_ords(addr.doc_id).next() {
-                col.ord_to_str(ord, &mut id)
-                    .map_err(|e| Error::Index(format!("id column: {e}")))?;
-            }
-            return Ok(id);
-        }
-        let d: TantivyDocument = searcher.doc(addr)?;
-        Ok(d.get_first(self.f.id)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string())
-    }
-
-    /// The `need` tied documents with the smallest note ids, as (id, score). A segment's id
-    /// column numbers its ids in sorted order, so each segment's candidates are chosen by
-    /// number and only those are spelled out; an index made before the column reads every
-    /// tied document's id.
+    /// The `need` documents of `docs` with the smallest note ids, as (id, score). A segment's
+    /// id column numbers its ids in sorted order, so each segment's documents are chosen by
+    /// number and only those are spelled out; an index made before the column reads each
+    /// document's stored id.
     fn smallest_ids(
         &self,
         searcher: &tantivy::Searcher,
-        tied: Vec<(f32, tantivy::DocAddress)>,
+        docs: Vec<(f32, tantivy::DocAddress)>,
         need: usize,
     ) -> Result<Vec<(String, f32)>> {
         let mut by_segment: std::collections::BTreeMap<u32, Vec<(f32, u32)>> = Default::default();
-        for (score, addr) in tied {
+        for (score, addr) in docs {
             by_segment
                 .entry(addr.segment_ord)
                 .or_default()
@@ -586,8 +567,10 @@ impl Bm25Index {
                 }
                 None => {
                     for (score, doc) in docs {
-                        let addr = tantivy::DocAddress::new(seg_ord, doc);
-                        out.push((self.id_of(searcher, addr)?, score));
+                        let d: TantivyDocument =
+                            searcher.doc(tantivy::DocAddress::new(seg_ord, doc))?;
+                        let id = d.get_first(self.f.id).and_then(|v| v.as_str());
+                        out.push((id.unwrap_or_default().to_string(), score));
                     }
                 }
             }

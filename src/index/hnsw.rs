@@ -1,11 +1,12 @@
 //! A compact HNSW graph (Malkov and Yashunin, 2018) over chunk vectors.
 //!
 //! Written here because hnsw_rs was what limited the scale (issue 21, 100,000 chunks on a
-//! 2-core EPYC): it built 5.5x slower than hnswlib on the same vectors and parameters, and it
-//! keeps every link as an `Arc` to a reference-counted point, about 2.8 KB a point at M 24
-//! before the vector itself. Here a point is its vector in one flat array (int8 or f32), its
-//! links in another (u32, one fixed-size slot per point and layer), its chunk id and a level
-//! byte: about 600 bytes a point at int8 and M 24, and a dump that loads as a few reads.
+//! 2-core EPYC): it built 6.2x slower than hnswlib on the same vectors and parameters, and it
+//! keeps every link as an `Arc` to a reference-counted point (the server held 8,955 bytes a
+//! chunk with it, 6,570 with this graph). Here a point is its vector in one flat array (int8
+//! or f32), its links in another (u32, one fixed-size slot per point and layer), its chunk id
+//! and a level byte: about 600 bytes a point at int8 and M 24 by that layout (the 1M dump is
+//! 570 MB), and a dump that loads as a few reads.
 //!
 //! The algorithm is the paper's, with hnswlib's choices: levels drawn with mL = 1/ln M,
 //! greedy descent through the upper layers, a beam of `ef` on the lower ones, and the

@@ -687,8 +687,8 @@ impl Store {
         })
     }
 
-    /// Ids of every live chunk with the note they belong to.
-    /// Reads only each record's header, not its vector.
+    /// Ids of every live chunk with the note they belong to. Decodes only each record's
+    /// header, but sled reads every record whole, vector included.
     pub fn chunk_owners(&self) -> Result<Vec<(u64, String)>> {
         let mut out = Vec::new();
         for kv in self.chunks.iter() {
